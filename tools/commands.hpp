@@ -1,0 +1,15 @@
+// protattn program: each subcommand registers itself on the top-level CLI11 app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace protattn::cli {
+
+void add_info_command(CLI::App& app);
+void add_layout_command(CLI::App& app);
+void add_run_command(CLI::App& app);
+void add_bench_command(CLI::App& app);   // tools/cmd_bench.cpp
+#ifdef PROTATTN_HAVE_SERVER
+void add_serve_command(CLI::App& app);   // tools/cmd_serve.cpp
+#endif
+
+}  // namespace protattn::cli
