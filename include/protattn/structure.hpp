@@ -18,14 +18,17 @@ struct Structure {
   std::size_t size() const { return element.size(); }
 };
 
+// Largest structure accepted anywhere (atoms).
+inline constexpr std::size_t kMaxAtoms = 10'000'000;
+// Largest coordinate magnitude accepted (Angstrom); beyond it a file is broken.
+inline constexpr double kMaxAbsCoord = 1e5;
+
 struct ReadOptions {
   bool hydrogens = false;  // keep H and D atoms
   bool waters = false;     // keep water molecules
   int model = 0;           // index of the model to read (0 = first)
+  std::size_t max_atoms = kMaxAtoms;  // more selected atoms than this is an error
 };
-
-// Largest structure accepted anywhere (atoms).
-inline constexpr std::size_t kMaxAtoms = 10'000'000;
 
 // Reads PDB or mmCIF, plain or gzipped. Default selection: first model, heavy atoms of
 // polymers and ligands, no waters, first alternate location. Throws Error naming the file and
