@@ -1,0 +1,139 @@
+// Bounding boxes, cell grids and the O(N) cell-list count of atom pairs within a cutoff.
+#include <algorithm>
+#include <cmath>
+
+#include "layout/detail.hpp"
+#include "protattn/error.hpp"
+
+namespace protattn::detail {
+namespace {
+
+constexpr std::size_t kMaxCellsPerAtom = 2;  // grid size bound for the pair count
+
+}  // namespace
+
+void bounding_box(const float* xyz, std::size_t n, float lo[3], float hi[3]) {
+  for (int c = 0; c < 3; ++c) lo[c] = hi[c] = n > 0 ? xyz[c] : 0.0f;
+  for (std::size_t i = 1; i < n; ++i)
+    for (int c = 0; c < 3; ++c) {
+      lo[c] = std::min(lo[c], xyz[3 * i + c]);
+      hi[c] = std::max(hi[c], xyz[3 * i + c]);
+    }
+}
+
+std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile) {
+  const std::size_t t = static_cast<std::size_t>(tile);
+  std::vector<Box> boxes((n + t - 1) / t);
+  for (std::size_t b = 0; b < boxes.size(); ++b) {
+    const std::size_t first = b * t;
+    bounding_box(xyz + 3 * first, std::min(t, n - first), boxes[b].lo, boxes[b].hi);
+  }
+  return boxes;
+}
+
+double box_min_dist2(const Box& a, const Box& b) {
+  double d2 = 0;
+  for (int c = 0; c < 3; ++c) {
+    const double gap = std::max({0.0, double{b.lo[c]} - a.hi[c], double{a.lo[c]} - b.hi[c]});
+    d2 += gap * gap;
+  }
+  return d2;
+}
+
+double box_max_dist2(const Box& a, const Box& b) {
+  double d2 = 0;
+  for (int c = 0; c < 3; ++c) {
+    const double span = std::max(double{b.hi[c]} - a.lo[c], double{a.hi[c]} - b.lo[c]);
+    d2 += span * span;
+  }
+  return d2;
+}
+
+Grid::Grid(const float lo_[3], const float hi_[3], double min_cell, std::size_t max_cells) {
+  cell = min_cell > 0 ? min_cell : 1.0;
+  max_cells = std::max<std::size_t>(max_cells, 1);
+  while (true) {
+    double total = 1;
+    for (int c = 0; c < 3; ++c) {
+      lo[c] = lo_[c];
+      dim[c] = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::floor((double{hi_[c]} - lo_[c]) / cell)) + 1);
+      total *= static_cast<double>(dim[c]);
+    }
+    if (total <= static_cast<double>(max_cells)) break;
+    cell *= std::cbrt(total / static_cast<double>(max_cells)) * 1.01;
+  }
+}
+
+std::int64_t Grid::coord(double v, int axis) const {
+  const auto q = static_cast<std::int64_t>(std::floor((v - lo[axis]) / cell));
+  return std::clamp<std::int64_t>(q, 0, dim[axis] - 1);
+}
+
+CellList bucket_points(const Grid& g, const float* xyz, std::size_t n) {
+  CellList cl;
+  cl.start.assign(g.cells() + 1, 0);
+  cl.cell_of.resize(n);
+  cl.order.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto c = g.index(g.coord(xyz[3 * i], 0), g.coord(xyz[3 * i + 1], 1), g.coord(xyz[3 * i + 2], 2));
+    cl.cell_of[i] = static_cast<std::int32_t>(c);
+    ++cl.start[static_cast<std::size_t>(c) + 1];
+  }
+  for (std::size_t c = 0; c < g.cells(); ++c) cl.start[c + 1] += cl.start[c];
+  std::vector<std::int32_t> fill(cl.start.begin(), cl.start.end() - 1);
+  for (std::size_t i = 0; i < n; ++i) cl.order[static_cast<std::size_t>(fill[static_cast<std::size_t>(cl.cell_of[i])]++)] = static_cast<std::int32_t>(i);
+  return cl;
+}
+
+std::int64_t count_pairs_within(const float* xyz, std::size_t n, float cutoff) {
+  if (n < 2 || !(cutoff > 0)) return 0;
+  float lo[3], hi[3];
+  bounding_box(xyz, n, lo, hi);
+  const Grid g(lo, hi, cutoff, kMaxCellsPerAtom * n);
+  const CellList cl = bucket_points(g, xyz, n);
+  // Coordinates in cell order, one array per axis, so inner loops run over contiguous memory.
+  std::vector<float> xs(n), ys(n), zs(n);
+  for (std::size_t p = 0; p < n; ++p) {
+    const auto i = static_cast<std::size_t>(cl.order[p]);
+    xs[p] = xyz[3 * i];
+    ys[p] = xyz[3 * i + 1];
+    zs[p] = xyz[3 * i + 2];
+  }
+  const float c2 = cutoff * cutoff;
+  // Half shell: the cell itself (pairs p < q) and the 13 neighbours with a larger index.
+  std::int64_t unordered = 0;
+  for (std::int64_t z = 0; z < g.dim[2]; ++z)
+    for (std::int64_t y = 0; y < g.dim[1]; ++y)
+      for (std::int64_t x = 0; x < g.dim[0]; ++x) {
+        const auto a = static_cast<std::size_t>(g.index(x, y, z));
+        const std::int32_t a0 = cl.start[a], a1 = cl.start[a + 1];
+        if (a0 == a1) continue;
+        for (std::int32_t p = a0; p < a1; ++p)
+          for (std::int32_t q = p + 1; q < a1; ++q) {
+            const float dx = xs[p] - xs[q], dy = ys[p] - ys[q], dz = zs[p] - zs[q];
+            unordered += dx * dx + dy * dy + dz * dz <= c2;
+          }
+        for (int dz = -1; dz <= 1; ++dz)
+          for (int dy = -1; dy <= 1; ++dy)
+            for (int dx = -1; dx <= 1; ++dx) {
+              const int lin = (dz * 3 + dy) * 3 + dx;
+              if (lin <= 0) continue;  // each neighbour pair once
+              const std::int64_t nx = x + dx, ny = y + dy, nz = z + dz;
+              if (nx < 0 || ny < 0 || nz < 0 || nx >= g.dim[0] || ny >= g.dim[1] || nz >= g.dim[2]) continue;
+              const auto b = static_cast<std::size_t>(g.index(nx, ny, nz));
+              const std::int32_t b0 = cl.start[b], b1 = cl.start[b + 1];
+              for (std::int32_t p = a0; p < a1; ++p) {
+                const float px = xs[p], py = ys[p], pz = zs[p];
+                std::int32_t cnt = 0;
+                for (std::int32_t q = b0; q < b1; ++q) {
+                  const float ex = px - xs[q], ey = py - ys[q], ez = pz - zs[q];
+                  cnt += ex * ex + ey * ey + ez * ez <= c2;
+                }
+                unordered += cnt;
+              }
+            }
+      }
+  return 2 * unordered;
+}
+
+}  // namespace protattn::detail

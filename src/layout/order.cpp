@@ -1,0 +1,187 @@
+// Spatial orderings: Morton and Hilbert keys on a grid quantised from the bounding box, radix sorted.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <numeric>
+
+#include "layout/detail.hpp"
+#include "protattn/error.hpp"
+#include "protattn/layout.hpp"
+#include "protattn/structure.hpp"
+
+namespace protattn {
+namespace {
+
+constexpr int kKeyBits = 21;                             // bits per axis: 63-bit keys
+constexpr std::uint32_t kGridMax = (1u << kKeyBits) - 1;  // largest quantised coordinate
+constexpr int kRadixBits = 11;
+constexpr std::size_t kRadixBuckets = std::size_t{1} << kRadixBits;
+constexpr int kRadixPasses = (3 * kKeyBits + kRadixBits - 1) / kRadixBits;
+
+// Spreads the low 21 bits of v so that bit b moves to bit 3b.
+std::uint64_t spread3(std::uint64_t v) {
+  v &= 0x1fffff;
+  v = (v | (v << 32)) & 0x1f00000000ffffULL;
+  v = (v | (v << 16)) & 0x1f0000ff0000ffULL;
+  v = (v | (v << 8)) & 0x100f00f00f00f00fULL;
+  v = (v | (v << 4)) & 0x10c30c30c30c30c3ULL;
+  v = (v | (v << 2)) & 0x1249249249249249ULL;
+  return v;
+}
+
+// Hilbert curve as a state machine over octants, derived once from Skilling's transpose
+// algorithm ("Programming the Hilbert curve", AIP Conf. Proc. 707, 2004). At each level, from
+// the most significant, the three coordinate bits r (x in bit 0, y bit 1, z bit 2) pass through
+// the transform that higher levels imposed on lower bits (a signed axis permutation, kept as an
+// 8-entry map), which gives Skilling's transposed bits t. The level's own exchange/invert
+// operations update the transform; the final Gray-code step is level-local except for a running
+// parity of the top axis, kept as one more state bit. The 3-bit key digit is x-major.
+class HilbertTable {
+ public:
+  HilbertTable() {
+    std::vector<std::array<std::uint8_t, 8>> maps;
+    std::vector<int> parity;
+    auto intern = [&](const std::array<std::uint8_t, 8>& f, int p) {
+      for (std::size_t s = 0; s < maps.size(); ++s)
+        if (maps[s] == f && parity[s] == p) return static_cast<int>(s);
+      if (maps.size() == kMaxStates) throw Error("internal error: Hilbert state table overflow");
+      maps.push_back(f);
+      parity.push_back(p);
+      return static_cast<int>(maps.size() - 1);
+    };
+    std::array<std::uint8_t, 8> identity{};
+    for (int r = 0; r < 8; ++r) identity[static_cast<std::size_t>(r)] = static_cast<std::uint8_t>(r);
+    intern(identity, 0);
+    for (std::size_t s = 0; s < maps.size(); ++s) {  // breadth-first over reachable states
+      for (int r = 0; r < 8; ++r) {
+        const int t = maps[s][static_cast<std::size_t>(r)];
+        // Operations of this level on the bits of lower levels, as a map g on 3-bit triples.
+        std::array<std::uint8_t, 8> g = identity;
+        for (int i = 0; i < 3; ++i) {
+          for (auto& v : g) {
+            const int b0 = v & 1, bi = (v >> i) & 1;
+            if ((t >> i) & 1) {
+              v = static_cast<std::uint8_t>(v ^ 1);  // invert axis 0
+            } else if (b0 != bi) {
+              v = static_cast<std::uint8_t>(v ^ 1 ^ (1 << i));  // exchange axes 0 and i
+            }
+          }
+        }
+        std::array<std::uint8_t, 8> next{};
+        for (int q = 0; q < 8; ++q) next[static_cast<std::size_t>(q)] = g[maps[s][static_cast<std::size_t>(q)]];
+        const int u0 = t & 1, u1 = u0 ^ ((t >> 1) & 1), u2 = u1 ^ ((t >> 2) & 1);  // Gray step
+        const int p = parity[s];
+        const int digit = ((u0 ^ p) << 2) | ((u1 ^ p) << 1) | (u2 ^ p);
+        const int ns = intern(next, p ^ u2);
+        entry_[s][static_cast<std::size_t>(r)] = static_cast<std::uint16_t>((ns << 3) | digit);
+      }
+    }
+  }
+  std::uint64_t key(std::uint32_t x, std::uint32_t y, std::uint32_t z) const {
+    std::uint64_t k = 0;
+    unsigned s = 0;
+    for (int b = kKeyBits - 1; b >= 0; --b) {
+      const unsigned r = ((x >> b) & 1) | (((y >> b) & 1) << 1) | (((z >> b) & 1) << 2);
+      const unsigned e = entry_[s][r];
+      k = (k << 3) | (e & 7);
+      s = e >> 3;
+    }
+    return k;
+  }
+
+ private:
+  static constexpr std::size_t kMaxStates = 96;  // 48 signed permutations x 2 parities
+  std::array<std::array<std::uint16_t, 8>, kMaxStates> entry_{};
+};
+
+// Stable LSD radix sort of (key, index) pairs by key; passes whose digit is constant are skipped.
+void radix_sort(std::vector<std::uint64_t>& keys, std::vector<std::int32_t>& idx) {
+  const std::size_t n = keys.size();
+  std::vector<std::uint64_t> keys2(n);
+  std::vector<std::int32_t> idx2(n);
+  std::vector<std::array<std::uint32_t, kRadixBuckets>> hist(kRadixPasses);
+  for (auto& h : hist) h.fill(0);
+  for (std::uint64_t k : keys)
+    for (int p = 0; p < kRadixPasses; ++p) ++hist[p][(k >> (p * kRadixBits)) & (kRadixBuckets - 1)];
+  for (int p = 0; p < kRadixPasses; ++p) {
+    auto& h = hist[p];
+    if (std::any_of(h.begin(), h.end(), [n](std::uint32_t c) { return c == n; })) continue;
+    std::uint32_t sum = 0;
+    for (auto& c : h) {
+      const std::uint32_t v = c;
+      c = sum;
+      sum += v;
+    }
+    const int shift = p * kRadixBits;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t pos = h[(keys[i] >> shift) & (kRadixBuckets - 1)]++;
+      keys2[pos] = keys[i];
+      idx2[pos] = idx[i];
+    }
+    keys.swap(keys2);
+    idx.swap(idx2);
+  }
+}
+
+}  // namespace
+
+const char* to_string(Order o) {
+  switch (o) {
+    case Order::file: return "file";
+    case Order::morton: return "morton";
+    case Order::hilbert: return "hilbert";
+  }
+  throw Error("unknown Order value " + std::to_string(static_cast<int>(o)));
+}
+
+const char* to_string(MaskMode m) {
+  switch (m) {
+    case MaskMode::tiles: return "tiles";
+    case MaskMode::atoms: return "atoms";
+    case MaskMode::windows: return "windows";
+  }
+  throw Error("unknown MaskMode value " + std::to_string(static_cast<int>(m)));
+}
+
+Order parse_order(const std::string& s) {
+  for (Order o : {Order::file, Order::morton, Order::hilbert})
+    if (s == to_string(o)) return o;
+  throw Error("unknown order '" + s + "' (valid: file, morton, hilbert)");
+}
+
+MaskMode parse_mask(const std::string& s) {
+  for (MaskMode m : {MaskMode::tiles, MaskMode::atoms, MaskMode::windows})
+    if (s == to_string(m)) return m;
+  throw Error("unknown mask mode '" + s + "' (valid: tiles, atoms, windows)");
+}
+
+// Keys on a cubic grid: the largest bounding-box side maps to 2^21 - 1 cells, so near atoms get
+// near keys whatever the shape; equal keys keep file order (the sort is stable).
+std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order order) {
+  if (n > kMaxAtoms)
+    throw Error("spatial_order: " + std::to_string(n) + " atoms, more than the limit of " +
+                std::to_string(kMaxAtoms));
+  std::vector<std::int32_t> perm(n);
+  std::iota(perm.begin(), perm.end(), 0);
+  if (order == Order::file || n < 2) return perm;
+  float lo[3], hi[3];
+  detail::bounding_box(xyz, n, lo, hi);
+  const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
+  const double scale = extent > 0 ? kGridMax / extent : 0.0;
+  auto quant = [&](std::size_t i, int c) {
+    const double q = (double{xyz[3 * i + c]} - lo[c]) * scale;
+    return static_cast<std::uint32_t>(std::min<double>(q, kGridMax));
+  };
+  std::vector<std::uint64_t> keys(n);
+  if (order == Order::morton) {
+    for (std::size_t i = 0; i < n; ++i)
+      keys[i] = (spread3(quant(i, 0)) << 2) | (spread3(quant(i, 1)) << 1) | spread3(quant(i, 2));
+  } else {
+    static const HilbertTable table;
+    for (std::size_t i = 0; i < n; ++i) keys[i] = table.key(quant(i, 0), quant(i, 1), quant(i, 2));
+  }
+  radix_sort(keys, perm);
+  return perm;
+}
+
+}  // namespace protattn

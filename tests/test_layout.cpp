@@ -1,0 +1,500 @@
+// Tests of orderings, layout builders (against brute force), stats, validation and the layout folder.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <set>
+
+#include "protattn/error.hpp"
+#include "protattn/layout.hpp"
+#include "protattn/npy.hpp"
+#include "protattn/structure.hpp"
+
+namespace fs = std::filesystem;
+using namespace protattn;
+using testing::HasSubstr;
+
+namespace {
+
+const std::string kData = PROTATTN_TEST_DATA;
+
+Structure real(const std::string& name) {
+  const std::string path = kData + "/" + name;
+  if (!fs::exists(path)) throw std::runtime_error("missing " + path + ": run scripts/fetch-data.sh");
+  return read_structure(path);
+}
+
+float dist2(const float* a, const float* b) {
+  const float dx = a[0] - b[0], dy = a[1] - b[1], dz = a[2] - b[2];
+  return dx * dx + dy * dy + dz * dz;
+}
+
+std::set<std::pair<int, int>> kept(const BlockLayout& l) {
+  std::set<std::pair<int, int>> s;
+  for (int r = 0; r < l.n_tiles; ++r)
+    for (int k = l.row_ptr[r]; k < l.row_ptr[r + 1]; ++k) s.emplace(r, l.col_idx[k]);
+  return s;
+}
+
+// Checks that coords are xyz in perm order and perm is a permutation.
+void expect_consistent(const BlockLayout& l, const float* xyz) {
+  EXPECT_NO_THROW(validate_layout(l));
+  for (int p = 0; p < l.n; ++p)
+    for (int c = 0; c < 3; ++c) ASSERT_EQ(l.coords[3 * p + c], xyz[3 * l.perm[p] + c]) << p;
+}
+
+// Points on the integer grid 0..side-1 in each axis, in a shuffled file order.
+std::vector<float> shuffled_grid(int side, std::vector<int>& cell_of_atom) {
+  std::vector<int> cells(static_cast<std::size_t>(side * side * side));
+  std::iota(cells.begin(), cells.end(), 0);
+  std::mt19937 rng(5);
+  std::shuffle(cells.begin(), cells.end(), rng);
+  std::vector<float> xyz;
+  for (int c : cells) {
+    xyz.push_back(static_cast<float>(c % side));
+    xyz.push_back(static_cast<float>(c / side % side));
+    xyz.push_back(static_cast<float>(c / side / side));
+  }
+  cell_of_atom = cells;
+  return xyz;
+}
+
+class TempDir {
+ public:
+  TempDir() : path_(fs::temp_directory_path() / ("protattn_layout_" + std::to_string(::getpid()) + "_" +
+                                                   testing::UnitTest::GetInstance()->current_test_info()->name())) {
+    fs::remove_all(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+}  // namespace
+
+TEST(Names, RoundTripAndErrorsListValidNames) {
+  for (Order o : {Order::file, Order::morton, Order::hilbert}) EXPECT_EQ(parse_order(to_string(o)), o);
+  for (MaskMode m : {MaskMode::tiles, MaskMode::atoms, MaskMode::windows}) EXPECT_EQ(parse_mask(to_string(m)), m);
+  try {
+    parse_order("zorder");
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("zorder"));
+    EXPECT_THAT(e.what(), HasSubstr("file, morton, hilbert"));
+  }
+  try {
+    parse_mask("none");
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("tiles, atoms, windows"));
+  }
+}
+
+TEST(SpatialOrder, HilbertVisitsGridCellsAsAContinuousPath) {
+  for (int side : {2, 4, 8, 16}) {
+    SCOPED_TRACE(side);
+    std::vector<int> cells;
+    const auto xyz = shuffled_grid(side, cells);
+    const std::size_t n = cells.size();
+    const auto perm = spatial_order(xyz.data(), n, Order::hilbert);
+    std::vector<int> sorted(perm.begin(), perm.end());
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(sorted[i], static_cast<int>(i));
+    // Hilbert property: consecutive atoms are face neighbours (distance exactly 1).
+    for (std::size_t p = 1; p < n; ++p)
+      ASSERT_EQ(dist2(&xyz[3 * perm[p - 1]], &xyz[3 * perm[p]]), 1.0f) << "step " << p;
+    // The curve starts at the origin corner.
+    EXPECT_EQ(dist2(&xyz[3 * perm[0]], std::array<float, 3>{0, 0, 0}.data()), 0.0f);
+  }
+}
+
+TEST(SpatialOrder, MortonIsBitInterleavingXMajor) {
+  std::vector<int> cells;
+  const auto xyz = shuffled_grid(4, cells);
+  const auto perm = spatial_order(xyz.data(), cells.size(), Order::morton);
+  auto morton = [](int x, int y, int z) {
+    int k = 0;
+    for (int b = 1; b >= 0; --b) k = (k << 3) | (((x >> b) & 1) << 2) | (((y >> b) & 1) << 1) | ((z >> b) & 1);
+    return k;
+  };
+  for (std::size_t p = 0; p < perm.size(); ++p) {
+    const float* a = &xyz[3 * perm[p]];
+    EXPECT_EQ(morton(static_cast<int>(a[0]), static_cast<int>(a[1]), static_cast<int>(a[2])), static_cast<int>(p));
+  }
+}
+
+TEST(SpatialOrder, TiesKeepFileOrderAndFileIsIdentity) {
+  // Duplicates of two points, interleaved: equal keys must keep their file order.
+  const std::vector<float> xyz = {5, 5, 5, 0, 0, 0, 5, 5, 5, 0, 0, 0, 5, 5, 5};
+  for (Order o : {Order::morton, Order::hilbert})
+    EXPECT_EQ(spatial_order(xyz.data(), 5, o), (std::vector<std::int32_t>{1, 3, 0, 2, 4}));
+  EXPECT_EQ(spatial_order(xyz.data(), 5, Order::file), (std::vector<std::int32_t>{0, 1, 2, 3, 4}));
+  const std::vector<float> same(30, 2.5f);
+  EXPECT_EQ(spatial_order(same.data(), 10, Order::hilbert), spatial_order(same.data(), 10, Order::file));
+}
+
+TEST(CutoffLayout, CompleteAndExactAgainstBruteForce) {
+  struct Case {
+    std::string name;
+    Structure s;
+  };
+  std::vector<Case> cases = {{"1ubq", real("1ubq.pdb")},
+                             {"2hhb", real("2hhb.pdb")},
+                             {"globule", make_globule(3001, 0.058, 3)}};
+  for (const auto& c : cases)
+    for (Order order : {Order::file, Order::morton, Order::hilbert})
+      for (int tile : {32, 128})
+        for (float cutoff : {5.0f, 8.0f}) {
+          SCOPED_TRACE(c.name + " " + to_string(order) + " tile " + std::to_string(tile) + " cutoff " +
+                       std::to_string(cutoff));
+          const std::size_t n = c.s.size();
+          ASSERT_NE(n % static_cast<std::size_t>(tile), 0u);  // ragged last tile covered
+          LayoutOptions opt;
+          opt.order = order;
+          opt.tile = tile;
+          opt.cutoff = cutoff;
+          const BlockLayout l = build_cutoff_layout(c.s.xyz.data(), n, opt);
+          expect_consistent(l, c.s.xyz.data());
+          EXPECT_EQ(l.builder, "cutoff");
+          EXPECT_EQ(l.order, order);
+          const auto pairs = kept(l);
+          std::vector<char> is_kept(static_cast<std::size_t>(l.n_tiles) * l.n_tiles, 0);
+          for (const auto& [r, k] : pairs) is_kept[static_cast<std::size_t>(r) * l.n_tiles + k] = 1;
+          // Completeness: every atom pair within the cutoff lies in a kept tile pair; count them.
+          const float c2 = cutoff * cutoff;
+          std::int64_t within = 0;
+          for (std::size_t i = 0; i < n; ++i)
+            for (std::size_t j = 0; j < n; ++j) {
+              if (i == j || dist2(&l.coords[3 * i], &l.coords[3 * j]) > c2) continue;
+              ++within;
+              ASSERT_TRUE(is_kept[i / tile * static_cast<std::size_t>(l.n_tiles) + j / tile]) << i << "," << j;
+            }
+          EXPECT_EQ(l.stats.pairs_within, within);
+          // Exactness: kept pairs are exactly those whose tile boxes are within the cutoff
+          // (boxes computed here from scratch), diagonal included.
+          std::vector<std::array<double, 6>> box(static_cast<std::size_t>(l.n_tiles));
+          for (auto& b : box) b = {1e30, 1e30, 1e30, -1e30, -1e30, -1e30};
+          for (std::size_t i = 0; i < n; ++i)
+            for (int a = 0; a < 3; ++a) {
+              auto& b = box[i / static_cast<std::size_t>(tile)];
+              b[a] = std::min<double>(b[a], l.coords[3 * i + a]);
+              b[3 + a] = std::max<double>(b[3 + a], l.coords[3 * i + a]);
+            }
+          std::size_t expected = 0;
+          for (int r = 0; r < l.n_tiles; ++r)
+            for (int k = 0; k < l.n_tiles; ++k) {
+              double g2 = 0;
+              for (int a = 0; a < 3; ++a) {
+                const double gap = std::max({0.0, box[k][a] - box[r][3 + a], box[r][a] - box[k][3 + a]});
+                g2 += gap * gap;
+              }
+              if (g2 <= double{cutoff} * cutoff) {
+                ++expected;
+                EXPECT_TRUE(pairs.count({r, k})) << r << "," << k;
+              }
+            }
+          EXPECT_EQ(pairs.size(), expected);
+          for (int r = 0; r < l.n_tiles; ++r) EXPECT_TRUE(pairs.count({r, r}));
+          // Stats.
+          std::int64_t computed = 0;
+          for (const auto& [r, k] : pairs)
+            computed += std::min<std::int64_t>(tile, static_cast<std::int64_t>(n) - r * tile) *
+                        std::min<std::int64_t>(tile, static_cast<std::int64_t>(n) - k * tile);
+          EXPECT_EQ(l.stats.pairs_computed, computed);
+          EXPECT_EQ(l.stats.nnz, static_cast<std::int64_t>(pairs.size()));
+          EXPECT_EQ(l.stats.tiles, l.n_tiles);
+          EXPECT_DOUBLE_EQ(l.stats.density, static_cast<double>(pairs.size()) / (double{1} * l.n_tiles * l.n_tiles));
+          EXPECT_DOUBLE_EQ(l.stats.useful, static_cast<double>(within + static_cast<std::int64_t>(n)) / computed);
+          for (auto k : l.kind) EXPECT_EQ(k, BlockKind::full);
+        }
+}
+
+TEST(CutoffLayout, AtomsMaskMarksFullOnlyWhenEveryPairIsWithin) {
+  // A dense small globule with a large cutoff, so that both kinds occur.
+  const Structure s = make_globule(1500, 0.058, 11);
+  LayoutOptions opt;
+  opt.mask = MaskMode::atoms;
+  opt.tile = 32;
+  opt.cutoff = 16.0f;
+  const BlockLayout l = build_cutoff_layout(s.xyz.data(), s.size(), opt);
+  EXPECT_EQ(l.mask, MaskMode::atoms);
+  const float c2 = opt.cutoff * opt.cutoff;
+  int full = 0, partial = 0;
+  for (int r = 0; r < l.n_tiles; ++r)
+    for (int k = l.row_ptr[r]; k < l.row_ptr[r + 1]; ++k) {
+      const int c = l.col_idx[k];
+      bool all_within = true;
+      for (int i = r * 32; i < std::min(l.n, (r + 1) * 32); ++i)
+        for (int j = c * 32; j < std::min(l.n, (c + 1) * 32); ++j)
+          all_within = all_within && dist2(&l.coords[3 * i], &l.coords[3 * j]) <= c2;
+      if (l.kind[k] == BlockKind::full) {
+        ++full;
+        EXPECT_TRUE(all_within) << r << "," << c;
+      } else {
+        ++partial;
+      }
+    }
+  EXPECT_GT(full, 0);
+  EXPECT_GT(partial, 0);
+}
+
+TEST(CutoffLayout, RejectsBadInput) {
+  const Structure s = make_globule(100);
+  LayoutOptions opt;
+  opt.cutoff = 0;
+  EXPECT_THROW(build_cutoff_layout(s.xyz.data(), s.size(), opt), Error);
+  opt.cutoff = 8;
+  opt.tile = 0;
+  EXPECT_THROW(build_cutoff_layout(s.xyz.data(), s.size(), opt), Error);
+  opt.tile = 128;
+  EXPECT_THROW(build_cutoff_layout(s.xyz.data(), 0, opt), Error);
+  opt.mask = MaskMode::windows;
+  EXPECT_THROW(build_cutoff_layout(s.xyz.data(), s.size(), opt), Error);
+  opt.mask = MaskMode::tiles;
+  auto bad = s.xyz;
+  bad[7] = std::nanf("");
+  EXPECT_THROW(build_cutoff_layout(bad.data(), s.size(), opt), Error);
+}
+
+TEST(CutoffLayout, SingleAtomAndCountOff) {
+  const float one[3] = {1, 2, 3};
+  LayoutOptions opt;
+  const BlockLayout l = build_cutoff_layout(one, 1, opt);
+  EXPECT_EQ(l.n_tiles, 1);
+  EXPECT_EQ(l.nnz(), 1);
+  EXPECT_EQ(l.stats.pairs_within, 0);
+  EXPECT_EQ(l.stats.pairs_computed, 1);
+  const Structure s = make_globule(500);
+  opt.count_pairs = false;
+  const BlockLayout m = build_cutoff_layout(s.xyz.data(), s.size(), opt);
+  EXPECT_EQ(m.stats.pairs_within, -1);
+  EXPECT_EQ(m.stats.useful, -1);
+}
+
+TEST(KnnLayout, MatchesBruteForceNeighbours) {
+  for (const auto& [name, s] : {std::pair<std::string, Structure>{"1ubq", real("1ubq.pdb")},
+                                {"globule", make_globule(1234, 0.058, 2)}})
+    for (int k : {1, 8, 40}) {
+      SCOPED_TRACE(name + " k " + std::to_string(k));
+      LayoutOptions opt;
+      opt.k = k;
+      opt.tile = 32;
+      const BlockLayout l = build_knn_layout(s.xyz.data(), s.size(), opt);
+      expect_consistent(l, s.xyz.data());
+      const int n = l.n;
+      std::set<std::pair<int, int>> expected;
+      std::vector<std::pair<float, int>> d(static_cast<std::size_t>(n));
+      for (int i = 0; i < n; ++i) {
+        expected.emplace(i / 32, i / 32);
+        for (int j = 0; j < n; ++j) d[j] = {j == i ? INFINITY : dist2(&l.coords[3 * i], &l.coords[3 * j]), j};
+        std::sort(d.begin(), d.end());
+        for (int m = 0; m < k; ++m) expected.emplace(i / 32, d[m].second / 32);
+      }
+      EXPECT_EQ(kept(l), expected);
+      EXPECT_EQ(l.stats.pairs_within, -1);  // no cutoff in tiles mode
+    }
+  const float two[6] = {0, 0, 0, 1, 0, 0};
+  LayoutOptions big;
+  big.k = 100;
+  EXPECT_EQ(build_knn_layout(two, 2, big).nnz(), 1);
+  big.k = -1;
+  EXPECT_THROW(build_knn_layout(two, 2, big), Error);
+}
+
+TEST(WindowLayout, MatchesTheAf3WindowRule) {
+  const Structure s = make_globule(1000);
+  for (int tile : {32, 128}) {
+    LayoutOptions opt;
+    opt.tile = tile;
+    opt.order = Order::hilbert;  // ignored: windows are sequence-local
+    const BlockLayout l = build_window_layout(s.xyz.data(), s.size(), opt);
+    expect_consistent(l, s.xyz.data());
+    EXPECT_EQ(l.order, Order::file);
+    EXPECT_EQ(l.mask, MaskMode::windows);
+    for (int p = 0; p < l.n; ++p) ASSERT_EQ(l.perm[p], p);
+    std::set<std::pair<int, int>> expected;
+    for (int i = 0; i < l.n; ++i) {
+      const int w = i / 32;
+      for (int j = std::max(0, 32 * w + 16 - 64); j < std::min(l.n, 32 * w + 16 + 64); ++j)
+        expected.emplace(i / tile, j / tile);
+    }
+    EXPECT_EQ(kept(l), expected);
+    for (auto k : l.kind) EXPECT_EQ(k, BlockKind::partial);
+  }
+  LayoutOptions bad;
+  bad.tile = 48;
+  EXPECT_THROW(build_window_layout(s.xyz.data(), s.size(), bad), Error);
+}
+
+TEST(DenseAndEdges, KeepWhatTheyAreGiven) {
+  const Structure s = make_globule(300);
+  LayoutOptions opt;
+  opt.tile = 64;
+  const BlockLayout d = build_dense_layout(s.xyz.data(), s.size(), opt);
+  EXPECT_EQ(d.n_tiles, 5);
+  EXPECT_EQ(d.nnz(), 25);
+  EXPECT_EQ(d.stats.pairs_computed, 300 * 300);
+  const BlockLayout e = build_edges_layout(s.xyz.data(), s.size(), {{4, 0}, {1, 3}, {4, 0}, {1, 1}}, opt);
+  expect_consistent(e, s.xyz.data());
+  EXPECT_EQ(kept(e), (std::set<std::pair<int, int>>{{1, 1}, {1, 3}, {4, 0}}));
+  EXPECT_EQ(e.row_ptr, (std::vector<std::int32_t>{0, 0, 2, 2, 2, 3}));
+  EXPECT_THROW(build_edges_layout(s.xyz.data(), s.size(), {{5, 0}}, opt), Error);
+  EXPECT_THROW(build_edges_layout(s.xyz.data(), s.size(), {{0, -1}}, opt), Error);
+}
+
+TEST(W1Layout, BandPlusSeededFill) {
+  const BlockLayout l = make_w1_layout();
+  EXPECT_NO_THROW(validate_layout(l));
+  EXPECT_EQ(l.n, 4096);
+  EXPECT_EQ(l.n_tiles, 32);
+  EXPECT_EQ(l.nnz(), 800);
+  const auto pairs = kept(l);
+  int band = 0;
+  for (int r = 0; r < 32; ++r)
+    for (int c = 0; c < 32; ++c)
+      if (std::abs(r - c) <= 12) {
+        ++band;
+        EXPECT_TRUE(pairs.count({r, c}));
+      }
+  EXPECT_EQ(band, 644);  // 32*25 - 2*(1+...+12)
+  EXPECT_EQ(kept(make_w1_layout()), pairs);
+  EXPECT_NE(kept(make_w1_layout(32, 800, 12, 2)), pairs);
+  // W1-alt: 63x63 tiles, 800 kept; a band of 12 would hold 1419 tiles, so it takes band 6 (777).
+  const BlockLayout alt = make_w1_layout(63, 800, 6);
+  EXPECT_EQ(alt.n, 8064);
+  EXPECT_EQ(alt.nnz(), 800);
+  EXPECT_EQ(alt.stats.pairs_computed, 800 * 128 * 128);
+  EXPECT_THROW(make_w1_layout(32, 643), Error);
+  EXPECT_THROW(make_w1_layout(32, 1025), Error);
+  EXPECT_EQ(make_w1_layout(32, 1024).nnz(), 1024);
+}
+
+TEST(ValidateLayout, CatchesBrokenInvariants) {
+  const Structure s = make_globule(500);
+  const BlockLayout good = build_cutoff_layout(s.xyz.data(), s.size(), LayoutOptions{});
+  auto expect_invalid = [](BlockLayout l, const std::string& what) {
+    try {
+      validate_layout(l);
+      ADD_FAILURE() << "accepted: " << what;
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr(what));
+    }
+  };
+  BlockLayout l = good;
+  std::swap(l.col_idx[0], l.col_idx[1]);
+  expect_invalid(l, "not sorted");
+  l = good;
+  l.perm[3] = l.perm[4];
+  expect_invalid(l, "permutation");
+  l = good;
+  l.row_ptr.back() += 1;
+  expect_invalid(l, "row_ptr");
+  l = good;
+  l.n_tiles += 1;
+  expect_invalid(l, "n_tiles");
+  l = good;
+  l.kind.pop_back();
+  expect_invalid(l, "kind");
+  l = good;
+  l.col_idx.back() = l.n_tiles;
+  expect_invalid(l, "outside");
+}
+
+TEST(LayoutFolder, RoundTripAndFileOrderCoords) {
+  TempDir dir;
+  const Structure s = real("1ubq.pdb");
+  LayoutOptions opt;
+  opt.mask = MaskMode::atoms;
+  opt.tile = 64;
+  const BlockLayout l = build_cutoff_layout(s.xyz.data(), s.size(), opt);
+  export_layout(l, dir.str());
+  std::set<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir.str())) files.insert(e.path().filename().string());
+  EXPECT_EQ(files, (std::set<std::string>{"row_ptr.npy", "col_idx.npy", "perm.npy", "coords.npy", "kind.npy", "meta.json"}));
+  const NpyArray coords = read_npy(dir.str() + "/coords.npy");
+  EXPECT_EQ(coords.descr, "<f4");
+  EXPECT_EQ(coords.shape, (std::vector<std::int64_t>{static_cast<std::int64_t>(s.size()), 3}));
+  EXPECT_EQ(std::memcmp(coords.data.data(), s.xyz.data(), s.xyz.size() * sizeof(float)), 0);  // file order
+  EXPECT_EQ(read_npy(dir.str() + "/row_ptr.npy").descr, "<i4");
+  EXPECT_EQ(read_npy(dir.str() + "/kind.npy").descr, "|u1");
+  nlohmann::json meta;
+  std::ifstream(dir.str() + "/meta.json") >> meta;
+  EXPECT_EQ(meta["n"], l.n);
+  EXPECT_EQ(meta["tile"], 64);
+  EXPECT_EQ(meta["n_tiles"], l.n_tiles);
+  EXPECT_EQ(meta["nnz"], l.nnz());
+  EXPECT_EQ(meta["order"], "hilbert");
+  EXPECT_EQ(meta["mask"], "atoms");
+  EXPECT_EQ(meta["builder"], "cutoff");
+  EXPECT_FLOAT_EQ(meta["cutoff"].get<float>(), 8.0f);
+  EXPECT_DOUBLE_EQ(meta["density"].get<double>(), l.stats.density);
+
+  const BlockLayout r = load_layout(dir.str());
+  EXPECT_EQ(r.n, l.n);
+  EXPECT_EQ(r.tile, l.tile);
+  EXPECT_EQ(r.n_tiles, l.n_tiles);
+  EXPECT_EQ(r.row_ptr, l.row_ptr);
+  EXPECT_EQ(r.col_idx, l.col_idx);
+  EXPECT_EQ(r.kind, l.kind);
+  EXPECT_EQ(r.perm, l.perm);
+  EXPECT_EQ(r.coords, l.coords);
+  EXPECT_EQ(r.cutoff, l.cutoff);
+  EXPECT_EQ(r.mask, l.mask);
+  EXPECT_EQ(r.order, l.order);
+  EXPECT_EQ(r.builder, l.builder);
+  EXPECT_EQ(r.stats.pairs_computed, l.stats.pairs_computed);
+
+  // Only the arrays peers need: kind / perm / coords default to full / identity / zeros.
+  fs::remove(dir.str() + "/kind.npy");
+  fs::remove(dir.str() + "/perm.npy");
+  fs::remove(dir.str() + "/coords.npy");
+  const BlockLayout m = load_layout(dir.str());
+  EXPECT_EQ(m.col_idx, l.col_idx);
+  for (auto k : m.kind) EXPECT_EQ(k, BlockKind::full);
+  for (int p = 0; p < m.n; ++p) EXPECT_EQ(m.perm[p], p);
+}
+
+TEST(LayoutFolder, PythonPeerLoaderAcceptsIt) {
+  if (std::system("python3 -c 'import numpy' >/dev/null 2>&1") != 0) GTEST_SKIP() << "python3 with numpy not found";
+  TempDir dir;
+  export_layout(make_w1_layout(63, 800, 6), dir.str());
+  // The checks of bench/peers.py load_layout: row_ptr length ceil(n/tile)+1, last = len(col_idx).
+  const std::string cmd =
+      "python3 -c \"import json, math, numpy as np, sys; d=sys.argv[1]; m=json.load(open(d+'/meta.json')); "
+      "rp=np.load(d+'/row_ptr.npy'); ci=np.load(d+'/col_idx.npy'); nb=math.ceil(m['n']/m['tile']); "
+      "assert rp.dtype==np.int32 and ci.dtype==np.int32; assert len(rp)==nb+1 and rp[-1]==len(ci)==800; "
+      "c=np.load(d+'/coords.npy'); assert c.shape==(8064,3) and c.dtype==np.float32\" " + dir.str();
+  EXPECT_EQ(std::system(cmd.c_str()), 0);
+}
+
+TEST(LayoutFolder, LoadNamesTheBadFile) {
+  TempDir dir;
+  EXPECT_THROW(load_layout(dir.str()), Error);
+  export_layout(make_w1_layout(4, 10, 1), dir.str());
+  const std::vector<std::int32_t> short_rp = {0, 1, 2};
+  write_npy(dir.str() + "/row_ptr.npy", "<i4", {3}, short_rp.data());
+  try {
+    load_layout(dir.str());
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("row_ptr.npy"));
+  }
+  fs::remove(dir.str() + "/meta.json");
+  try {
+    load_layout(dir.str());
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("meta.json"));
+  }
+}
