@@ -1,0 +1,248 @@
+// protattn fused engine: plan (validation, packed layouts, sorted work items, split-KV) and run.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+
+#include "cuda/common/cuda_check.hpp"
+#include "cuda/common/device_buffer.hpp"
+#include "cuda/fused/fused_engine.hpp"
+#include "cuda/fused/fused_launch.hpp"
+#include "engine/factories.hpp"
+#include "protattn/error.hpp"
+
+// dispatch() calls lambdas whose template parameters appear only in their bodies.
+#pragma nv_diag_suppress 445
+
+namespace protattn::fused {
+namespace {
+
+// Fewest key tiles a split piece gets: below this the combine costs more than it saves.
+constexpr int kMinTilesPerSplit = 2;
+// Most pieces one query tile is split into.
+constexpr int kMaxSplits = 16;
+
+bool dim_compiled(int d) {
+  switch (d) {
+#ifdef PROTATTN_FUSED_D32
+    case 32: return true;
+#endif
+#ifdef PROTATTN_FUSED_D64
+    case 64: return true;
+#endif
+#ifdef PROTATTN_FUSED_D128
+    case 128: return true;
+#endif
+    default: return false;
+  }
+}
+
+std::string compiled_dims() {
+  std::string s;
+  for (int d : {32, 64, 128})
+    if (dim_compiled(d)) s += (s.empty() ? "" : ", ") + std::to_string(d);
+  return s;
+}
+
+// Calls f.template operator()<T, D>() for the plan's dtype and dim; every unsupported value
+// fails loudly.
+template <typename F>
+auto dispatch(DType dtype, int dim, F&& f) {
+  auto by_dim = [&]<typename T>() {
+    switch (dim) {
+#ifdef PROTATTN_FUSED_D32
+      case 32: return f.template operator()<T, 32>();
+#endif
+#ifdef PROTATTN_FUSED_D64
+      case 64: return f.template operator()<T, 64>();
+#endif
+#ifdef PROTATTN_FUSED_D128
+      case 128: return f.template operator()<T, 128>();
+#endif
+      default:
+        throw Error("fused engine: unsupported head dim " + std::to_string(dim) + " (compiled: " + compiled_dims() + ")");
+    }
+  };
+  switch (dtype) {
+    case DType::f16: return by_dim.template operator()<__half>();
+    case DType::bf16: return by_dim.template operator()<__nv_bfloat16>();
+    default: throw Error(std::string("fused engine: unsupported dtype ") + to_string(dtype) + " (fp16 or bf16)");
+  }
+}
+
+class FusedPlan final : public Plan {
+ public:
+  Params params{};
+  PlanSummary summary;
+  cuda::DeviceBuffer col_idx, kind, coords, structs, items, combines, part_o, part_ml;
+};
+
+class FusedEngine final : public Engine {
+ public:
+  explicit FusedEngine(const EngineOptions& opt) : device_(opt.device) {
+    int count = 0;
+    PROTATTN_CUDA_CHECK(cudaGetDeviceCount(&count));
+    if (device_ < 0 || device_ >= count)
+      throw Error("fused engine: CUDA device " + std::to_string(device_) + " does not exist (" + std::to_string(count) + " present)");
+    PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
+    PROTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
+  }
+  const char* name() const override { return "fused"; }
+  bool on_device() const override { return true; }
+
+  std::unique_ptr<Plan> plan(const std::vector<const BlockLayout*>& layouts, const ProblemShape& shape) override {
+    if (shape.heads < 1) throw Error("fused engine: heads must be >= 1");
+    if (shape.dtype != DType::f16 && shape.dtype != DType::bf16)
+      throw Error(std::string("fused engine: unsupported dtype ") + to_string(shape.dtype) + " (fp16 or bf16)");
+    if (!dim_compiled(shape.dim))
+      throw Error("fused engine: unsupported head dim " + std::to_string(shape.dim) + " (compiled: " + compiled_dims() + ")");
+    PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
+    auto plan = std::make_unique<FusedPlan>();
+    plan->shape = shape;
+    plan->layouts = layouts;
+    plan->offsets.assign(1, 0);
+
+    std::vector<StructDesc> sds;
+    std::vector<std::int32_t> cols;
+    std::vector<std::uint8_t> kinds;
+    std::vector<std::int64_t> edge_base;
+    bool any_atoms = false;
+    for (std::size_t b = 0; b < layouts.size(); ++b) {
+      const BlockLayout& l = *layouts[b];
+      if (l.tile != kTile)
+        throw Error("fused engine: unsupported tile " + std::to_string(l.tile) + " in structure " + std::to_string(b) + " (tile must be 128)");
+      if (static_cast<int>(l.row_ptr.size()) != l.n_tiles + 1 || l.n_tiles * kTile < l.n)
+        throw Error("fused engine: layout " + std::to_string(b) + " is inconsistent (row_ptr / n_tiles / n)");
+      StructDesc sd{};
+      sd.offset = plan->offsets.back();
+      sd.n = l.n;
+      sd.mask = l.mask == MaskMode::tiles ? kMaskTiles : l.mask == MaskMode::atoms ? kMaskAtoms : kMaskWindows;
+      sd.cutoff2 = l.cutoff * l.cutoff;
+      if (l.mask == MaskMode::atoms) {
+        any_atoms = true;
+        if (l.coords.size() != static_cast<std::size_t>(l.n) * 3)
+          throw Error("fused engine: layout " + std::to_string(b) + " has mask atoms but no coordinates");
+      }
+      sds.push_back(sd);
+      edge_base.push_back(static_cast<std::int64_t>(cols.size()));
+      cols.insert(cols.end(), l.col_idx.begin(), l.col_idx.end());
+      for (BlockKind k : l.kind) kinds.push_back(static_cast<std::uint8_t>(k));
+      if (l.kind.size() != l.col_idx.size()) kinds.resize(cols.size(), 0);
+      plan->offsets.push_back(plan->offsets.back() + l.n);
+    }
+    const std::int64_t total_n = plan->total_n();
+
+    // Work items: one per (structure, head, query tile); split the key range when there are
+    // too few to fill the GPU.
+    const int bps = dispatch(shape.dtype, shape.dim, []<typename T, int D>() { return fused_blocks_per_sm<T, D>(); });
+    std::int64_t base_items = 0;
+    for (const BlockLayout* l : layouts) base_items += static_cast<std::int64_t>(l->n_tiles) * shape.heads;
+    const std::int64_t target = static_cast<std::int64_t>(sms_) * bps;
+    int splits = base_items >= target || base_items == 0
+                     ? 1 : static_cast<int>(std::min<std::int64_t>(kMaxSplits, (target + base_items - 1) / base_items));
+    if (const char* cap = std::getenv("PROTATTN_FUSED_MAX_SPLITS")) splits = std::max(1, std::min(splits, std::atoi(cap)));
+    std::vector<WorkItem> items;
+    std::vector<CombineItem> combines;
+    int slots = 0;
+    for (std::size_t b = 0; b < layouts.size(); ++b) {
+      const BlockLayout& l = *layouts[b];
+      for (int h = 0; h < shape.heads; ++h) {
+        for (int r = 0; r < l.n_tiles; ++r) {
+          const int begin = static_cast<int>(edge_base[b] + l.row_ptr[r]);
+          const int len = l.row_ptr[r + 1] - l.row_ptr[r];
+          const int chunk = std::max(kMinTilesPerSplit, (len + splits - 1) / splits);
+          if (splits == 1 || len <= chunk) {
+            items.push_back({static_cast<int>(b), h, r, begin, begin + len, -1});
+            continue;
+          }
+          const int pieces = (len + chunk - 1) / chunk;
+          combines.push_back({static_cast<int>(b), h, r, slots, pieces, 0});
+          for (int s = 0; s < pieces; ++s) {
+            const int e0 = begin + s * chunk, e1 = std::min(begin + len, e0 + chunk);
+            items.push_back({static_cast<int>(b), h, r, e0, e1, slots++});
+          }
+        }
+      }
+    }
+    // Longest first, ties in creation order: the block scheduler then approximates LPT.
+    std::stable_sort(items.begin(), items.end(),
+                     [](const WorkItem& a, const WorkItem& c) { return a.e_end - a.e_begin > c.e_end - c.e_begin; });
+
+    FusedPlan& fp = *plan;
+    fp.col_idx.upload(cols.empty() ? std::vector<std::int32_t>{0} : cols);
+    fp.kind.upload(kinds.empty() ? std::vector<std::uint8_t>{0} : kinds);
+    if (any_atoms) {
+      std::vector<float> xyz(static_cast<std::size_t>(total_n) * 3, 0.0f);
+      for (std::size_t b = 0; b < layouts.size(); ++b)
+        if (layouts[b]->mask == MaskMode::atoms)
+          std::copy(layouts[b]->coords.begin(), layouts[b]->coords.end(), xyz.begin() + sds[b].offset * 3);
+      fp.coords.upload(xyz);
+    }
+    fp.structs.upload(sds);
+    fp.items.upload(items);
+    fp.combines.upload(combines);
+    fp.part_o.resize(static_cast<std::size_t>(slots) * kTile * shape.dim * sizeof(float));
+    fp.part_ml.resize(static_cast<std::size_t>(slots) * kTile * 2 * sizeof(float));
+
+    Params& p = fp.params;
+    p.head_stride = total_n * shape.dim;
+    p.total_n = total_n;
+    p.col_idx = fp.col_idx.as<std::int32_t>();
+    p.kind = fp.kind.as<std::uint8_t>();
+    p.coords = fp.coords.as<float>();
+    p.structs = fp.structs.as<StructDesc>();
+    p.items = fp.items.as<WorkItem>();
+    p.combines = fp.combines.as<CombineItem>();
+    p.n_items = static_cast<int>(items.size());
+    p.n_combines = static_cast<int>(combines.size());
+    p.scale_log2 = shape.effective_scale() * 1.4426950408889634f;
+    p.part_o = fp.part_o.as<float>();
+    p.part_ml = fp.part_ml.as<float>();
+
+    fp.summary.items = p.n_items;
+    fp.summary.combines = p.n_combines;
+    fp.summary.slots = slots;
+    fp.summary.blocks_per_sm = bps;
+    fp.summary.sms = sms_;
+    for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.structs, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml})
+      fp.summary.device_bytes += buf->bytes();
+    return plan;
+  }
+
+  void run(const Plan& plan, const RunArgs& args) override {
+    const auto* fp = dynamic_cast<const FusedPlan*>(&plan);
+    if (!fp) throw Error("fused engine: the plan was made by another engine");
+    if (!args.q || !args.k || !args.v || !args.o) throw Error("fused engine: Q, K, V and O must be given");
+    Params p = fp->params;
+    p.q = args.q;
+    p.k = args.k;
+    p.v = args.v;
+    p.o = args.o;
+    p.lse = args.lse;
+    auto stream = static_cast<cudaStream_t>(args.stream);
+    dispatch(plan.shape.dtype, plan.shape.dim, [&]<typename T, int D>() { launch_fused<T, D>(p, stream); });
+  }
+
+ private:
+  int device_ = 0;
+  int sms_ = 0;
+};
+
+}  // namespace
+
+PlanSummary summarize(const Plan& plan) {
+  const auto* fp = dynamic_cast<const FusedPlan*>(&plan);
+  if (!fp) throw Error("fused engine: not a fused plan");
+  return fp->summary;
+}
+
+}  // namespace protattn::fused
+
+namespace protattn {
+
+std::unique_ptr<Engine> make_fused_engine(const EngineOptions& opt) { return std::make_unique<fused::FusedEngine>(opt); }
+
+}  // namespace protattn

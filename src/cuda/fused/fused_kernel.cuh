@@ -1,0 +1,508 @@
+// protattn fused engine: block-sparse flash attention on tensor cores (mma.sync m16n8k16).
+//
+// One block = one WorkItem: 128 query rows of one head against a list of kept 128-key tiles.
+// 8 warps, each owning 16 query rows (on Hopper: two warpgroups of 64 rows). K/V tiles stream
+// through a two-stage cp.async pipeline in 128-byte-swizzled shared memory; the online softmax
+// keeps m and l in registers. FULL tiles run unmasked, PARTIAL tiles (and tiles crossing the
+// end of a structure) evaluate the mask per pair. Two tensor-core back ends share everything
+// else: kWgmma (sm_90a: S = Q K^T from shared-memory descriptors, O += P V with P in registers)
+// and mma.sync m16n8k16 (any sm_80+ GPU: Q in registers, K and V through ldmatrix).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/fused/fused_params.hpp"
+#include "cuda/fused/wgmma.cuh"
+
+namespace protattn::fused {
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+template <typename T>
+struct ElemTraits;
+template <>
+struct ElemTraits<__half> {
+  using Pair = __half2;
+  static __device__ __forceinline__ std::uint32_t pack(float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<std::uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ void mma(float* c, const std::uint32_t (&a)[4], std::uint32_t b0,
+                                             std::uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+template <>
+struct ElemTraits<__nv_bfloat16> {
+  using Pair = __nv_bfloat162;
+  static __device__ __forceinline__ std::uint32_t pack(float a, float b) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<std::uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ void mma(float* c, const std::uint32_t (&a)[4], std::uint32_t b0,
+                                             std::uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy; src_bytes 0 fills the destination with zeros (rows past the end).
+__device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Shared-memory tile of 128 rows x D elements of 2 bytes, stored as D/64 blocks of 128 rows x
+// 128 bytes; within a block the 16-byte chunk index is XORed with (row & 7). This is the
+// canonical 128-byte-swizzle layout of wgmma operands (K-major for Q and K, MN-major for V),
+// and the 8 rows an ldmatrix phase reads land in 8 distinct bank groups.
+template <int D>
+struct SwizzledTile {
+  static constexpr int kChunks = D / 8;          // 16-byte chunks per row
+  static constexpr int kRowBytes = 128;          // one swizzle atom row
+  static constexpr int kBlockBytes = kTile * kRowBytes;  // one 64-column block
+  static constexpr int kBytes = kTile * D * 2;
+  static __device__ __forceinline__ std::uint32_t offset(int row, int chunk) {
+    return static_cast<std::uint32_t>((chunk / 8) * kBlockBytes + row * kRowBytes + ((chunk % 8) ^ (row & 7)) * 16);
+  }
+};
+
+// Loads rows [row0, row0 + 128) of a [rows, D] matrix into a swizzled tile; rows >= limit read
+// as zeros (and are never read from global memory).
+template <int D>
+__device__ __forceinline__ void load_tile(std::uint32_t smem, const std::uint16_t* base, int row0, int limit,
+                                          int tid) {
+  using Tile = SwizzledTile<D>;
+  constexpr int kTotal = kTile * Tile::kChunks;
+#pragma unroll
+  for (int i = 0; i < kTotal / kThreads; ++i) {
+    const int id = tid + i * kThreads;
+    const int row = id / Tile::kChunks, chunk = id % Tile::kChunks;
+    const int grow = row0 + row;
+    const bool in = grow < limit;
+    const std::uint16_t* src = base + static_cast<std::int64_t>(in ? grow : 0) * D + chunk * 8;
+    cp_async_16(smem + Tile::offset(row, chunk), src, in ? 16 : 0);
+  }
+}
+
+struct QueryPos {
+  int row;  // local row within the structure
+  float x, y, z;
+};
+
+// The mask rule of mask_allows(), with the same float arithmetic (no fused multiply-add).
+__device__ __forceinline__ bool allowed(const StructDesc& sd, const float* coords, const QueryPos& qp, int j) {
+  if (j >= sd.n || qp.row >= sd.n) return false;
+  if (sd.mask == kMaskTiles) return true;
+  if (sd.mask == kMaskWindows) {
+    const int centre = (qp.row / 32) * 32 + 16;
+    return j >= centre - 64 && j < centre + 64;
+  }
+  if (j == qp.row) return true;
+  const float* c = coords + (sd.offset + j) * 3;
+  const float dx = __fsub_rn(qp.x, c[0]), dy = __fsub_rn(qp.y, c[1]), dz = __fsub_rn(qp.z, c[2]);
+  const float d2 = __fadd_rn(__fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy)), __fmul_rn(dz, dz));
+  return d2 <= sd.cutoff2;
+}
+
+// 2^x on the special-function unit (flush-to-zero; 2^-inf = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Masks a 16 x 64 slice of raw scores (the mma.sync back end; the wgmma one inlines the
+// same steps, which keeps its registers from spilling).
+template <int N>
+__device__ __forceinline__ void mask_scores(float (&s)[N], const StructDesc& sd, const float* coords,
+                                            const QueryPos (&qpos)[2], int key0, int t) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (!allowed(sd, coords, qpos[(i % 4) / 2], key0 + (i / 4) * 8 + 2 * t + (i & 1))) s[i] = -INFINITY;
+}
+
+// Online softmax over one slice of raw scores: updates the running max m (log2 domain) and
+// this thread's share of the sum l of its two rows, turns s into probabilities, and returns the
+// factors alpha by which the earlier O must be scaled.
+template <int N>
+__device__ __forceinline__ void online_softmax(float (&s)[N], float scale_log2, float (&m_row)[2], float (&l_row)[2],
+                                               float (&alpha)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < N / 4; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_row[r], mx * scale_log2);
+    const float base = m_new == -INFINITY ? 0.0f : m_new;  // no key yet: keep exp2 finite
+    alpha[r] = fast_exp2(m_row[r] - base);
+    m_row[r] = m_new;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < N / 4; ++nt) {
+      s[4 * nt + 2 * r] = fast_exp2(fmaf(s[4 * nt + 2 * r], scale_log2, -base));
+      s[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s[4 * nt + 2 * r + 1], scale_log2, -base));
+      sum += s[4 * nt + 2 * r] + s[4 * nt + 2 * r + 1];
+    }
+    l_row[r] = l_row[r] * alpha[r] + sum;
+  }
+}
+
+// P (a 16 x 64 slice of probabilities in accumulator layout) as four k16 A fragments.
+template <typename T, int N>
+__device__ __forceinline__ void pack_p(const float (&s)[N], std::uint32_t (&a)[N / 8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < N / 8; ++kk) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) a[kk][j] = ElemTraits<T>::pack(s[8 * kk + 2 * j], s[8 * kk + 2 * j + 1]);
+  }
+}
+
+template <typename T, int D>
+struct FusedKernel {
+  static constexpr int kQBytes = SwizzledTile<D>::kBytes;
+  static constexpr int kStageBytes = 2 * SwizzledTile<D>::kBytes;  // K and V
+  static constexpr int kSmemBytes = kQBytes + 2 * kStageBytes;
+  static constexpr int kMinBlocks = D <= 64 ? 2 : 1;
+  static constexpr int kKSteps = D / 16;          // k16 steps of Q K^T
+  static constexpr int kOAcc = D / 2;             // O accumulators per thread (16 x D per warp)
+  static constexpr int kSAcc = kKeyChunk / 2;     // S accumulators per thread (16 x 64 per warp)
+  static_assert(D % 64 == 0 || D == 32, "head dim 32, 64 or 128");
+};
+
+// The sm_90a wgmma back end exists only where the compiler targets sm_90a.
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define PROTATTN_WGMMA_ARCH 1
+#else
+#define PROTATTN_WGMMA_ARCH 0
+#endif
+
+template <typename T>
+__device__ __forceinline__ void wgmma_qk(float (&d)[32], std::uint64_t a, std::uint64_t b, int scale_d) {
+#if PROTATTN_WGMMA_ARCH
+  if constexpr (std::is_same_v<T, __half>) sm90::ss_m64n64k16_f16(d, a, b, scale_d);
+  else sm90::ss_m64n64k16_bf16(d, a, b, scale_d);
+#endif
+}
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t (&a)[4], std::uint64_t b) {
+#if PROTATTN_WGMMA_ARCH
+  if constexpr (D == 64) {
+    if constexpr (std::is_same_v<T, __half>) sm90::rs_m64n64k16_f16(d, a, b);
+    else sm90::rs_m64n64k16_bf16(d, a, b);
+  } else if constexpr (D == 128) {
+    if constexpr (std::is_same_v<T, __half>) sm90::rs_m64n128k16_f16(d, a, b);
+    else sm90::rs_m64n128k16_bf16(d, a, b);
+  }
+#endif
+}
+
+template <typename T, int D, bool kWgmma>
+__global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused_attention_kernel(const Params p) {
+  using K_ = FusedKernel<T, D>;
+  using Tile = SwizzledTile<D>;
+  using E = ElemTraits<T>;
+  static_assert(!kWgmma || D == 64 || D == 128, "wgmma back end: head dim 64 or 128");
+#if !PROTATTN_WGMMA_ARCH
+  if constexpr (kWgmma) {
+    __trap();  // never launched: the host picks this back end on sm_90 only
+  } else
+#endif
+  {
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const std::uint32_t s_q = smem_addr(smem);
+  const std::uint32_t s_stage0 = s_q + K_::kQBytes;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int wg_row = (warp / 4) * 64;  // first row of this warp's warpgroup (wgmma back end)
+  const WorkItem item = p.items[blockIdx.x];
+  const StructDesc sd = p.structs[item.b];
+  const int row0 = item.q_tile * kTile;
+  const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
+  const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
+  const auto* kg = static_cast<const std::uint16_t*>(p.k) + head_off;
+  const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
+
+  // Query positions of this thread's two rows (g and g + 8 of the warp's 16).
+  QueryPos qpos[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    qpos[r].row = row0 + warp * 16 + g + r * 8;
+    qpos[r].x = qpos[r].y = qpos[r].z = 0.0f;
+    if (sd.mask == kMaskAtoms && qpos[r].row < sd.n) {
+      const float* c = p.coords + (sd.offset + qpos[r].row) * 3;
+      qpos[r].x = c[0];
+      qpos[r].y = c[1];
+      qpos[r].z = c[2];
+    }
+  }
+
+  const int n_kv = item.e_end - item.e_begin;
+  load_tile<D>(s_q, qg, row0, sd.n, tid);
+  if (n_kv > 0) {
+    const int kt = p.col_idx[item.e_begin];
+    load_tile<D>(s_stage0, kg, kt * kTile, sd.n, tid);
+    load_tile<D>(s_stage0 + Tile::kBytes, vg, kt * kTile, sd.n, tid);
+  }
+  cp_async_commit();
+
+  // Accumulator element i of a 16-row slice: row g + 8 * ((i % 4) / 2), column
+  // 8 * (i / 4) + 2 * t + (i % 2) (the mma.sync C layout and the wgmma one per warp alike).
+  float o_acc[K_::kOAcc];
+#pragma unroll
+  for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
+  float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum
+  std::uint32_t q_frag[kWgmma ? 1 : K_::kKSteps][4];
+
+  for (int it = 0; it < n_kv; ++it) {
+    const int e = item.e_begin + it;
+    if (it + 1 < n_kv) {
+      const int kt_next = p.col_idx[e + 1];
+      const std::uint32_t st = s_stage0 + ((it + 1) & 1) * K_::kStageBytes;
+      load_tile<D>(st, kg, kt_next * kTile, sd.n, tid);
+      load_tile<D>(st + Tile::kBytes, vg, kt_next * kTile, sd.n, tid);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    if constexpr (kWgmma) sm90::fence_proxy_async();
+    __syncthreads();
+
+    if constexpr (!kWgmma) {
+      if (it == 0) {
+#pragma unroll
+        for (int ks = 0; ks < K_::kKSteps; ++ks) {
+          const int row = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+          const int chunk = ks * 2 + lane / 16;
+          ldmatrix_x4(q_frag[ks], s_q + Tile::offset(row, chunk));
+        }
+      }
+    }
+
+    const int kt = p.col_idx[e];
+    const bool masked = p.kind[e] != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
+    const std::uint32_t s_k = s_stage0 + (it & 1) * K_::kStageBytes;
+    const std::uint32_t s_v = s_k + Tile::kBytes;
+
+    if constexpr (kWgmma) {
+      // One 64-key half at a time: S on the tensor cores, softmax, then P V. (Issuing both
+      // halves first to overlap softmax with the tensor cores needs a second S buffer, which
+      // spills at two blocks per multiprocessor and measured slower.)
+#pragma unroll
+      for (int half = 0; half < kTile / kKeyChunk; ++half) {
+        float s_acc[K_::kSAcc];
+        sm90::fence();
+#pragma unroll
+        for (int ks = 0; ks < K_::kKSteps; ++ks) {
+          const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
+          const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
+          const std::uint64_t db = sm90::smem_desc(s_k + k_off + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
+          wgmma_qk<T>(s_acc, da, db, ks > 0);
+        }
+        sm90::commit();
+        sm90::wait<0>();
+        // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
+        // folds into one FFMA before each exp2.
+        if (masked) {
+#pragma unroll
+          for (int i = 0; i < K_::kSAcc; ++i) {
+            const int j = kt * kTile + half * kKeyChunk + (i / 4) * 8 + 2 * t + (i & 1);
+            if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
+          }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) mx = fmaxf(mx, fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float m_new = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
+          const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
+          alpha[r] = fast_exp2(m_row[r] - base);
+          m_row[r] = m_new;
+          float sum = 0.0f;
+#pragma unroll
+          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+            s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+            s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+            sum += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+          }
+          l_row[r] = l_row[r] * alpha[r] + sum;
+        }
+#pragma unroll
+        for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
+        sm90::fence();
+#pragma unroll
+        for (int kk = 0; kk < kKeyChunk / 16; ++kk) {
+          std::uint32_t a[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) a[j] = E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+          // V rows (keys) half*64 + kk*16 .. +16, MN-major: 8-key groups 1024 B apart, 64-column
+          // blocks kBlockBytes apart.
+          const std::uint64_t db = sm90::smem_desc(s_v + (half * kKeyChunk + kk * 16) * Tile::kRowBytes,
+                                                   Tile::kBlockBytes, 1024);
+          wgmma_pv<T, D>(o_acc, a, db);
+        }
+        sm90::commit();
+        sm90::wait<0>();
+      }
+    } else {
+#pragma unroll
+      for (int half = 0; half < kTile / kKeyChunk; ++half) {
+        float s_acc[K_::kSAcc];
+#pragma unroll
+        for (int i = 0; i < K_::kSAcc; ++i) s_acc[i] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < K_::kKSteps; ++ks) {
+#pragma unroll
+          for (int np = 0; np < kKeyChunk / 16; ++np) {
+            std::uint32_t b[4];
+            const int key = half * kKeyChunk + np * 16 + (lane % 8) + (lane / 16) * 8;
+            const int chunk = ks * 2 + (lane / 8) % 2;
+            ldmatrix_x4(b, s_k + Tile::offset(key, chunk));
+            E::mma(&s_acc[8 * np], q_frag[ks], b[0], b[1]);
+            E::mma(&s_acc[8 * np + 4], q_frag[ks], b[2], b[3]);
+          }
+        }
+        if (masked) mask_scores(s_acc, sd, p.coords, qpos, kt * kTile + half * kKeyChunk, t);
+        float alpha[2];
+        online_softmax(s_acc, p.scale_log2, m_row, l_row, alpha);
+        std::uint32_t a[kKeyChunk / 16][4];
+        pack_p<T>(s_acc, a);
+#pragma unroll
+        for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
+#pragma unroll
+        for (int kk = 0; kk < kKeyChunk / 16; ++kk) {
+#pragma unroll
+          for (int dp = 0; dp < D / 16; ++dp) {
+            std::uint32_t b[4];
+            const int key = half * kKeyChunk + kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+            const int chunk = dp * 2 + lane / 16;
+            ldmatrix_x4_trans(b, s_v + Tile::offset(key, chunk));
+            E::mma(&o_acc[8 * dp], a[kk], b[0], b[1]);
+            E::mma(&o_acc[8 * dp + 4], a[kk], b[2], b[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the stage is refilled by the next iteration's prefetch
+  }
+
+  // Finish: full row sums across the quad, then O / l and LSE, or a partial for the combine.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 1);
+    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 2);
+  }
+  if (item.slot < 0) {
+    auto* og = static_cast<T*>(p.o) + head_off;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = qpos[r].row;
+      if (row >= sd.n) continue;
+      const float inv = l_row[r] > 0.0f ? 1.0f / l_row[r] : 0.0f;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        const std::uint32_t packed = E::pack(o_acc[4 * dn + 2 * r] * inv, o_acc[4 * dn + 2 * r + 1] * inv);
+        *reinterpret_cast<std::uint32_t*>(og + static_cast<std::int64_t>(row) * D + dn * 8 + 2 * t) = packed;
+      }
+      if (p.lse && t == 0) {
+        p.lse[static_cast<std::int64_t>(item.h) * p.total_n + sd.offset + row] =
+            l_row[r] > 0.0f ? (m_row[r] + log2f(l_row[r])) * kLn2 : -INFINITY;
+      }
+    }
+  } else {
+    float* po = p.part_o + static_cast<std::int64_t>(item.slot) * kTile * D;
+    float* pml = p.part_ml + static_cast<std::int64_t>(item.slot) * kTile * 2;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int lrow = warp * 16 + g + r * 8;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<float2*>(po + lrow * D + dn * 8 + 2 * t) =
+            make_float2(o_acc[4 * dn + 2 * r], o_acc[4 * dn + 2 * r + 1]);
+      }
+      if (t == 0) {
+        pml[2 * lrow] = m_row[r];
+        pml[2 * lrow + 1] = l_row[r];
+      }
+    }
+  }
+  }
+}
+
+// Rows of a split query tile one combine block handles.
+inline constexpr int kCombineRows = 16;
+
+// Combines the partial results of a split query tile in slot order (deterministic).
+// Block (x = CombineItem, y = group of kCombineRows rows); thread = (row, 4-wide column group).
+template <typename T, int D>
+__global__ void __launch_bounds__(kCombineRows * D / 4) fused_combine_kernel(const Params p) {
+  constexpr int kQuads = D / 4;
+  const CombineItem ci = p.combines[blockIdx.x];
+  const StructDesc sd = p.structs[ci.b];
+  const int lrow = blockIdx.y * kCombineRows + threadIdx.x / kQuads, dq = threadIdx.x % kQuads;
+  const int row = ci.q_tile * kTile + lrow;
+  if (row >= sd.n) return;
+  const float* ml = p.part_ml + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * 2;
+  const float4* po = reinterpret_cast<const float4*>(p.part_o + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * D) + dq;
+  constexpr std::int64_t kSlotMl = kTile * 2, kSlotO = kTile * D / 4;
+  float mx = -INFINITY;
+#pragma unroll 8
+  for (int s = 0; s < ci.n_slots; ++s) mx = fmaxf(mx, ml[s * kSlotMl]);
+  const float base = mx == -INFINITY ? 0.0f : mx;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float l = 0.0f;
+#pragma unroll 8
+  for (int s = 0; s < ci.n_slots; ++s) {
+    const float w = fast_exp2(ml[s * kSlotMl] - base);
+    l += w * ml[s * kSlotMl + 1];
+    const float4 x = po[s * kSlotO];
+    acc.x += w * x.x;
+    acc.y += w * x.y;
+    acc.z += w * x.z;
+    acc.w += w * x.w;
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  const std::int64_t head_off = static_cast<std::int64_t>(ci.h) * p.head_stride + sd.offset * D;
+  T* og = static_cast<T*>(p.o) + head_off + static_cast<std::int64_t>(row) * D + dq * 4;
+  reinterpret_cast<std::uint32_t*>(og)[0] = ElemTraits<T>::pack(acc.x * inv, acc.y * inv);
+  reinterpret_cast<std::uint32_t*>(og)[1] = ElemTraits<T>::pack(acc.z * inv, acc.w * inv);
+  if (p.lse && dq == 0)
+    p.lse[static_cast<std::int64_t>(ci.h) * p.total_n + sd.offset + row] = l > 0.0f ? (mx + log2f(l)) * kLn2 : -INFINITY;
+}
+
+}  // namespace protattn::fused

@@ -1,0 +1,18 @@
+// protattn fused engine: the launch entry of one (element type, head dim) instantiation.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "cuda/fused/fused_params.hpp"
+
+namespace protattn::fused {
+
+// Launches the attention kernel over p.n_items work items, then the combine kernel over
+// p.n_combines split tiles, on `stream`. Instantiated once per (T, D) in generated files.
+template <typename T, int D>
+void launch_fused(const Params& p, cudaStream_t stream);
+
+// Blocks of the attention kernel that fit on one multiprocessor (for the split decision).
+template <typename T, int D>
+int fused_blocks_per_sm();
+
+}  // namespace protattn::fused

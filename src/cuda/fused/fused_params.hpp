@@ -1,0 +1,60 @@
+// protattn fused engine: the flat parameter block the kernels read (built once per plan).
+#pragma once
+#include <cstdint>
+
+namespace protattn::fused {
+
+// Tile shape of the kernel: 128 query rows (8 warps x 16) against 128 keys, taken in two
+// halves of 64 keys.
+inline constexpr int kTile = 128;
+inline constexpr int kWarps = 8;
+inline constexpr int kThreads = kWarps * 32;
+inline constexpr int kKeyChunk = 64;
+
+// Mask rule of a structure, as mask_allows() defines it.
+enum MaskCode : std::int32_t { kMaskTiles = 0, kMaskAtoms = 1, kMaskWindows = 2 };
+
+struct StructDesc {
+  std::int64_t offset;  // first row of the structure in the packed atom axis
+  std::int32_t n;       // atoms
+  std::int32_t mask;    // MaskCode
+  float cutoff2;        // cutoff * cutoff (mask atoms)
+  std::int32_t pad;
+};
+
+// One block's work: one query tile of one head of one structure, over the kept key tiles
+// [e_begin, e_end) of the packed col_idx. slot < 0: write O/LSE; else write a partial result
+// into workspace slot `slot` (split key range, combined in a fixed order afterwards).
+struct WorkItem {
+  std::int32_t b, h, q_tile, e_begin, e_end, slot;
+};
+
+// The rows of one query tile split into slots [slot_begin, slot_begin + n_slots).
+struct CombineItem {
+  std::int32_t b, h, q_tile, slot_begin, n_slots, pad;
+};
+
+struct Params {
+  // Q, K, V, O: [heads, total_n, dim] in the element type; LSE [heads, total_n] float32.
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;
+  std::int64_t head_stride;  // total_n * dim (elements)
+  std::int64_t total_n;
+  // layout, packed over the batch
+  const std::int32_t* col_idx;  // [nnz] key tile of each kept pair
+  const std::uint8_t* kind;     // [nnz] 0 full, 1 partial
+  const float* coords;          // [total_n, 3] new order (mask atoms)
+  const StructDesc* structs;    // [batch]
+  const WorkItem* items;        // [n_items], longest first
+  const CombineItem* combines;  // [n_combines]
+  std::int32_t n_items, n_combines;
+  float scale_log2;             // softmax scale * log2(e)
+  // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
+  float* part_o;
+  float* part_ml;
+};
+
+}  // namespace protattn::fused

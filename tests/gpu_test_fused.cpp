@@ -1,0 +1,173 @@
+// GPU tests of the fused engine against the float64 reference (tests/common/reference.hpp).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "common/reference.hpp"
+#include "protattn/error.hpp"
+#include "protattn/engine.hpp"
+#include "protattn/layout.hpp"
+#include "protattn/structure.hpp"
+
+namespace protattn {
+namespace {
+
+// Bounds, relative to the largest |O| of each head (inputs N(0,1), so O is O(1)):
+// fp16 carries 11 significant bits (P and O rounded once each), bf16 8.
+double o_bound(DType t) { return t == DType::f16 ? 4e-3 : 2.5e-2; }
+// LSE comes from fp32 arithmetic on the same rounded inputs as the reference.
+constexpr double kLseBound = 5e-4;
+
+bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+struct Case {
+  std::vector<BlockLayout> layouts;
+  ProblemShape shape;
+};
+
+// Runs the engine twice on poisoned outputs; checks every element against the reference and
+// that the two runs are bit-identical.
+void check(const Case& c, std::uint64_t seed) {
+  auto engine = make_engine("fused");
+  std::vector<const BlockLayout*> ptrs;
+  for (const BlockLayout& l : c.layouts) ptrs.push_back(&l);
+  auto plan = engine->plan(ptrs, c.shape);
+  const std::int64_t T = plan->total_n();
+  const test::Inputs in = test::random_inputs(c.shape, T, seed);
+  std::vector<double> ref_o, ref_lse;
+  test::reference_batch(*plan, in, ref_o, ref_lse);
+
+  const std::size_t o_bytes = in.q.size();
+  const std::size_t lse_n = static_cast<std::size_t>(c.shape.heads) * T;
+  std::vector<std::uint8_t> o1(o_bytes, 0xff), o2(o_bytes, 0xff);  // 0xffff: NaN in fp16 and bf16
+  std::vector<float> l1(lse_n, std::numeric_limits<float>::quiet_NaN()), l2(lse_n, std::numeric_limits<float>::quiet_NaN());
+  RunArgs a1{in.q.data(), in.k.data(), in.v.data(), o1.data(), l1.data(), nullptr};
+  run_host(*engine, *plan, a1);
+  const test::Compare cmp = test::compare(*plan, o1.data(), c.shape.dtype, l1.data(), ref_o, ref_lse);
+  EXPECT_EQ(cmp.non_finite, 0) << "non-finite outputs (unwritten or NaN)";
+  EXPECT_EQ(cmp.lse_mismatch_inf, 0) << "rows with no key must give LSE -inf, others finite";
+  EXPECT_LE(cmp.max_rel_o, o_bound(c.shape.dtype));
+  EXPECT_LE(cmp.max_abs_lse, kLseBound);
+  RunArgs a2{in.q.data(), in.k.data(), in.v.data(), o2.data(), l2.data(), nullptr};
+  run_host(*engine, *plan, a2);
+  EXPECT_EQ(std::memcmp(o1.data(), o2.data(), o_bytes), 0) << "O differs between two runs";
+  EXPECT_EQ(std::memcmp(l1.data(), l2.data(), lse_n * sizeof(float)), 0) << "LSE differs between two runs";
+}
+
+BlockLayout globule_layout(std::size_t n, MaskMode mask, float cutoff = 8.0f, std::uint64_t seed = 7) {
+  const Structure s = make_globule(n, 0.058, seed);
+  LayoutOptions opt;
+  opt.mask = mask;
+  opt.cutoff = cutoff;
+  opt.order = Order::hilbert;
+  return build_cutoff_layout(s.xyz.data(), s.size(), opt);
+}
+
+// A layout by hand over n atoms: rows[r] lists the kept key tiles of query tile r.
+BlockLayout hand_layout(int n, const std::vector<std::vector<int>>& rows, MaskMode mask = MaskMode::tiles) {
+  BlockLayout l;
+  l.n = n;
+  l.tile = 128;
+  l.n_tiles = (n + 127) / 128;
+  l.row_ptr.assign(1, 0);
+  for (const auto& r : rows) {
+    for (int c : r) {
+      l.col_idx.push_back(c);
+      l.kind.push_back(BlockKind::full);
+    }
+    l.row_ptr.push_back(static_cast<std::int32_t>(l.col_idx.size()));
+  }
+  l.perm.resize(n);
+  for (int i = 0; i < n; ++i) l.perm[i] = i;
+  l.coords.assign(static_cast<std::size_t>(n) * 3, 0.0f);
+  l.mask = mask;
+  l.builder = "edges";
+  return l;
+}
+
+class FusedTest : public ::testing::TestWithParam<std::tuple<DType, int>> {
+ protected:
+  void SetUp() override {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  }
+  ProblemShape shape(int heads) const {
+    ProblemShape s;
+    s.heads = heads;
+    s.dtype = std::get<0>(GetParam());
+    s.dim = std::get<1>(GetParam());
+    return s;
+  }
+};
+
+TEST_P(FusedTest, RaggedSizesBothMasks) {
+  std::uint64_t seed = 100;
+  for (std::size_t n : {1u, 127u, 128u, 129u, 4096u + 17u}) {
+    for (MaskMode m : {MaskMode::tiles, MaskMode::atoms}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " mask=" + to_string(m));
+      Case c{{globule_layout(n, m)}, shape(2)};
+      check(c, ++seed);
+    }
+  }
+}
+
+TEST_P(FusedTest, EmptyRowsOneTileAllTiles) {
+  // query tile 1 keeps no key tile: its rows give O = 0 and LSE = -inf
+  check(Case{{hand_layout(300, {{0, 2}, {}, {1, 2}})}, shape(3)}, 11);
+  check(Case{{hand_layout(90, {{0}})}, shape(1)}, 12);
+  const Structure s = make_globule(700, 0.058, 3);
+  LayoutOptions opt;
+  check(Case{{build_dense_layout(s.xyz.data(), s.size(), opt)}, shape(2)}, 13);
+}
+
+TEST_P(FusedTest, WindowsMask) {
+  const Structure s = make_globule(1000, 0.058, 5);
+  LayoutOptions opt;
+  opt.order = Order::file;
+  check(Case{{build_window_layout(s.xyz.data(), s.size(), opt)}, shape(2)}, 21);
+}
+
+TEST_P(FusedTest, RaggedBatch) {
+  Case c;
+  c.layouts.push_back(globule_layout(300, MaskMode::atoms, 8.0f, 1));
+  c.layouts.push_back(globule_layout(1000, MaskMode::tiles, 6.0f, 2));
+  c.layouts.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 3));
+  c.layouts.push_back(hand_layout(200, {{0}, {}}));
+  c.shape = shape(2);
+  check(c, 31);
+}
+
+TEST_P(FusedTest, W1SplitKeyRange) {
+  // 32 query tiles and one head cannot fill the GPU: the plan splits the key ranges and
+  // combines the pieces afterwards.
+  check(Case{{make_w1_layout(32, 800, 12, 1)}, shape(1)}, 41);
+}
+
+INSTANTIATE_TEST_SUITE_P(DtypeDim, FusedTest,
+                         ::testing::Combine(::testing::Values(DType::f16, DType::bf16), ::testing::Values(64, 128)),
+                         [](const auto& info) {
+                           return std::string(to_string(std::get<0>(info.param))) + "_d" +
+                                  std::to_string(std::get<1>(info.param));
+                         });
+
+TEST(FusedErrors, UnsupportedShapesFailLoudly) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto engine = make_engine("fused");
+  const BlockLayout l = hand_layout(128, {{0}});
+  ProblemShape s;
+  s.dim = 96;
+  EXPECT_THROW(engine->plan({&l}, s), Error);
+  s.dim = 64;
+  s.dtype = DType::f32;
+  EXPECT_THROW(engine->plan({&l}, s), Error);
+}
+
+}  // namespace
+}  // namespace protattn
