@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The one GPU run: GPU tests, `protattn bench`, the peers on the same layouts, then a short
+# table last. Results (JSON, logs, plot) go to $OUT (default ./out).
+#   scripts/gpu-bench.sh [BIN_DIR]     BIN_DIR holds protattn and protattn_gpu_tests
+#                                      (default: build/tools and build/tests; scripts/build-carry.sh
+#                                      builds them on a machine without a GPU and stages them).
+# Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,1m), ENGINES (default fused), SKIP_TESTS=1.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-}
+out=${OUT:-$root/out}
+mkdir -p "$out"
+find_bin() { for c in "$bin/$1" "$root/build/tools/$1" "$root/build/tests/$1"; do [ -x "$c" ] && { echo "$c"; return; }; done; }
+protattn=$(find_bin protattn); gtests=$(find_bin protattn_gpu_tests)
+[ -n "$protattn" ] || { echo "gpu-bench: no protattn binary (give BIN_DIR)" >&2; exit 1; }
+workloads=${WORKLOADS:-w1,w1alt,w1b,w2,w2d128,1m}
+engines=${ENGINES:-fused}
+commit=$(cat "$root/.carry/COMMIT" 2>/dev/null || git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv | tee "$out/gpu.txt"
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+
+status=0
+if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ]; then
+  echo "== GPU tests"
+  "$gtests" --gtest_brief=1 2>&1 | tee "$out/gpu_tests.log" | tail -40
+  status=${PIPESTATUS[0]}
+fi
+
+echo "== protattn bench ($engines on $workloads)"
+layouts=$(mktemp -d)
+"$protattn" bench --engine "$engines" --workload "$workloads" --export-layouts "$layouts" --json "$out/bench.json" \
+  2>&1 | tee "$out/bench.log" || status=1
+
+echo "== peers (FlexAttention, SDPA flash, SDPA cuDNN) on the same layouts"
+PYTHONUNBUFFERED=1 python3 "$root/bench/peers.py" "$layouts"/* --json "$out/peers.json" 2>&1 | grep -v Warning | tail -20 || status=1
+
+echo "== summary (same run, same GPU; ratios = peer time / protattn time)"
+python3 "$root/bench/report.py" "$out/bench.json" "$out/peers.json" --out "$out/results.json" --plot "$out/plot.png" \
+  --meta "commit=$commit" "nvidia_driver=$driver" || status=1
+exit $status
