@@ -164,6 +164,7 @@ std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order o
   std::vector<std::int32_t> perm(n);
   std::iota(perm.begin(), perm.end(), 0);
   if (order == Order::file || n < 2) return perm;
+  validate_coords(xyz, n, "spatial_order");  // keys need finite coordinates
   float lo[3], hi[3];
   detail::bounding_box(xyz, n, lo, hi);
   const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
