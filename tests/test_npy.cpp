@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <unistd.h>
 #include <fstream>
 #include <sstream>
 

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <unistd.h>
 #include <fstream>
 #include <map>
 #include <set>
