@@ -157,6 +157,53 @@ INSTANTIATE_TEST_SUITE_P(DtypeDim, FusedTest,
                                   std::to_string(std::get<1>(info.param));
                          });
 
+TEST(FusedGraph, RunIsCapturableAndReplaysBitIdentical) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  auto engine = make_engine("fused");
+  const BlockLayout l = globule_layout(3000, MaskMode::atoms);
+  const BlockLayout w1 = make_w1_layout(32, 800, 12, 1);  // split key ranges: two kernels
+  ProblemShape shape;
+  shape.heads = 2;
+  for (const BlockLayout* lp : {&l, &w1}) {
+    auto plan = engine->plan({lp}, shape);
+    const test::Inputs in = test::random_inputs(shape, plan->total_n(), 5);
+    const std::size_t bytes = in.q.size(), lse_bytes = static_cast<std::size_t>(shape.heads) * plan->total_n() * 4;
+    void *q, *k, *v, *o, *lse;
+    for (void** p : {&q, &k, &v, &o}) ASSERT_EQ(cudaMalloc(p, bytes), cudaSuccess);
+    ASSERT_EQ(cudaMalloc(&lse, lse_bytes), cudaSuccess);
+    cudaMemcpy(q, in.q.data(), bytes, cudaMemcpyHostToDevice);
+    cudaMemcpy(k, in.k.data(), bytes, cudaMemcpyHostToDevice);
+    cudaMemcpy(v, in.v.data(), bytes, cudaMemcpyHostToDevice);
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    RunArgs a{q, k, v, o, static_cast<float*>(lse), stream};
+    engine->run(*plan, a);  // direct run
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    std::vector<std::uint8_t> o_direct(bytes), o_graph(bytes, 0);
+    std::vector<float> l_direct(lse_bytes / 4), l_graph(lse_bytes / 4);
+    cudaMemcpy(o_direct.data(), o, bytes, cudaMemcpyDeviceToHost);
+    cudaMemcpy(l_direct.data(), lse, lse_bytes, cudaMemcpyDeviceToHost);
+    cudaMemset(o, 0xff, bytes);  // poison: NaN in fp16
+    cudaMemset(lse, 0xff, lse_bytes);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    engine->run(*plan, a);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    cudaMemcpy(o_graph.data(), o, bytes, cudaMemcpyDeviceToHost);
+    cudaMemcpy(l_graph.data(), lse, lse_bytes, cudaMemcpyDeviceToHost);
+    EXPECT_EQ(std::memcmp(o_direct.data(), o_graph.data(), bytes), 0) << "graph replay differs from a direct run";
+    EXPECT_EQ(std::memcmp(l_direct.data(), l_graph.data(), lse_bytes), 0);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+    for (void* p : {q, k, v, o, lse}) cudaFree(p);
+  }
+}
+
 TEST(FusedErrors, UnsupportedShapesFailLoudly) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   auto engine = make_engine("fused");
