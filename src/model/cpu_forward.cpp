@@ -1,0 +1,215 @@
+// The atom_encoder forward on the CPU: float32 everywhere, attention through the host engine.
+#include <cmath>
+#include <numbers>
+#include <thread>
+
+#include "model/backend.hpp"
+#include "model/parallel.hpp"
+#include "protattn/error.hpp"
+#include "protattn/half.hpp"
+
+namespace protattn::model {
+namespace {
+
+// GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+constexpr float kGeluCubic = 0.044715f;
+const float kSqrt2OverPi = static_cast<float>(std::sqrt(2.0 / std::numbers::pi));
+
+float gelu_tanh(float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + kGeluCubic * x * x * x))); }
+
+struct Linear {
+  const float* w = nullptr;  // [out, in]
+  const float* b = nullptr;  // [out]
+  int out = 0, in = 0;
+};
+
+struct Norm {
+  const float* g = nullptr;
+  const float* b = nullptr;
+};
+
+struct Layer {
+  Norm norm1, norm2;
+  Linear q, k, v, out, fc1, fc2;
+};
+
+class CpuPlan final : public ForwardPlan {
+ public:
+  std::unique_ptr<Plan> attn;
+  std::vector<std::int32_t> element;    // [T], new order
+  std::vector<std::int32_t> dest;       // [T]: new position -> row of the output (input order)
+  std::vector<float> x, xn, q, k, v, o, cat, hidden, y;
+  bool ran = false;
+};
+
+class CpuBackend final : public AtomEncoder::Backend {
+ public:
+  CpuBackend(Model m, std::unique_ptr<Engine> engine, int threads)
+      : model_(std::move(m)), engine_(std::move(engine)), threads_(threads) {
+    const ModelConfig& c = model_.config;
+    auto lin = [&](const std::string& name) {
+      const Tensor& w = model_.at(name + ".weight");
+      return Linear{w.data.data(), model_.at(name + ".bias").data.data(), static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1])};
+    };
+    auto norm = [&](const std::string& name) {
+      return Norm{model_.at(name + ".weight").data.data(), model_.at(name + ".bias").data.data()};
+    };
+    for (int l = 0; l < c.layers; ++l) {
+      auto n = [&](const char* part) { return layer_name(l, part); };
+      layers_.push_back({norm(n("norm1")), norm(n("norm2")), lin(n("attn.q")), lin(n("attn.k")), lin(n("attn.v")),
+                         lin(n("attn.out")), lin(n("mlp.fc1")), lin(n("mlp.fc2"))});
+    }
+    final_ = norm("final_norm");
+    embed_ = model_.at("embed.weight").data.data();
+  }
+
+  const ModelConfig& config() const override { return model_.config; }
+  Engine& engine() override { return *engine_; }
+
+  std::unique_ptr<ForwardPlan> make_plan(std::vector<BlockLayout> layouts, std::vector<std::int64_t> offsets,
+                                         const std::vector<AtomInput>& batch) override {
+    const ModelConfig& c = model_.config;
+    auto p = std::make_unique<CpuPlan>();
+    p->layouts = std::move(layouts);
+    p->offsets = std::move(offsets);
+    std::vector<const BlockLayout*> ptrs;
+    for (const BlockLayout& l : p->layouts) ptrs.push_back(&l);
+    ProblemShape shape;
+    shape.heads = c.heads;
+    shape.dim = c.head_dim;
+    shape.dtype = DType::f32;
+    p->attn = engine_->plan(ptrs, shape);
+    const auto T = static_cast<std::size_t>(p->total_n());
+    p->element.resize(T);
+    p->dest.resize(T);
+    for (std::size_t b = 0; b < batch.size(); ++b) {
+      const BlockLayout& l = p->layouts[b];
+      const auto base = static_cast<std::size_t>(p->offsets[b]);
+      for (std::size_t i = 0; i < static_cast<std::size_t>(l.n); ++i) {
+        p->element[base + i] = batch[b].elements[static_cast<std::size_t>(l.perm[i])];
+        p->dest[base + i] = static_cast<std::int32_t>(base) + l.perm[i];
+      }
+    }
+    const std::size_t C = c.channels, Q = c.qkv_width(), M = c.mlp_width();
+    p->x.resize(T * C);
+    p->xn.resize(T * C);
+    p->q.resize(T * Q);
+    p->k.resize(T * Q);
+    p->v.resize(T * Q);
+    p->o.resize(T * Q);
+    p->cat.resize(T * Q);
+    p->hidden.resize(T * M);
+    p->y.resize(T * C);
+    return p;
+  }
+
+  void run(ForwardPlan& plan, void*) override {
+    auto& p = as_cpu(plan);
+    const ModelConfig& c = model_.config;
+    const std::int64_t T = p.total_n();
+    const int C = c.channels, H = c.heads, d = c.head_dim, Q = c.qkv_width();
+    parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t r = r0; r < r1; ++r)
+        std::copy_n(embed_ + static_cast<std::size_t>(p.element[r]) * C, C, p.x.data() + r * C);
+    });
+    for (const Layer& L : layers_) {
+      layer_norm(p.x.data(), L.norm1, p.xn.data(), T, C);
+      // Q, K, V straight into the engine's [heads, T, d] layout.
+      parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t r = r0; r < r1; ++r) {
+          const float* xr = p.xn.data() + r * C;
+          for (int j = 0; j < Q; ++j) {
+            const std::size_t at = (static_cast<std::size_t>(j / d) * T + r) * d + j % d;
+            p.q[at] = dot(L.q, j, xr);
+            p.k[at] = dot(L.k, j, xr);
+            p.v[at] = dot(L.v, j, xr);
+          }
+        }
+      });
+      RunArgs args{p.q.data(), p.k.data(), p.v.data(), p.o.data(), nullptr, nullptr};
+      engine_->run(*p.attn, args);
+      parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t r = r0; r < r1; ++r) {
+          float* cr = p.cat.data() + r * Q;
+          for (int h = 0; h < H; ++h) std::copy_n(p.o.data() + (static_cast<std::size_t>(h) * T + r) * d, d, cr + h * d);
+          float* xr = p.x.data() + r * C;
+          for (int j = 0; j < C; ++j) xr[j] += dot(L.out, j, cr);
+        }
+      });
+      layer_norm(p.x.data(), L.norm2, p.xn.data(), T, C);
+      const int M = c.mlp_width();
+      parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t r = r0; r < r1; ++r) {
+          const float* xr = p.xn.data() + r * C;
+          float* hr = p.hidden.data() + r * M;
+          for (int j = 0; j < M; ++j) hr[j] = gelu_tanh(dot(L.fc1, j, xr));
+          float* out = p.x.data() + r * C;
+          for (int j = 0; j < C; ++j) out[j] += dot(L.fc2, j, hr);
+        }
+      });
+    }
+    layer_norm(p.x.data(), final_, p.y.data(), T, C);
+    p.ran = true;
+  }
+
+  std::vector<Embedding> fetch(ForwardPlan& plan, void*) override {
+    auto& p = as_cpu(plan);
+    if (!p.ran) throw Error("atom_encoder: fetch before run");
+    const int C = model_.config.channels;
+    std::vector<Embedding> out(p.layouts.size());
+    for (std::size_t b = 0; b < out.size(); ++b)
+      out[b].resize(static_cast<std::size_t>(p.offsets[b + 1] - p.offsets[b]) * C);
+    for (std::int64_t r = 0; r < p.total_n(); ++r) {
+      const std::size_t b = static_cast<std::size_t>(std::upper_bound(p.offsets.begin(), p.offsets.end(), r) - p.offsets.begin() - 1);
+      const std::int64_t row = p.dest[r] - p.offsets[b];
+      for (int j = 0; j < C; ++j) out[b][row * C + j] = float_to_half(p.y[r * C + j]);
+    }
+    return out;
+  }
+
+ private:
+  static CpuPlan& as_cpu(ForwardPlan& plan) {
+    auto* p = dynamic_cast<CpuPlan*>(&plan);
+    if (!p) throw Error("atom_encoder: the plan was made by another backend");
+    return *p;
+  }
+
+  // Row j of the Linear applied to x: b[j] + sum_i w[j, i] x[i].
+  static float dot(const Linear& f, int j, const float* x) {
+    const float* w = f.w + static_cast<std::size_t>(j) * f.in;
+    float s = 0;
+    for (int i = 0; i < f.in; ++i) s += w[i] * x[i];
+    return s + f.b[j];
+  }
+
+  void layer_norm(const float* x, const Norm& n, float* y, std::int64_t T, int C) const {
+    parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * C;
+        double mean = 0, var = 0;
+        for (int j = 0; j < C; ++j) mean += xr[j];
+        mean /= C;
+        for (int j = 0; j < C; ++j) var += (xr[j] - mean) * (xr[j] - mean);
+        var /= C;
+        const double inv = 1.0 / std::sqrt(var + kLayerNormEps);
+        float* yr = y + r * C;
+        for (int j = 0; j < C; ++j) yr[j] = static_cast<float>((xr[j] - mean) * inv) * n.g[j] + n.b[j];
+      }
+    });
+  }
+
+  Model model_;
+  std::unique_ptr<Engine> engine_;
+  int threads_ = 0;
+  std::vector<Layer> layers_;
+  Norm final_;
+  const float* embed_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<AtomEncoder::Backend> make_cpu_backend(Model m, std::unique_ptr<Engine> engine, int threads) {
+  return std::make_unique<CpuBackend>(std::move(m), std::move(engine), threads);
+}
+
+}  // namespace protattn::model

@@ -1,0 +1,69 @@
+// AtomEncoder: input checks, one cutoff layout per structure, then the CPU or GPU backend.
+#include <string>
+
+#include "model/backend.hpp"
+#include "protattn/error.hpp"
+#include "protattn/structure.hpp"
+
+namespace protattn {
+
+AtomEncoder::AtomEncoder(Model model, const std::string& engine, const EngineOptions& opt) {
+  validate_config(model.config);
+  for (const auto& [name, shape] : expected_tensors(model.config)) {
+    const Tensor& t = model.at(name);
+    if (t.shape != shape) throw Error("AtomEncoder: tensor '" + name + "' has the wrong shape for the config");
+  }
+  std::unique_ptr<Engine> e = make_engine(engine, opt);
+  if (e->on_device()) {
+#ifdef PROTATTN_MODEL_GPU
+    backend_ = model::make_gpu_backend(std::move(model), std::move(e), opt.device);
+#else
+    throw Error("AtomEncoder: engine '" + engine + "' runs on a device but this build has no GPU forward of the model");
+#endif
+  } else {
+    backend_ = model::make_cpu_backend(std::move(model), std::move(e), opt.threads);
+  }
+}
+
+AtomEncoder::~AtomEncoder() = default;
+
+const ModelConfig& AtomEncoder::config() const { return backend_->config(); }
+const char* AtomEncoder::engine_name() const { return backend_->engine().name(); }
+bool AtomEncoder::on_device() const { return backend_->engine().on_device(); }
+
+std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& batch) {
+  if (batch.empty()) throw Error("atom_encoder: empty batch");
+  const LayoutOptions opt = layout_options(config());
+  std::vector<BlockLayout> layouts;
+  std::vector<std::int64_t> offsets{0};
+  layouts.reserve(batch.size());
+  for (std::size_t b = 0; b < batch.size(); ++b) {
+    const AtomInput& in = batch[b];
+    const std::string what = "atom_encoder: structure " + std::to_string(b);
+    const std::size_t n = in.elements.size();
+    if (n == 0) throw Error(what + " has no atoms");
+    if (n > kMaxAtoms) throw Error(what + " has " + std::to_string(n) + " atoms (most accepted: " + std::to_string(kMaxAtoms) + ")");
+    if (in.coords.size() != 3 * n)
+      throw Error(what + ": " + std::to_string(in.coords.size()) + " coordinates for " + std::to_string(n) + " elements (expected [n, 3])");
+    for (std::size_t i = 0; i < n; ++i)
+      if (in.elements[i] < 0 || in.elements[i] > kMaxElement)
+        throw Error(what + ": atom " + std::to_string(i) + " has atomic number " + std::to_string(in.elements[i]) +
+                    " (valid: 0.." + std::to_string(kMaxElement) + ")");
+    validate_coords(in.coords.data(), n, what);
+    layouts.push_back(build_cutoff_layout(in.coords.data(), n, opt));
+    offsets.push_back(offsets.back() + static_cast<std::int64_t>(n));
+  }
+  return backend_->make_plan(std::move(layouts), std::move(offsets), batch);
+}
+
+void AtomEncoder::run(ForwardPlan& plan, void* stream) { backend_->run(plan, stream); }
+
+std::vector<Embedding> AtomEncoder::fetch(ForwardPlan& plan, void* stream) { return backend_->fetch(plan, stream); }
+
+std::vector<Embedding> AtomEncoder::forward(const std::vector<AtomInput>& batch) {
+  auto p = plan(batch);
+  run(*p, nullptr);
+  return fetch(*p, nullptr);
+}
+
+}  // namespace protattn
