@@ -8,6 +8,8 @@ void add_info_command(CLI::App& app);
 void add_layout_command(CLI::App& app);
 void add_run_command(CLI::App& app);
 void add_bench_command(CLI::App& app);   // tools/cmd_bench.cpp
+void add_embed_command(CLI::App& app);   // tools/cmd_embed.cpp
+void add_init_model_command(CLI::App& app);  // tools/cmd_init_model.cpp
 #ifdef PROTATTN_HAVE_SERVER
 void add_serve_command(CLI::App& app);   // tools/cmd_serve.cpp
 #endif

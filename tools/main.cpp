@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
   protattn::cli::add_layout_command(app);
   protattn::cli::add_run_command(app);
   protattn::cli::add_bench_command(app);
+  protattn::cli::add_embed_command(app);
+  protattn::cli::add_init_model_command(app);
 #ifdef PROTATTN_HAVE_SERVER
   protattn::cli::add_serve_command(app);
 #endif
