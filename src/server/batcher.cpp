@@ -1,0 +1,261 @@
+// protattn server: the inference thread: gathering ragged batches, packing, one engine run each.
+#include "batcher.hpp"
+
+#include <cstring>
+#include <future>
+#include <tuple>
+
+#include "log.hpp"
+#include "protattn/engine.hpp"
+#include "protattn/error.hpp"
+
+#ifdef PROTATTN_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace protattn::server {
+
+struct Batcher::EngineState {
+  std::unique_ptr<Engine> engine;
+  // Packed buffers, grown as needed and kept between batches.
+  std::vector<std::uint16_t> q, k, v, o;
+  std::vector<float> lse;
+};
+
+namespace {
+
+using BatchKey = std::tuple<int, int, int>;  // heads, dim, tile
+BatchKey key_of(const Job& j) { return {j.heads, j.dim, j.layout.tile}; }
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Copies the per-head row blocks of one job into (or out of) the packed (heads, total, dim).
+template <class T>
+void pack(std::vector<T>& packed, const std::vector<T>& src, int heads, std::int64_t total,
+          std::int64_t offset, std::int64_t n, std::size_t width) {
+  for (int h = 0; h < heads; ++h)
+    std::memcpy(packed.data() + (h * total + offset) * width, src.data() + h * n * width,
+                static_cast<std::size_t>(n) * width * sizeof(T));
+}
+template <class T>
+void unpack(const std::vector<T>& packed, std::vector<T>& dst, int heads, std::int64_t total,
+            std::int64_t offset, std::int64_t n, std::size_t width) {
+  for (int h = 0; h < heads; ++h)
+    std::memcpy(dst.data() + h * n * width, packed.data() + (h * total + offset) * width,
+                static_cast<std::size_t>(n) * width * sizeof(T));
+}
+
+}  // namespace
+
+Batcher::Batcher(BatchOptions opt, Metrics& metrics)
+    : opt_(std::move(opt)), metrics_(metrics), state_(std::make_unique<EngineState>()) {}
+
+Batcher::~Batcher() { stop(); }
+
+void Batcher::start() {
+  std::promise<std::string> ready;
+  auto started = ready.get_future();
+  thread_ = std::thread([this, &ready] {
+    try {
+      EngineOptions eo;
+      eo.threads = opt_.engine_threads;
+      eo.device = opt_.device;
+      state_->engine = make_engine(opt_.engine, eo);
+      ready.set_value(state_->engine->name());
+    } catch (...) {
+      ready.set_exception(std::current_exception());
+      return;
+    }
+    loop();
+  });
+  try {
+    const std::string name = started.get();
+    std::lock_guard<std::mutex> lock(m_);
+    engine_name_ = name;
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
+  metrics_.set_engine(engine_name());
+}
+
+std::string Batcher::engine_name() const {
+  std::lock_guard<std::mutex> lock(m_);
+  return engine_name_;
+}
+
+bool Batcher::submit(std::shared_ptr<Job> job) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    if (draining_ || stopping_ || static_cast<int>(queue_.size()) >= opt_.max_queue) return false;
+    job->enqueued = Clock::now();
+    queue_.push_back(std::move(job));
+    metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
+  }
+  cv_.notify_all();
+  return true;
+}
+
+void Batcher::begin_drain() {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    draining_ = true;
+  }
+  cv_.notify_all();
+}
+
+void Batcher::stop() {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    draining_ = true;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Batcher::loop() {
+  const auto delay = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double, std::milli>(opt_.max_queue_delay_ms));
+  for (;;) {
+    std::vector<std::shared_ptr<Job>> batch;
+    {
+      std::unique_lock<std::mutex> lock(m_);
+      cv_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+      if (queue_.empty()) return;  // stopping and nothing left
+      // Drop what nobody waits for any more, before it costs engine time.
+      const auto now = Clock::now();
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        Job& j = **it;
+        if (j.abandoned || now >= j.deadline) {
+          j.complete(j.abandoned ? Status{Code::cancelled, "request abandoned by the client"}
+                                 : Status{Code::deadline_exceeded,
+                                          "deadline passed while queued"});
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
+      if (queue_.empty()) continue;
+      // Wait for company: until the oldest job has waited the delay, the batch is full, or drain.
+      const BatchKey key = key_of(*queue_.front());
+      const auto window_end = queue_.front()->enqueued + delay;
+      auto ready_atoms = [&] {
+        std::int64_t atoms = 0;
+        int count = 0;
+        for (const auto& j : queue_)
+          if (key_of(*j) == key) atoms += j->n, ++count;
+        return atoms >= opt_.max_batch_atoms || count >= opt_.max_batch_requests;
+      };
+      cv_.wait_until(lock, window_end, [&] { return draining_ || stopping_ || ready_atoms(); });
+      if (queue_.empty()) continue;
+      // Take, in arrival order, the jobs of the oldest job's shape that fit.
+      const BatchKey take_key = key_of(*queue_.front());
+      std::int64_t atoms = 0;
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        Job& j = **it;
+        const bool fits = batch.empty() || (atoms + j.n <= opt_.max_batch_atoms &&
+                                            static_cast<int>(batch.size()) < opt_.max_batch_requests);
+        if (key_of(j) == take_key && !j.abandoned && fits) {
+          atoms += j.n;
+          batch.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
+    }
+    if (!batch.empty()) run_batch(batch);
+  }
+}
+
+void Batcher::run_batch(std::vector<std::shared_ptr<Job>>& batch) {
+  const auto start = Clock::now();
+  Job& first = *batch.front();
+  const int heads = first.heads, dim = first.dim;
+  std::vector<const BlockLayout*> layouts;
+  std::vector<double> queue_s;
+  bool want_lse = false;
+  std::int64_t atoms = 0;
+  for (const auto& j : batch) {
+    layouts.push_back(&j->layout);
+    queue_s.push_back(seconds(start - j->enqueued));
+    want_lse = want_lse || j->want_lse;
+    atoms += j->n;
+  }
+  Status status;
+  try {
+    ProblemShape shape;
+    shape.heads = heads;
+    shape.dim = dim;
+    shape.dtype = DType::f16;
+    auto plan = state_->engine->plan(layouts, shape);
+    const std::int64_t total = plan->total_n();
+    const std::size_t elems = static_cast<std::size_t>(heads) * total * dim;
+    RunArgs args;
+    if (batch.size() == 1) {
+      first.o.resize(elems);
+      if (first.want_lse) first.lse.resize(static_cast<std::size_t>(heads) * total);
+      args.q = first.q.data();
+      args.k = first.k.data();
+      args.v = first.v.data();
+      args.o = first.o.data();
+      args.lse = first.want_lse ? first.lse.data() : nullptr;
+      run_host(*state_->engine, *plan, args);
+    } else {
+      EngineState& s = *state_;
+      for (auto* buf : {&s.q, &s.k, &s.v, &s.o}) buf->resize(elems);
+      if (want_lse) s.lse.resize(static_cast<std::size_t>(heads) * total);
+      for (std::size_t b = 0; b < batch.size(); ++b) {
+        const Job& j = *batch[b];
+        const std::int64_t off = plan->offsets[b];
+        pack(s.q, j.q, heads, total, off, j.n, static_cast<std::size_t>(dim));
+        pack(s.k, j.k, heads, total, off, j.n, static_cast<std::size_t>(dim));
+        pack(s.v, j.v, heads, total, off, j.n, static_cast<std::size_t>(dim));
+      }
+      args.q = s.q.data();
+      args.k = s.k.data();
+      args.v = s.v.data();
+      args.o = s.o.data();
+      args.lse = want_lse ? s.lse.data() : nullptr;
+      run_host(*s.engine, *plan, args);
+      for (std::size_t b = 0; b < batch.size(); ++b) {
+        Job& j = *batch[b];
+        const std::int64_t off = plan->offsets[b];
+        j.o.resize(static_cast<std::size_t>(heads) * j.n * dim);
+        unpack(s.o, j.o, heads, total, off, j.n, static_cast<std::size_t>(dim));
+        if (j.want_lse) {
+          j.lse.resize(static_cast<std::size_t>(heads) * j.n);
+          unpack(s.lse, j.lse, heads, total, off, j.n, 1);
+        }
+      }
+    }
+  } catch (const Error& e) {
+    status = {Code::invalid_argument, std::string("engine ") + state_->engine->name() + ": " + e.what()};
+  } catch (const std::exception& e) {
+    status = {Code::internal, std::string("engine ") + state_->engine->name() + ": " + e.what()};
+  }
+  const double compute = seconds(Clock::now() - start);
+#ifdef PROTATTN_HAVE_CUDA
+  if (state_->engine->on_device()) {
+    std::size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+      metrics_.set_device_memory(static_cast<std::int64_t>(total_b - free_b));
+  }
+#endif
+  metrics_.batch_done(first.model->name, static_cast<int>(batch.size()), atoms, compute, queue_s);
+  log_event(LogLevel::debug, "batch",
+            {{"requests", batch.size()}, {"atoms", atoms}, {"heads", heads}, {"dim", dim},
+             {"compute_ms", compute * 1e3}, {"ok", status.ok()}});
+  for (std::size_t b = 0; b < batch.size(); ++b) {
+    Job& j = *batch[b];
+    j.queue_seconds = queue_s[b];
+    j.compute_seconds = compute;
+    j.batch_requests = static_cast<int>(batch.size());
+    j.complete(status);
+  }
+}
+
+}  // namespace protattn::server

@@ -1,0 +1,60 @@
+// protattn server: the dynamic batcher and the one inference thread that owns the engine.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "job.hpp"
+#include "metrics.hpp"
+
+namespace protattn::server {
+
+struct BatchOptions {
+  std::string engine = "cpu";
+  int engine_threads = 0;
+  int device = 0;
+  std::int64_t max_batch_atoms = 65536;
+  int max_batch_requests = 64;
+  double max_queue_delay_ms = 2.0;
+  int max_queue = 64;
+};
+
+// Jobs wait in a bounded FIFO. The inference thread takes the oldest job, waits up to the
+// queue delay (counted from that job's arrival) for jobs of the same shape (heads, dim, tile),
+// packs up to max_batch_atoms / max_batch_requests of them along the atom axis and runs the
+// engine once for all. Abandoned and expired jobs are dropped before they run.
+class Batcher {
+ public:
+  Batcher(BatchOptions opt, Metrics& metrics);
+  ~Batcher();
+  // Creates the engine on the inference thread; throws Error when it cannot.
+  void start();
+  // false: the queue is full or the batcher drains (the caller answers 503 / UNAVAILABLE).
+  bool submit(std::shared_ptr<Job> job);
+  // Stops waiting for company: queued jobs run at once. New jobs are refused.
+  void begin_drain();
+  // Runs what is queued, then joins the inference thread.
+  void stop();
+  std::string engine_name() const;
+
+ private:
+  void loop();
+  void run_batch(std::vector<std::shared_ptr<Job>>& batch);
+
+  BatchOptions opt_;
+  Metrics& metrics_;
+  mutable std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  bool draining_ = false, stopping_ = false;
+  std::thread thread_;
+  std::string engine_name_;
+  struct EngineState;
+  std::unique_ptr<EngineState> state_;  // touched by the inference thread only
+};
+
+}  // namespace protattn::server

@@ -1,0 +1,73 @@
+// protattn server: protocol-neutral request/response types and status codes shared by both fronts.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace protattn::server {
+
+using Clock = std::chrono::steady_clock;
+
+// Outcomes of a request; each front maps them to its protocol (HTTP status, gRPC code).
+enum class Code { ok, invalid_argument, not_found, unavailable, deadline_exceeded, cancelled,
+                  unauthenticated, internal };
+int http_status(Code c);
+const char* outcome_label(Code c);  // the `outcome` label of the request metrics
+
+struct Status {
+  Code code = Code::ok;
+  std::string message;
+  bool ok() const { return code == Code::ok; }
+};
+
+// Thrown while a request is parsed or prepared; becomes the response status.
+class ServeError : public std::runtime_error {
+ public:
+  ServeError(Code c, const std::string& msg) : std::runtime_error(msg), code(c) {}
+  Code code;
+};
+
+// An input tensor as received: raw little-endian elements in row-major order. The bytes belong
+// to the request (HTTP body, protobuf message or a decoded JSON buffer) and outlive the call.
+struct TensorView {
+  std::string name;
+  std::string datatype;               // KServe names: "FP32", "FP16", ...
+  std::vector<std::int64_t> shape;
+  const std::uint8_t* data = nullptr;
+  std::size_t size = 0;               // bytes
+};
+
+struct OutputTensor {
+  std::string name;
+  std::string datatype;
+  std::vector<std::int64_t> shape;
+  std::vector<std::uint8_t> data;     // raw little-endian elements, row-major
+};
+
+// One inference call as both fronts hand it to the service.
+struct InferCall {
+  std::string model;
+  std::string id;                     // the client's id (echoed), may be empty
+  std::vector<TensorView> inputs;
+  std::vector<std::string> outputs;   // requested outputs; empty: the model's default
+  Clock::time_point deadline = Clock::time_point::max();
+  std::string protocol;               // "http" or "grpc", for logs
+};
+
+struct InferResult {
+  Status status;
+  std::string request_id;             // the id logs carry (client's id or a generated one)
+  std::vector<OutputTensor> outputs;
+};
+
+// Bytes per element of a KServe datatype name; 0 when the server does not know it.
+std::size_t datatype_size(const std::string& datatype);
+
+// Product of a shape's dimensions, or -1 when a dimension is negative or the product would
+// pass `limit` (checked before any buffer is sized from it).
+std::int64_t shape_elements(const std::vector<std::int64_t>& shape, std::int64_t limit);
+std::string shape_string(const std::vector<std::int64_t>& shape);
+
+}  // namespace protattn::server

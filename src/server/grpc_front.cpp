@@ -1,0 +1,305 @@
+// protattn server: gRPC handlers: protobuf messages to InferCalls and InferResults back.
+#include "grpc_front.hpp"
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/resource_quota.h>
+
+#include "kserve.grpc.pb.h"
+#include "log.hpp"
+#include "protattn/error.hpp"
+
+namespace protattn::server {
+
+namespace {
+
+grpc::StatusCode grpc_code(Code c) {
+  switch (c) {
+    case Code::ok: return grpc::StatusCode::OK;
+    case Code::invalid_argument: return grpc::StatusCode::INVALID_ARGUMENT;
+    case Code::not_found: return grpc::StatusCode::INVALID_ARGUMENT;
+    case Code::unavailable: return grpc::StatusCode::UNAVAILABLE;
+    case Code::deadline_exceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case Code::cancelled: return grpc::StatusCode::CANCELLED;
+    case Code::unauthenticated: return grpc::StatusCode::UNAUTHENTICATED;
+    case Code::internal: return grpc::StatusCode::INTERNAL;
+  }
+  return grpc::StatusCode::INTERNAL;
+}
+
+inference::DataType config_type(const std::string& t) {
+  if (t == "FP32") return inference::TYPE_FP32;
+  if (t == "FP16") return inference::TYPE_FP16;
+  return inference::TYPE_INVALID;
+}
+
+void fill_stats(inference::ModelStatistics* out, const ModelSpec& m, const ModelStats& s) {
+  out->set_name(m.name);
+  out->set_version(m.version);
+  out->set_last_inference(s.last_inference_ms);
+  out->set_inference_count(s.inference_count);
+  out->set_execution_count(s.execution_count);
+  auto* st = out->mutable_inference_stats();
+  auto set = [](inference::StatisticDuration* d, std::uint64_t c, std::uint64_t ns) {
+    d->set_count(c);
+    d->set_ns(ns);
+  };
+  set(st->mutable_success(), s.success_count, s.success_ns);
+  set(st->mutable_fail(), s.fail_count, s.fail_ns);
+  set(st->mutable_queue(), s.queue_count, s.queue_ns);
+  set(st->mutable_compute_input(), s.compute_count, 0);
+  set(st->mutable_compute_infer(), s.compute_count, s.compute_ns);
+  set(st->mutable_compute_output(), s.compute_count, 0);
+}
+
+class InferenceService final : public inference::GRPCInferenceService::Service {
+ public:
+  explicit InferenceService(server::Service& s) : svc_(s) {}
+
+  grpc::Status ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,
+                          inference::ServerLiveResponse* r) override {
+    r->set_live(svc_.live());
+    return grpc::Status::OK;
+  }
+  grpc::Status ServerReady(grpc::ServerContext*, const inference::ServerReadyRequest*,
+                           inference::ServerReadyResponse* r) override {
+    r->set_ready(svc_.ready());
+    return grpc::Status::OK;
+  }
+  grpc::Status ModelReady(grpc::ServerContext* ctx, const inference::ModelReadyRequest* q,
+                          inference::ModelReadyResponse* r) override {
+    if (auto st = check_key(ctx); !st.ok()) return st;
+    const ModelSpec* m = svc_.find_model(q->name());
+    r->set_ready(m && svc_.ready() && (q->version().empty() || q->version() == m->version));
+    return grpc::Status::OK;
+  }
+  grpc::Status ServerMetadata(grpc::ServerContext* ctx, const inference::ServerMetadataRequest*,
+                              inference::ServerMetadataResponse* r) override {
+    if (auto st = check_key(ctx); !st.ok()) return st;
+    r->set_name(kServerName);
+    r->set_version(kServerVersion);
+    for (const char* e : {"binary_tensor_data", "model_configuration", "statistics"}) r->add_extensions(e);
+    return grpc::Status::OK;
+  }
+  grpc::Status ModelMetadata(grpc::ServerContext* ctx, const inference::ModelMetadataRequest* q,
+                             inference::ModelMetadataResponse* r) override {
+    if (auto st = check_key(ctx); !st.ok()) return st;
+    const ModelSpec* m = nullptr;
+    if (auto st = lookup(q->name(), q->version(), m); !st.ok()) return st;
+    r->set_name(m->name);
+    r->add_versions(m->version);
+    r->set_platform("protattn");
+    auto fill = [](auto* t, const TensorSpec& s) {
+      t->set_name(s.name);
+      t->set_datatype(s.datatype);
+      for (auto d : s.shape) t->add_shape(d);
+    };
+    for (const auto& s : m->inputs) fill(r->add_inputs(), s);
+    for (const auto& s : m->outputs) fill(r->add_outputs(), s);
+    return grpc::Status::OK;
+  }
+  grpc::Status ModelConfig(grpc::ServerContext* ctx, const inference::ModelConfigRequest* q,
+                           inference::ModelConfigResponse* r) override {
+    if (auto st = check_key(ctx); !st.ok()) return st;
+    const ModelSpec* m = nullptr;
+    if (auto st = lookup(q->name(), q->version(), m); !st.ok()) return st;
+    auto* c = r->mutable_config();
+    c->set_name(m->name);
+    c->set_backend("protattn");
+    c->set_max_batch_size(0);
+    for (const auto& s : m->inputs) {
+      auto* i = c->add_input();
+      i->set_name(s.name);
+      i->set_data_type(config_type(s.datatype));
+      for (auto d : s.shape) i->add_dims(d);
+      i->set_optional(s.optional);
+    }
+    for (const auto& s : m->outputs) {
+      auto* o = c->add_output();
+      o->set_name(s.name);
+      o->set_data_type(config_type(s.datatype));
+      for (auto d : s.shape) o->add_dims(d);
+    }
+    c->mutable_dynamic_batching()->set_max_queue_delay_microseconds(
+        static_cast<std::uint64_t>(svc_.options().max_queue_delay_ms * 1000));
+    auto& p = *c->mutable_parameters();
+    char cutoff[32];
+    std::snprintf(cutoff, sizeof cutoff, "%g", static_cast<double>(m->layout.cutoff));
+    p["type"].set_string_value(m->type);
+    p["cutoff"].set_string_value(cutoff);
+    p["mask"].set_string_value(to_string(m->layout.mask));
+    p["order"].set_string_value(to_string(m->layout.order));
+    p["tile"].set_string_value(std::to_string(m->layout.tile));
+    return grpc::Status::OK;
+  }
+  grpc::Status ModelStatistics(grpc::ServerContext* ctx, const inference::ModelStatisticsRequest* q,
+                               inference::ModelStatisticsResponse* r) override {
+    if (auto st = check_key(ctx); !st.ok()) return st;
+    if (q->name().empty()) {
+      for (const auto& m : svc_.models()) fill_stats(r->add_model_stats(), m, svc_.metrics().model_stats(m.name));
+      return grpc::Status::OK;
+    }
+    const ModelSpec* m = nullptr;
+    if (auto st = lookup(q->name(), q->version(), m); !st.ok()) return st;
+    fill_stats(r->add_model_stats(), *m, svc_.metrics().model_stats(m->name));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ModelInfer(grpc::ServerContext* ctx, const inference::ModelInferRequest* q,
+                          inference::ModelInferResponse* r) override {
+    const auto arrived = Clock::now();
+    if (auto st = check_key(ctx); !st.ok()) {
+      svc_.record_failure(q->model_name(), "grpc", {Code::unauthenticated, st.error_message()}, arrived);
+      return st;
+    }
+    InferCall call;
+    std::vector<std::string> decoded;  // typed contents turned into raw bytes
+    const ModelSpec* m = svc_.find_model(q->model_name());
+    try {
+      if (!m) throw ServeError(Code::not_found, "unknown model '" + q->model_name() + "'");
+      if (!q->model_version().empty() && q->model_version() != m->version)
+        throw ServeError(Code::not_found, "model '" + m->name + "' has no version '" + q->model_version() + "'");
+      parse(*q, *ctx, call, decoded);
+    } catch (const ServeError& e) {
+      svc_.record_failure(q->model_name(), "grpc", {e.code, e.what()}, arrived);
+      return grpc::Status(grpc_code(e.code), e.what());
+    }
+    const InferResult res = svc_.infer(call, [ctx] { return ctx->IsCancelled(); });
+    ctx->AddTrailingMetadata("x-request-id", res.request_id);
+    if (!res.status.ok()) return grpc::Status(grpc_code(res.status.code), res.status.message);
+    r->set_model_name(m->name);
+    r->set_model_version(m->version);
+    r->set_id(q->id());
+    for (const auto& t : res.outputs) {
+      auto* o = r->add_outputs();
+      o->set_name(t.name);
+      o->set_datatype(t.datatype);
+      for (auto d : t.shape) o->add_shape(d);
+      r->add_raw_output_contents(reinterpret_cast<const char*>(t.data.data()), t.data.size());
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  grpc::Status check_key(grpc::ServerContext* ctx) const {
+    if (!svc_.auth_required()) return grpc::Status::OK;
+    const auto& md = ctx->client_metadata();
+    std::string key;
+    if (auto it = md.find("authorization"); it != md.end()) {
+      const std::string v(it->second.data(), it->second.size());
+      if (v.rfind("Bearer ", 0) == 0) key = v.substr(7);
+    }
+    if (key.empty())
+      if (auto it = md.find("x-api-key"); it != md.end()) key.assign(it->second.data(), it->second.size());
+    if (svc_.authorized(key)) return grpc::Status::OK;
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing or wrong API key (metadata authorization: Bearer <key> or x-api-key)");
+  }
+
+  grpc::Status lookup(const std::string& name, const std::string& version, const ModelSpec*& m) const {
+    m = svc_.find_model(name);
+    if (!m) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown model '" + name + "'");
+    if (!version.empty() && version != m->version)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "model '" + name + "' has no version '" + version + "'");
+    return grpc::Status::OK;
+  }
+
+  void parse(const inference::ModelInferRequest& q, const grpc::ServerContext& ctx, InferCall& call,
+             std::vector<std::string>& decoded) const {
+    call.model = q.model_name();
+    call.protocol = "grpc";
+    call.id = q.id().substr(0, 128);
+    const auto grpc_deadline = ctx.deadline();
+    if (grpc_deadline != std::chrono::system_clock::time_point::max()) {
+      const auto left = grpc_deadline - std::chrono::system_clock::now();
+      call.deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(left);
+    }
+    if (auto it = q.parameters().find("timeout"); it != q.parameters().end()) {
+      if (it->second.parameter_choice_case() != inference::InferParameter::kInt64Param ||
+          it->second.int64_param() <= 0)
+        throw ServeError(Code::invalid_argument, "parameter 'timeout' must be a positive int64 (microseconds)");
+      call.deadline = std::min(call.deadline, Clock::now() + std::chrono::microseconds(it->second.int64_param()));
+    }
+    if (q.inputs_size() == 0) throw ServeError(Code::invalid_argument, "no inputs");
+    if (q.inputs_size() > 16) throw ServeError(Code::invalid_argument, "too many inputs");
+    const bool raw = q.raw_input_contents_size() > 0;
+    if (raw && q.raw_input_contents_size() != q.inputs_size())
+      throw ServeError(Code::invalid_argument, std::to_string(q.raw_input_contents_size()) +
+                                                   " raw_input_contents for " + std::to_string(q.inputs_size()) +
+                                                   " inputs");
+    const ModelSpec* m = svc_.find_model(q.model_name());
+    decoded.reserve(static_cast<std::size_t>(q.inputs_size()));
+    for (int i = 0; i < q.inputs_size(); ++i) {
+      const auto& in = q.inputs(i);
+      TensorView t;
+      t.name = in.name();
+      t.datatype = in.datatype();
+      t.shape.assign(in.shape().begin(), in.shape().end());
+      if (const TensorSpec* spec = m ? m->input(t.name) : nullptr; spec && spec->datatype != t.datatype)
+        throw ServeError(Code::invalid_argument, "input '" + t.name + "': datatype " + t.datatype +
+                                                     ", expected " + spec->datatype);
+      if (raw) {
+        const std::string& bytes = q.raw_input_contents(i);
+        t.data = reinterpret_cast<const std::uint8_t*>(bytes.data());
+        t.size = bytes.size();
+      } else if (t.datatype == "FP32" && in.contents().fp32_contents_size() > 0) {
+        const auto& c = in.contents().fp32_contents();
+        decoded.emplace_back(reinterpret_cast<const char*>(c.data()), static_cast<std::size_t>(c.size()) * 4);
+        t.data = reinterpret_cast<const std::uint8_t*>(decoded.back().data());
+        t.size = decoded.back().size();
+      } else {
+        throw ServeError(Code::invalid_argument, "input '" + t.name + "': no data (use raw_input_contents; " +
+                                                     "FP16 has no typed contents)");
+      }
+      call.inputs.push_back(std::move(t));
+    }
+    for (const auto& o : q.outputs()) call.outputs.push_back(o.name());
+  }
+
+  server::Service& svc_;
+};
+
+}  // namespace
+
+struct GrpcFront::Impl {
+  explicit Impl(Service& s) : svc(s), service(s) {}
+  Service& svc;
+  InferenceService service;
+  std::unique_ptr<grpc::Server> server;
+};
+
+GrpcFront::GrpcFront(Service& service) : impl_(std::make_unique<Impl>(service)) {}
+
+GrpcFront::~GrpcFront() { shutdown(); }
+
+int GrpcFront::start(const std::string& host, int port) {
+  const Options& o = impl_->svc.options();
+  grpc::ServerBuilder builder;
+  int bound = 0;
+  const std::string address = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
+                              std::to_string(port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound);
+  builder.RegisterService(&impl_->service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<std::size_t>(o.max_body_bytes, INT32_MAX)));
+  builder.SetMaxSendMessageSize(INT32_MAX);
+  grpc::ResourceQuota quota("protattn-grpc");
+  quota.SetMaxThreads(std::max(2, o.grpc_threads));
+  builder.SetResourceQuota(quota);
+  impl_->server = builder.BuildAndStart();
+  if (!impl_->server || bound == 0) throw Error("gRPC: cannot bind " + address + " (in use or bad address)");
+  return bound;
+}
+
+void GrpcFront::shutdown() {
+  if (impl_ && impl_->server) {
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    impl_->server->Wait();
+    impl_->server.reset();
+  }
+}
+
+}  // namespace protattn::server

@@ -1,0 +1,111 @@
+// protattn server: start-up, the wait for SIGTERM/SIGINT and the drain, in that order.
+#include "server.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <thread>
+
+#include "grpc_front.hpp"
+#include "http_front.hpp"
+#include "log.hpp"
+#include "protattn/error.hpp"
+#include "service.hpp"
+
+namespace protattn::server {
+
+namespace {
+
+void check_options(const Options& o) {
+  auto port_ok = [](int p) { return p >= -1 && p <= 65535; };
+  if (!port_ok(o.http_port) || !port_ok(o.grpc_port)) throw Error("ports must be in 0..65535, or -1 (off)");
+  if (o.http_port < 0 && o.grpc_port < 0) throw Error("both HTTP and gRPC are off: nothing to serve");
+  if (o.http_threads < 1 || o.grpc_threads < 1) throw Error("--http-threads and --grpc-threads must be >= 1");
+  if (o.max_batch_atoms < 1 || o.max_batch_requests < 1) throw Error("batch limits must be >= 1");
+  if (o.max_queue < 1) throw Error("--max-queue must be >= 1");
+  if (!(o.max_queue_delay_ms >= 0)) throw Error("--max-queue-delay-ms must be >= 0");
+  if (o.max_request_atoms < 1 || o.max_heads < 1 || o.max_head_dim < 1)
+    throw Error("request limits must be >= 1");
+  if (o.max_body_bytes < 1024) throw Error("--max-body-mb is too small");
+  if (o.default_timeout_ms < 0) throw Error("--timeout-ms must be >= 0");
+}
+
+// Keeps SIGTERM and SIGINT blocked in every thread the server starts; the main thread takes
+// them with sigwait. Restores the caller's mask on the way out.
+class SignalMask {
+ public:
+  SignalMask() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGTERM);
+    sigaddset(&set_, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set_, &old_);
+    old_pipe_ = signal(SIGPIPE, SIG_IGN);
+  }
+  ~SignalMask() {
+    signal(SIGPIPE, old_pipe_);
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  int wait() const {
+    int sig = 0;
+    sigwait(&set_, &sig);
+    return sig;
+  }
+
+ private:
+  sigset_t set_{}, old_{};
+  void (*old_pipe_)(int) = SIG_DFL;
+};
+
+}  // namespace
+
+int run(const Options& opt) {
+  check_options(opt);
+  set_log_level(parse_log_level(opt.log_level));
+  std::vector<ModelSpec> models = load_repository(opt.model_repository);
+  SignalMask signals;
+
+  Service svc(opt, std::move(models));
+  svc.start();
+  HttpFront http(svc);
+  GrpcFront grpc(svc);
+  std::thread http_thread;
+  int http_port = -1, grpc_port = -1;
+  try {
+    if (opt.http_port >= 0) {
+      http_port = http.bind(opt.host, opt.http_port);
+      http_thread = std::thread([&http] { http.serve(); });
+      while (!http.running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (opt.grpc_port >= 0) grpc_port = grpc.start(opt.host, opt.grpc_port);
+  } catch (...) {
+    if (http_thread.joinable()) {
+      while (!http.running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      http.stop();
+      http_thread.join();
+    }
+    svc.stop();
+    throw;
+  }
+  nlohmann::json names = nlohmann::json::array();
+  for (const auto& m : svc.models()) names.push_back(m.name);
+  log_event(LogLevel::info, "ready",
+            {{"host", opt.host}, {"http_port", http_port}, {"grpc_port", grpc_port},
+             {"engine", svc.engine_name()}, {"models", names},
+             {"max_batch_atoms", opt.max_batch_atoms}, {"max_queue_delay_ms", opt.max_queue_delay_ms},
+             {"max_queue", opt.max_queue}, {"api_key", !opt.api_key.empty()}});
+
+  const int sig = signals.wait();
+  log_event(LogLevel::info, "draining",
+            {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"inflight", svc.metrics().inflight()}});
+  svc.begin_drain();
+  if (http_thread.joinable()) {
+    http.stop();
+    http_thread.join();  // every HTTP handler has answered
+  }
+  grpc.shutdown();       // every RPC has answered
+  svc.stop();            // the inference thread has finished what was queued
+  log_event(LogLevel::info, "stopped", {{"inflight", svc.metrics().inflight()}});
+  return 0;
+}
+
+}  // namespace protattn::server

@@ -1,0 +1,37 @@
+// protattn server: the options of `protattn serve` and the entry point that serves until SIGTERM.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace protattn::server {
+
+struct Options {
+  std::string model_repository;      // folder: one sub-folder per model with its config.json
+  std::string host = "127.0.0.1";    // address both protocols bind to
+  int http_port = 8000;              // -1: no HTTP
+  int grpc_port = 8001;              // -1: no gRPC
+  int http_threads = 16;             // connections served at once over HTTP
+  int grpc_threads = 16;             // RPCs served at once over gRPC
+  std::string engine = "cpu";        // engine of the inference thread
+  int engine_threads = 0;            // cpu engine workers (0: all cores)
+  int device = 0;                    // CUDA device of device engines
+  std::int64_t max_batch_atoms = 65536;   // atoms of one ragged batch (one engine run)
+  int max_batch_requests = 64;            // requests of one batch
+  double max_queue_delay_ms = 2.0;        // the oldest request waits at most this for company
+  int max_queue = 64;                     // requests waiting for the engine; past it: 503
+  std::int64_t max_request_atoms = 100000;
+  int max_heads = 64;
+  int max_head_dim = 256;
+  std::size_t max_body_bytes = std::size_t{512} << 20;
+  double default_timeout_ms = 0;     // deadline of requests that give none (0: none)
+  std::string api_key;               // empty: no key; else required but for health endpoints
+  std::string log_level = "info";    // debug, info, warn, error, off
+};
+
+// Loads the repository, starts the inference thread and the listeners, serves until SIGTERM or
+// SIGINT, then drains: stops accepting, answers what was accepted, stops. Returns the exit code
+// (0 after a clean drain); never calls exit(). Throws protattn::Error on a bad configuration.
+int run(const Options& opt);
+
+}  // namespace protattn::server

@@ -1,0 +1,136 @@
+// protattn server: the protocol-neutral infer path (prepare, queue, wait, answer) and its logs.
+#include "service.hpp"
+
+#include <algorithm>
+
+#include "log.hpp"
+#include "protattn/error.hpp"
+
+namespace protattn::server {
+
+namespace {
+
+BatchOptions batch_options(const Options& o) {
+  BatchOptions b;
+  b.engine = o.engine;
+  b.engine_threads = o.engine_threads;
+  b.device = o.device;
+  b.max_batch_atoms = o.max_batch_atoms;
+  b.max_batch_requests = o.max_batch_requests;
+  b.max_queue_delay_ms = o.max_queue_delay_ms;
+  b.max_queue = o.max_queue;
+  return b;
+}
+
+// How long a network thread waits before it looks at the client and the deadline again.
+constexpr auto kPollSlice = std::chrono::milliseconds(20);
+
+}  // namespace
+
+Service::Service(const Options& opt, std::vector<ModelSpec> models)
+    : opt_(opt), models_(std::move(models)), batcher_(batch_options(opt), metrics_) {
+  limits_.max_atoms = opt.max_request_atoms;
+  limits_.max_heads = opt.max_heads;
+  limits_.max_head_dim = opt.max_head_dim;
+}
+
+void Service::start() {
+  batcher_.start();
+  started_ = true;
+}
+
+void Service::begin_drain() {
+  draining_ = true;
+  batcher_.begin_drain();
+}
+
+void Service::stop() { batcher_.stop(); }
+
+const ModelSpec* Service::find_model(const std::string& name) const {
+  for (const auto& m : models_)
+    if (m.name == name) return &m;
+  return nullptr;
+}
+
+bool Service::authorized(const std::string& key) const {
+  if (opt_.api_key.empty()) return true;
+  if (key.size() != opt_.api_key.size()) return false;
+  unsigned char diff = 0;  // same time whatever the first differing byte
+  for (std::size_t i = 0; i < key.size(); ++i)
+    diff |= static_cast<unsigned char>(key[i] ^ opt_.api_key[i]);
+  return diff == 0;
+}
+
+std::string Service::next_request_id() { return "req-" + std::to_string(next_id_++); }
+
+void Service::record_failure(const std::string& model, const std::string& protocol,
+                             const Status& st, Clock::time_point arrived) {
+  const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
+  metrics_.request_done(model.empty() ? "unknown" : model, st.code, secs);
+  log_event(LogLevel::warn, "request",
+            {{"request_id", next_request_id()}, {"protocol", protocol}, {"model", model},
+             {"outcome", outcome_label(st.code)}, {"error", st.message}});
+}
+
+InferResult Service::infer(const InferCall& call, const std::function<bool()>& client_gone) {
+  const auto arrived = Clock::now();
+  InferResult res;
+  res.request_id = call.id.empty() ? next_request_id() : call.id;
+  std::shared_ptr<Job> job;
+  bool counted_inflight = false;
+  const ModelSpec* model = find_model(call.model);
+  try {
+    if (!model) throw ServeError(Code::not_found, "unknown model '" + call.model + "'");
+    if (draining_) throw ServeError(Code::unavailable, "server is shutting down");
+    job = prepare_attention(*model, call, limits_);
+    job->id = res.request_id;
+    if (job->deadline == Clock::time_point::max() && opt_.default_timeout_ms > 0)
+      job->deadline = arrived + std::chrono::microseconds(static_cast<std::int64_t>(opt_.default_timeout_ms * 1e3));
+    metrics_.inflight_add(1);
+    counted_inflight = true;
+    if (!batcher_.submit(job))
+      throw ServeError(Code::unavailable,
+                       draining_ ? "server is shutting down"
+                                 : "queue full (" + std::to_string(opt_.max_queue) +
+                                       " requests waiting); retry later");
+    for (;;) {
+      const auto slice = std::min(Clock::now() + kPollSlice, job->deadline);
+      if (job->wait_until(slice)) break;
+      if (Clock::now() >= job->deadline) {
+        job->abandoned = true;
+        throw ServeError(Code::deadline_exceeded, "deadline passed before the result was ready");
+      }
+      if (client_gone && client_gone()) {
+        job->abandoned = true;
+        throw ServeError(Code::cancelled, "client went away");
+      }
+    }
+    res.status = job->status;
+    if (res.status.ok()) res.outputs = finish_attention(*job, call.outputs);
+  } catch (const ServeError& e) {
+    res.status = {e.code, e.what()};
+  } catch (const std::exception& e) {
+    res.status = {Code::internal, e.what()};
+  }
+  if (counted_inflight) metrics_.inflight_add(-1);
+  const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
+  metrics_.request_done(model ? model->name : "unknown", res.status.code, secs);
+  nlohmann::json fields = {{"request_id", res.request_id}, {"protocol", call.protocol},
+                           {"model", call.model}, {"outcome", outcome_label(res.status.code)},
+                           {"ms", secs * 1e3}};
+  if (job) {
+    fields["atoms"] = job->n;
+    fields["heads"] = job->heads;
+    fields["dim"] = job->dim;
+    if (res.status.ok()) {
+      fields["queue_ms"] = job->queue_seconds * 1e3;
+      fields["compute_ms"] = job->compute_seconds * 1e3;
+      fields["batch"] = job->batch_requests;
+    }
+  }
+  if (!res.status.ok()) fields["error"] = res.status.message;
+  log_event(res.status.ok() ? LogLevel::info : LogLevel::warn, "request", std::move(fields));
+  return res;
+}
+
+}  // namespace protattn::server

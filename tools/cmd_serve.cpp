@@ -1,0 +1,80 @@
+// protattn serve: the KServe v2 inference server (HTTP and gRPC) over a model repository.
+#include <cstdlib>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "commands.hpp"
+#include "protattn/engine.hpp"
+#include "protattn/error.hpp"
+#include "server.hpp"
+
+namespace protattn::cli {
+
+void add_serve_command(CLI::App& app) {
+  auto opt = std::make_shared<server::Options>();
+  auto body_mb = std::make_shared<double>(static_cast<double>(opt->max_body_bytes) / (1 << 20));
+  std::string engines;
+  for (const auto& e : engine_names()) engines += (engines.empty() ? "" : ", ") + e;
+  CLI::App* cmd = app.add_subcommand(
+      "serve",
+      "Serve the models of a repository over the Open Inference Protocol (KServe v2): HTTP/REST "
+      "(JSON and binary tensors) and gRPC (GRPCInferenceService). Endpoints: /v2/health/{live,ready}, "
+      "/v2, /v2/models/NAME[/ready|/config|/stats], POST /v2/models/NAME/infer, /metrics "
+      "(Prometheus). One inference thread owns the engine; concurrent requests are batched. "
+      "SIGTERM or SIGINT drains: stop accepting, answer what was accepted, exit 0.");
+  cmd->add_option("--model-repository,--models", opt->model_repository,
+                  "folder with one sub-folder per model holding its config.json")
+      ->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--host", opt->host, "address to bind (both protocols)")->capture_default_str();
+  cmd->add_option("--http-port", opt->http_port, "HTTP port (0: any free port, -1: no HTTP)")
+      ->capture_default_str();
+  cmd->add_option("--grpc-port", opt->grpc_port, "gRPC port (0: any free port, -1: no gRPC)")
+      ->capture_default_str();
+  cmd->add_option("--http-threads", opt->http_threads, "HTTP connections served at once")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--grpc-threads", opt->grpc_threads, "gRPC handler threads at most")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--engine", opt->engine, "engine of the inference thread: " + engines)->capture_default_str();
+  cmd->add_option("--threads", opt->engine_threads, "cpu engine worker threads (0: all cores)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--device", opt->device, "CUDA device of the GPU engines")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--max-batch-atoms", opt->max_batch_atoms,
+                  "atoms of one batch (one engine run); a larger single request runs alone")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--max-batch-requests", opt->max_batch_requests, "requests of one batch")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--max-queue-delay-ms", opt->max_queue_delay_ms,
+                  "how long the oldest queued request waits for others to batch with (0: none)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--max-queue", opt->max_queue,
+                  "requests waiting for the engine; more are refused at once (HTTP 503, gRPC UNAVAILABLE)")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--max-request-atoms", opt->max_request_atoms, "atoms of one request (COORDS rows)")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--max-heads", opt->max_heads, "heads of one request")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--max-head-dim", opt->max_head_dim, "head dimension of one request")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--max-body-mb", *body_mb, "largest request body (HTTP) or message (gRPC), MiB")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--timeout-ms", opt->default_timeout_ms,
+                  "deadline of requests that give none (0: none). Requests set theirs with the "
+                  "'timeout' parameter (microseconds), the HTTP header Request-Timeout-Ms or a gRPC deadline")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--api-key", opt->api_key,
+                  "require this key (Authorization: Bearer KEY, X-API-Key, or gRPC metadata) on every "
+                  "endpoint but /v2/health/* and gRPC ServerLive/ServerReady; default: env PROTATTN_API_KEY");
+  cmd->add_option("--log-level", opt->log_level, "debug, info, warn, error, off (JSON lines on stderr)")
+      ->capture_default_str();
+  cmd->callback([opt, body_mb] {
+    if (opt->api_key.empty())
+      if (const char* k = std::getenv("PROTATTN_API_KEY")) opt->api_key = k;
+    opt->max_body_bytes = static_cast<std::size_t>(*body_mb * (1 << 20));
+    const int rc = server::run(*opt);
+    if (rc != 0) throw Error(fmt::format("server stopped with status {}", rc));
+  });
+}
+
+}  // namespace protattn::cli
