@@ -1,4 +1,5 @@
 // AtomEncoder: input checks, one cutoff layout per structure, then the CPU or GPU backend.
+#include <limits>
 #include <string>
 
 #include "model/backend.hpp"
@@ -53,6 +54,9 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
     layouts.push_back(build_cutoff_layout(in.coords.data(), n, opt));
     offsets.push_back(offsets.back() + static_cast<std::int64_t>(n));
   }
+  if (offsets.back() > std::numeric_limits<std::int32_t>::max())
+    throw Error("atom_encoder: the batch holds " + std::to_string(offsets.back()) + " atoms (most: " +
+                std::to_string(std::numeric_limits<std::int32_t>::max()) + "); split it");
   return backend_->make_plan(std::move(layouts), std::move(offsets), batch);
 }
 
