@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <mutex>
@@ -22,8 +23,6 @@ namespace {
 constexpr int kMaxDim = 1024;
 // Largest tile accepted (the per-thread buffers hold tile x tile scores).
 constexpr int kMaxTile = 1024;
-// Query rows whose scores are computed together, each loaded key value used that many times.
-constexpr int kRowGroup = 4;
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
 // One unit of work: one query tile of one head of one structure. Work items write disjoint
@@ -75,52 +74,96 @@ struct Scratch {
   }
 };
 
-// Scores of rows [r, r + kRowGroup) (or fewer) against `cols` keys: s_i[j] = sum_c q_ic k_jc,
-// summed in c order, in float64. The key loop is innermost so that it vectorises.
-inline void score_rows(const double* __restrict q, const double* __restrict kt, double* __restrict s,
-                       int rows, int cols, int dim, int tile) {
-  int i = 0;
-  for (; i + kRowGroup <= rows; i += kRowGroup) {
-    double* __restrict s0 = s + static_cast<std::size_t>(i) * tile;
-    double* __restrict s1 = s0 + tile;
-    double* __restrict s2 = s1 + tile;
-    double* __restrict s3 = s2 + tile;
-    std::fill(s0, s0 + cols, 0.0);
-    std::fill(s1, s1 + cols, 0.0);
-    std::fill(s2, s2 + cols, 0.0);
-    std::fill(s3, s3 + cols, 0.0);
-    const double* q0 = q + static_cast<std::size_t>(i) * dim;
-    for (int c = 0; c < dim; ++c) {
-      const double a0 = q0[c], a1 = q0[dim + c], a2 = q0[2 * dim + c], a3 = q0[3 * dim + c];
-      const double* __restrict k = kt + static_cast<std::size_t>(c) * tile;
-      for (int j = 0; j < cols; ++j) {
-        s0[j] += a0 * k[j];
-        s1[j] += a1 * k[j];
-        s2[j] += a2 * k[j];
-        s3[j] += a3 * k[j];
-      }
+// Register blocks of the two products: kBlockRows query rows x kBlockLanes keys (scores) or
+// head-dim columns (output), held in kBlockVecs vectors of two doubles (SSE2, the x86-64
+// baseline). Each lane is an ordinary float64 multiply then add: the vectors change nothing
+// in the arithmetic, only how many lanes run at once.
+using Vec2 = double __attribute__((vector_size(16)));
+constexpr int kVecLanes = 2;
+constexpr int kBlockRows = 4;
+constexpr int kBlockVecs = 4;
+constexpr int kBlockLanes = kBlockVecs * kVecLanes;
+
+#define PROTATTN_CPU_INLINE inline __attribute__((always_inline))
+
+PROTATTN_CPU_INLINE Vec2 load2(const double* p) {
+  Vec2 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+PROTATTN_CPU_INLINE void store2(double* p, Vec2 v) { std::memcpy(p, &v, sizeof v); }
+
+// One register block of scores: s(r, x) = sum_c q(r, c) kt(c, x), summed in c order from 0.
+// q (kBlockRows, dim) row stride dim; kt (dim, kBlockLanes) and s row stride tile.
+PROTATTN_CPU_INLINE void score_tile(const double* __restrict q, const double* __restrict kt, double* __restrict s,
+                                    int dim, int tile) {
+  Vec2 acc[kBlockRows][kBlockVecs] = {};
+  for (int c = 0; c < dim; ++c) {
+    Vec2 k[kBlockVecs];
+    for (int u = 0; u < kBlockVecs; ++u) k[u] = load2(kt + static_cast<std::size_t>(c) * tile + kVecLanes * u);
+    for (int r = 0; r < kBlockRows; ++r) {
+      const double a = q[static_cast<std::size_t>(r) * dim + c];
+      for (int u = 0; u < kBlockVecs; ++u) acc[r][u] += a * k[u];
     }
   }
-  for (; i < rows; ++i) {
-    double* __restrict si = s + static_cast<std::size_t>(i) * tile;
-    std::fill(si, si + cols, 0.0);
-    const double* qi = q + static_cast<std::size_t>(i) * dim;
-    for (int c = 0; c < dim; ++c) {
-      const double a = qi[c];
-      const double* __restrict k = kt + static_cast<std::size_t>(c) * tile;
-      for (int j = 0; j < cols; ++j) si[j] += a * k[j];
-    }
-  }
+  for (int r = 0; r < kBlockRows; ++r)
+    for (int u = 0; u < kBlockVecs; ++u) store2(s + static_cast<std::size_t>(r) * tile + kVecLanes * u, acc[r][u]);
 }
 
-// acc_i += sum_j p_ij v_j for one row, keys in order; the dim loop is innermost.
-inline void accumulate_row(const double* __restrict p, const double* __restrict v, double* __restrict acc,
-                           int cols, int dim) {
+// One score at a time, in the same order (the edges of the register blocks).
+PROTATTN_CPU_INLINE double score_one(const double* q, const double* kt, int dim, int tile) {
+  double acc = 0;
+  for (int c = 0; c < dim; ++c) acc += q[c] * kt[static_cast<std::size_t>(c) * tile];
+  return acc;
+}
+
+// Scores of rows [0, rows) against keys [0, cols): q (rows, dim), kt (dim, tile), s (rows, tile).
+void score_block(const double* q, const double* kt, double* s, int rows, int cols, int dim, int tile) {
+  const int full_rows = rows - rows % kBlockRows, full_cols = cols - cols % kBlockLanes;
+  for (int i0 = 0; i0 < full_rows; i0 += kBlockRows)
+    for (int j0 = 0; j0 < full_cols; j0 += kBlockLanes)
+      score_tile(q + static_cast<std::size_t>(i0) * dim, kt + j0, s + static_cast<std::size_t>(i0) * tile + j0, dim,
+                 tile);
+  for (int i = 0; i < rows; ++i)
+    for (int j = i < full_rows ? full_cols : 0; j < cols; ++j)
+      s[static_cast<std::size_t>(i) * tile + j] = score_one(q + static_cast<std::size_t>(i) * dim, kt + j, dim, tile);
+}
+
+// One register block of output: acc(r, x) += sum_j p(r, j) v(j, x), keys in order.
+// p row stride tile; v (cols, kBlockLanes) and acc row stride dim.
+PROTATTN_CPU_INLINE void accumulate_tile(const double* __restrict p, const double* __restrict v,
+                                         double* __restrict acc, int cols, int dim, int tile) {
+  Vec2 o[kBlockRows][kBlockVecs];
+  for (int r = 0; r < kBlockRows; ++r)
+    for (int u = 0; u < kBlockVecs; ++u) o[r][u] = load2(acc + static_cast<std::size_t>(r) * dim + kVecLanes * u);
   for (int j = 0; j < cols; ++j) {
-    const double pj = p[j];
-    if (pj == 0) continue;
-    const double* __restrict vj = v + static_cast<std::size_t>(j) * dim;
-    for (int c = 0; c < dim; ++c) acc[c] += pj * vj[c];
+    Vec2 vj[kBlockVecs];
+    for (int u = 0; u < kBlockVecs; ++u) vj[u] = load2(v + static_cast<std::size_t>(j) * dim + kVecLanes * u);
+    for (int r = 0; r < kBlockRows; ++r) {
+      const double pr = p[static_cast<std::size_t>(r) * tile + j];
+      for (int u = 0; u < kBlockVecs; ++u) o[r][u] += pr * vj[u];
+    }
+  }
+  for (int r = 0; r < kBlockRows; ++r)
+    for (int u = 0; u < kBlockVecs; ++u) store2(acc + static_cast<std::size_t>(r) * dim + kVecLanes * u, o[r][u]);
+}
+
+// acc(i, c) += sum_j p(i, j) v(j, c) for rows [0, rows), keys [0, cols) in order: p (rows, tile),
+// v (cols, dim), acc (rows, dim). Masked keys have p = 0 and add nothing (inputs are finite).
+void accumulate_block(const double* p, const double* v, double* acc, int rows, int cols, int dim, int tile) {
+  const int full_rows = rows - rows % kBlockRows, full_dims = dim - dim % kBlockLanes;
+  for (int i0 = 0; i0 < full_rows; i0 += kBlockRows)
+    for (int c0 = 0; c0 < full_dims; c0 += kBlockLanes)
+      accumulate_tile(p + static_cast<std::size_t>(i0) * tile, v + c0, acc + static_cast<std::size_t>(i0) * dim + c0,
+                      cols, dim, tile);
+  for (int i = 0; i < rows; ++i) {
+    const double* pi = p + static_cast<std::size_t>(i) * tile;
+    double* ai = acc + static_cast<std::size_t>(i) * dim;
+    for (int c = i < full_rows ? full_dims : 0; c < dim; ++c) {
+      double o = ai[c];
+      for (int j = 0; j < cols; ++j) o += pi[j] * v[static_cast<std::size_t>(j) * dim + c];
+      ai[c] = o;
+    }
   }
 }
 
@@ -153,7 +196,7 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
         sc.v[static_cast<std::size_t>(j) * dim + c] = load<T>(args.v, src + c);
       }
     }
-    score_rows(sc.q.data(), sc.kt.data(), sc.s.data(), rows, cols, dim, tile);
+    score_block(sc.q.data(), sc.kt.data(), sc.s.data(), rows, cols, dim, tile);
 
     const bool partial = lay.kind[e] == BlockKind::partial;
     for (int i = 0; i < rows; ++i) {
@@ -164,7 +207,10 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
         if (partial && !mask_allows(lay, row0 + i, col0 + j)) si[j] = kNegInf;
         mx = std::max(mx, si[j]);
       }
-      if (mx == kNegInf) continue;  // no key of this tile for this row
+      if (mx == kNegInf) {  // no key of this tile for this row: it adds nothing
+        std::fill(si, si + cols, 0.0);
+        continue;
+      }
       const double m_new = std::max(sc.m[i], mx);
       const double alpha = std::exp(sc.m[i] - m_new);  // 0 on the first kept tile
       double sum = 0;
@@ -177,8 +223,8 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
         for (int c = 0; c < dim; ++c) acc[c] *= alpha;
       sc.l[i] = sc.l[i] * alpha + sum;
       sc.m[i] = m_new;
-      accumulate_row(si, sc.v.data(), acc, cols, dim);
     }
+    accumulate_block(sc.s.data(), sc.v.data(), sc.acc.data(), rows, cols, dim, tile);
   }
 
   for (int i = 0; i < rows; ++i) {
