@@ -18,8 +18,7 @@
 namespace protattn {
 namespace {
 
-// Largest head dim accepted: beyond it the per-thread buffers stop fitting in cache and the
-// problem is no longer an attention head.
+// Largest head dim accepted (attention heads use 16..256; the bound keeps per-thread buffers small).
 constexpr int kMaxDim = 1024;
 // Largest tile accepted (the per-thread buffers hold tile x tile scores).
 constexpr int kMaxTile = 1024;
