@@ -334,6 +334,18 @@ TEST(CpuEngine, RealStructureCutoffLayout) {
   check_one(l, shape_of(2, 64, DType::f16), 81);
 }
 
+TEST(CpuEngine, NullLseWritesOnlyO) {
+  const BlockLayout l = hand_layout(150, 128, all_tiles(150, 128), BlockKind::full);
+  auto e = make_engine("cpu", EngineOptions{2, 0});
+  const ProblemShape shape = shape_of(2, 16, DType::f32);
+  auto plan = e->plan({&l}, shape);
+  const test::Inputs in = test::random_inputs(shape, plan->total_n(), 91);
+  const Outputs with_lse = run_poisoned(*e, *plan, in);
+  std::vector<std::uint8_t> o(in.q.size(), kPoisonByte);
+  e->run(*plan, RunArgs{in.q.data(), in.k.data(), in.v.data(), o.data(), nullptr, nullptr});
+  EXPECT_TRUE(o == with_lse.o);
+}
+
 TEST(CpuEngine, RunRejectsForeignPlansAndNullBuffers) {
   const BlockLayout l = hand_layout(10, 128, {{0}}, BlockKind::full);
   auto e = make_engine("cpu");
