@@ -66,7 +66,8 @@ std::string Service::next_request_id() { return "req-" + std::to_string(next_id_
 void Service::record_failure(const std::string& model, const std::string& protocol,
                              const Status& st, Clock::time_point arrived) {
   const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
-  metrics_.request_done(model.empty() ? "unknown" : model, st.code, secs);
+  // Names of models that do not exist never become label values: clients choose them.
+  metrics_.request_done(find_model(model) ? model : "unknown", st.code, secs);
   log_event(LogLevel::warn, "request",
             {{"request_id", next_request_id()}, {"protocol", protocol}, {"model", model},
              {"outcome", outcome_label(st.code)}, {"error", st.message}});
