@@ -14,8 +14,9 @@ namespace {
 constexpr const char* kGlobulePrefix = "globule:";
 constexpr const char* kW1Name = "w1";
 constexpr double kGlobuleDensity = 0.058;  // atoms per cubic Angstrom (DESIGN.md W2)
-// W1 of DESIGN.md: 32 x 32 tiles, 800 kept, band |i-j| <= 12.
+// W1 of DESIGN.md: 32 x 32 tiles, 800 kept, band |i-j| <= 12, fill seed 1 (as protattn bench).
 constexpr int kW1Tiles = 32, kW1Nnz = 800, kW1Band = 12;
+constexpr std::uint64_t kW1Seed = 1;
 constexpr auto kProgressDelay = std::chrono::seconds(1);
 constexpr auto kProgressPeriod = std::chrono::milliseconds(200);
 
@@ -90,7 +91,7 @@ BlockLayout make_layout(const Source& s, const LayoutArgs& a, bool count_pairs) 
   if (s.is_w1) {
     if (!a.mask.empty() && a.mask != "tiles") throw UsageError("w1 is a tile pattern: only --mask tiles applies");
     const Activity act("building the w1 layout");
-    return make_w1_layout(kW1Tiles, kW1Nnz, kW1Band, 1, a.tile);
+    return make_w1_layout(kW1Tiles, kW1Nnz, kW1Band, kW1Seed, a.tile);
   }
   LayoutOptions opt;
   opt.order = parse_order(a.order);
