@@ -4,7 +4,9 @@
 #   scripts/gpu-bench.sh [BIN_DIR]     BIN_DIR holds protattn and protattn_gpu_tests
 #                                      (default: build/tools and build/tests; scripts/build-carry.sh
 #                                      builds them on a machine without a GPU and stages them).
-# Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,1m), ENGINES (default fused), SKIP_TESTS=1.
+# Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,1m), ENGINES (default fused),
+# STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, when present), SKIP_TESTS=1.
+# The structures in tests/data must travel with the run (name tests/data in the device's carry).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -15,6 +17,8 @@ protattn=$(find_bin protattn); gtests=$(find_bin protattn_gpu_tests)
 [ -n "$protattn" ] || { echo "gpu-bench: no protattn binary (give BIN_DIR)" >&2; exit 1; }
 workloads=${WORKLOADS:-w1,w1alt,w1b,w2,w2d128,1m}
 engines=${ENGINES:-fused}
+structures=${STRUCTURES-$( [ -f "$root/tests/data/6zu5.cif" ] && echo "$root/tests/data/6zu5.cif")}
+export PROTATTN_TEST_DATA="$root/tests/data"
 commit=$(cat "$root/.carry/COMMIT" 2>/dev/null || git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv | tee "$out/gpu.txt"
@@ -29,11 +33,12 @@ fi
 
 echo "== protattn bench ($engines on $workloads)"
 layouts=$(mktemp -d)
-"$protattn" bench --engine "$engines" --workload "$workloads" --export-layouts "$layouts" --json "$out/bench.json" \
+"$protattn" bench --engine "$engines" --workload "$workloads" ${structures:+--structure $structures} \
+  --export-layouts "$layouts" --json "$out/bench.json" \
   2>&1 | tee "$out/bench.log" || status=1
 
 echo "== peers (FlexAttention, SDPA flash, SDPA cuDNN) on the same layouts"
-PYTHONUNBUFFERED=1 python3 "$root/bench/peers.py" "$layouts"/* --json "$out/peers.json" 2>&1 | grep -v Warning | tail -20 || status=1
+PYTHONUNBUFFERED=1 python3 "$root/bench/peers.py" "$layouts"/* --no-dense-above 120000 --json "$out/peers.json" 2>&1 | grep -v Warning | tail -20 || status=1
 
 echo "== summary (same run, same GPU; ratios = peer time / protattn time)"
 python3 "$root/bench/report.py" "$out/bench.json" "$out/peers.json" --out "$out/results.json" --plot "$out/plot.png" \
