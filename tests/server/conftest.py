@@ -64,7 +64,8 @@ class Server:
         raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s: {self.logs()}")
 
     def logs(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace")
 
     def log_events(self):
