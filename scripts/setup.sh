@@ -27,5 +27,6 @@ if ! $py -c 'import cutlass_library, numpy, pytest' 2>/dev/null; then
     || $py -m pip install -q --disable-pip-version-check --break-system-packages "${pyreq[@]}"
 fi
 
+bash "$here/setup-server.sh"
 bash "$here/fetch-data.sh"
 echo "setup: done"
