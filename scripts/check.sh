@@ -6,13 +6,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-bash scripts/setup.sh
-export PATH="/usr/local/cuda/bin:$PATH"
+bash scripts/build.sh
 build=${BUILD_DIR:-build}
-cmake -S . -B "$build" -G Ninja
-start=$(date +%s)
-ninja -C "$build" -j"${JOBS:-$(nproc)}"
-echo "check: build took $(( $(date +%s) - start )) s"
 ctest --test-dir "$build" -LE gpu --output-on-failure -j"${JOBS:-$(nproc)}"
 if [ -d tests/server ] && ls tests/server/test_*.py >/dev/null 2>&1; then
   PROTATTN_BINARY="$root/$build/tools/protattn" python3 -m pytest -q tests/server

@@ -6,11 +6,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-bash scripts/setup.sh
-export PATH="/usr/local/cuda/bin:$PATH"
+bash scripts/build.sh protattn_cli
 build=${BUILD_DIR:-build}
-cmake -S . -B "$build" -G Ninja >/dev/null
-ninja -C "$build" -j"${JOBS:-$(nproc)}" protattn_cli
 engine=cpu
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then engine=fused; fi
 "$build/tools/protattn" info tests/data/2hhb.pdb
