@@ -8,7 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/build.sh
 build=${BUILD_DIR:-build}
+case "$build" in /*) ;; *) build="$root/$build" ;; esac
 ctest --test-dir "$build" -LE gpu --output-on-failure -j"${JOBS:-$(nproc)}"
 if [ -d tests/server ] && ls tests/server/test_*.py >/dev/null 2>&1; then
-  PROTATTN_BINARY="$root/$build/tools/protattn" python3 -m pytest -q tests/server
+  PROTATTN_BINARY="$build/tools/protattn" python3 -m pytest -q tests/server
 fi
