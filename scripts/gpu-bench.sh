@@ -21,7 +21,7 @@ structures=${STRUCTURES-$( [ -f "$root/tests/data/6zu5.cif" ] && echo "$root/tes
 export PROTATTN_TEST_DATA="$root/tests/data"
 commit=$(cat "$root/.carry/COMMIT" 2>/dev/null || git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
 
 status=0
@@ -34,11 +34,28 @@ fi
 echo "== protattn bench ($engines on $workloads)"
 layouts=$(mktemp -d)
 "$protattn" bench --engine "$engines" --workload "$workloads" ${structures:+--structure $structures} \
-  --export-layouts "$layouts" --json "$out/bench.json" \
-  2>&1 | tee "$out/bench.log" || status=1
+  --export-layouts "$layouts" --json "$out/bench.json" 2>&1 || status=1
 
 echo "== peers (FlexAttention, SDPA flash, SDPA cuDNN) on the same layouts"
 PYTHONUNBUFFERED=1 python3 "$root/bench/peers.py" "$layouts"/* --no-dense-above 120000 --json "$out/peers.json" 2>&1 | grep -v Warning | tail -20 || status=1
+
+if [ "${SERVE:-1}" = 1 ] && [ -f "$root/tests/data/2hhb.pdb" ]; then
+  echo "== serving: protattn serve --engine fused, model attention, 2HHB (4,558 atoms), 8 heads, d=64"
+  sdir=$(mktemp -d)
+  mkdir -p "$sdir/models" && cp -r "$root/models/attention" "$sdir/models/"
+  "$protattn" layout "$root/tests/data/2hhb.pdb" --cutoff 8 --order hilbert --export "$sdir/layout" >/dev/null
+  port=${SERVE_PORT:-18000}
+  "$protattn" serve --models "$sdir/models" --engine fused --http-port "$port" --grpc-port -1 --log-level warn \
+    --max-batch-atoms 400000 --max-queue 256 &
+  spid=$!
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null && break; sleep 0.1; done
+  python3 "$root/bench/serve_load.py" --url "http://127.0.0.1:$port" --coords "$sdir/layout/coords.npy" --heads 8 --dim 64 \
+    --concurrency 1,4,16,64 --seconds 4 --json "$out/serve.json" || status=1
+  kill -TERM "$spid"; wait "$spid" || status=1
+  echo "== offline batched runs of the same structure (served / offline throughput = serving efficiency)"
+  "$protattn" bench --engine fused --structure "$root/tests/data/2hhb.pdb" --heads 8 --dim 64 --batch 16 \
+    --json "$out/serve_offline.json" || status=1
+fi
 
 echo "== summary (same run, same GPU; ratios = peer time / protattn time)"
 python3 "$root/bench/report.py" "$out/bench.json" "$out/peers.json" --out "$out/results.json" --plot "$out/plot.png" \

@@ -102,7 +102,7 @@ struct Options {
   std::vector<std::string> workloads{"w1", "w1alt", "w1b", "w2", "w2d128"};
   std::vector<std::string> structures, layout_dirs;
   std::string dtype = "fp16", mask = "tiles", json_out, export_dir;
-  int heads = 8, dim = 64, warmup = 10, iters = 100, threads = 0;
+  int heads = 8, dim = 64, warmup = 10, iters = 100, threads = 0, batch = 1;
   bool flush_l2 = true;
 };
 
@@ -201,18 +201,19 @@ void run_bench(const Options& o) {
     opt.order = Order::hilbert;
     opt.mask = mask;
     opt.count_pairs = false;
-    w.layouts.push_back(build_cutoff_layout(s.xyz.data(), s.size(), opt));
+    w.layouts.assign(static_cast<std::size_t>(o.batch), build_cutoff_layout(s.xyz.data(), s.size(), opt));
     w.layout_ms = ms_since(t0);
-    w.name = std::filesystem::path(path).stem().string();
+    w.name = std::filesystem::path(path).stem().string() + (o.batch > 1 ? "x" + std::to_string(o.batch) : "");
     w.heads = o.heads;
     w.dim = o.dim;
-    w.note = path + ", Hilbert, tile-box cutoff 8 A (read + order + tile: " + fmt::format("{:.1f}", w.layout_ms) + " ms)";
+    w.note = path + ", Hilbert, tile-box cutoff 8 A (read + order + tile: " + fmt::format("{:.1f}", w.layout_ms) +
+             " ms)" + (o.batch > 1 ? fmt::format(", {} copies in one batch", o.batch) : "");
     work.push_back(std::move(w));
   }
   for (const std::string& dir : o.layout_dirs) {
     Workload w;
-    w.layouts.push_back(load_layout(dir));
-    w.name = std::filesystem::path(dir).filename().string();
+    w.layouts.assign(static_cast<std::size_t>(o.batch), load_layout(dir));
+    w.name = std::filesystem::path(dir).filename().string() + (o.batch > 1 ? "x" + std::to_string(o.batch) : "");
     w.heads = o.heads;
     w.dim = o.dim;
     w.note = "exported layout " + dir;
@@ -284,6 +285,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--layout", opt->layout_dirs, "exported layout folders to time");
   cmd->add_option("--heads", opt->heads, "heads for --structure/--layout")->check(CLI::PositiveNumber);
   cmd->add_option("--dim", opt->dim, "head dim for --structure/--layout")->check(CLI::IsMember({32, 64, 128}));
+  cmd->add_option("--batch", opt->batch, "copies of each --structure/--layout run as one ragged batch")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--dtype", opt->dtype, "fp16 or bf16 (fp32 on cpu)");
   cmd->add_option("--mask", opt->mask, "mask mode of the cutoff layouts: tiles or atoms");
   cmd->add_option("--warmup", opt->warmup, "untimed calls first")->check(CLI::NonNegativeNumber);
