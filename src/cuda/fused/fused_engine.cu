@@ -27,9 +27,6 @@ constexpr int kMaxSplits = 16;
 
 bool dim_compiled(int d) {
   switch (d) {
-#ifdef PROTATTN_FUSED_D32
-    case 32: return true;
-#endif
 #ifdef PROTATTN_FUSED_D64
     case 64: return true;
 #endif
@@ -42,7 +39,7 @@ bool dim_compiled(int d) {
 
 std::string compiled_dims() {
   std::string s;
-  for (int d : {32, 64, 128})
+  for (int d : {64, 128})
     if (dim_compiled(d)) s += (s.empty() ? "" : ", ") + std::to_string(d);
   return s;
 }
@@ -53,9 +50,6 @@ template <typename F>
 auto dispatch(DType dtype, int dim, F&& f) {
   auto by_dim = [&]<typename T>() {
     switch (dim) {
-#ifdef PROTATTN_FUSED_D32
-      case 32: return f.template operator()<T, 32>();
-#endif
 #ifdef PROTATTN_FUSED_D64
       case 64: return f.template operator()<T, 64>();
 #endif

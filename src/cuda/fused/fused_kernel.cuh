@@ -197,7 +197,8 @@ struct FusedKernel {
   static constexpr int kKSteps = D / 16;          // k16 steps of Q K^T
   static constexpr int kOAcc = D / 2;             // O accumulators per thread (16 x D per warp)
   static constexpr int kSAcc = kKeyChunk / 2;     // S accumulators per thread (16 x 64 per warp)
-  static_assert(D % 64 == 0 || D == 32, "head dim 32, 64 or 128");
+  // The shared-memory tiles are 128-byte rows of 64 columns: head dims are multiples of 64.
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
 };
 
 // The sm_90a wgmma back end exists only where the compiler targets sm_90a.
