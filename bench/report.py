@@ -31,6 +31,9 @@ def main():
     peers = {p["layout"]: p for p in json.load(open(a.peers))}
     rows = []
     for r in bench["results"]:
+        if "error" in r:
+            print(f"report: {r['engine']} on {r['workload']}: {r['error']}")
+            continue
         p = peers.get(r["workload"], {})
         row = dict(r)
         row["peers"] = p

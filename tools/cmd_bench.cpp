@@ -26,6 +26,9 @@
 #ifdef PROTATTN_HAVE_FUSED
 #include "cuda/fused/fused_engine.hpp"
 #endif
+#ifdef PROTATTN_HAVE_GROUPED
+#include "cuda/grouped/grouped_engine.hpp"
+#endif
 
 namespace protattn::cli {
 namespace {
@@ -140,6 +143,17 @@ nlohmann::json bench_one(Engine& engine, const Workload& w, const Options& o) {
         },
         o.warmup, o.iters, o.flush_l2);
     extra["device_memory_used_bytes"] = cuda::device_memory_used();
+#ifdef PROTATTN_HAVE_GROUPED
+    if (std::string(engine.name()) == "grouped") {
+      // One more call with events between the stages (kept out of the timed calls).
+      grouped::enable_stage_timing(engine, true);
+      a.stream = nullptr;
+      engine.run(*plan, a);
+      const auto st = grouped::stage_times(engine);
+      grouped::enable_stage_timing(engine, false);
+      extra["stage_ms"] = {{"qk", st.qk}, {"softmax", st.softmax}, {"pv", st.pv}};
+    }
+#endif
 #else
     throw Error("bench: engine " + std::string(engine.name()) + " needs CUDA, not built in");
 #endif
@@ -253,11 +267,22 @@ void run_bench(const Options& o) {
     eo.threads = o.threads;
     auto engine = make_engine(ename, eo);
     for (const Workload& w : work) {
-      nlohmann::json r = bench_one(*engine, w, o);
+      nlohmann::json r;
+      try {
+        r = bench_one(*engine, w, o);
+      } catch (const Error& e) {  // one engine refusing one workload (e.g. workspace) ends nothing
+        std::printf("%-10s %-8s %s\n", w.name.c_str(), ename.c_str(), e.what());
+        results.push_back({{"engine", ename}, {"workload", w.name}, {"error", e.what()}});
+        continue;
+      }
       std::printf("%-10s %-8s %9lld %7lld %5d %4d %10.1f %9.1f %9.0f\n", w.name.c_str(), ename.c_str(),
                   static_cast<long long>(r["atoms"].get<std::int64_t>()),
                   static_cast<long long>(r["nnz_blocks"].get<std::int64_t>()), w.heads, w.dim,
                   r["ms"].get<double>() * 1e3, r["tflops"].get<double>(), r["gbps"].get<double>());
+      if (r.contains("stage_ms"))
+        std::printf("%-10s %-8s stages: QK^T %.1f us, softmax %.1f us, PV + reduction %.1f us\n", w.name.c_str(),
+                    ename.c_str(), r["stage_ms"]["qk"].get<double>() * 1e3, r["stage_ms"]["softmax"].get<double>() * 1e3,
+                    r["stage_ms"]["pv"].get<double>() * 1e3);
       std::fflush(stdout);
       results.push_back(std::move(r));
     }

@@ -1,4 +1,5 @@
-// GPU tests of the fused engine against the float64 reference (tests/common/reference.hpp).
+// GPU tests of the device engines (fused, grouped) against the float64 reference
+// (tests/common/reference.hpp), and of what is particular to the fused engine.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -35,8 +36,8 @@ struct Case {
 
 // Runs the engine twice on poisoned outputs; checks every element against the reference and
 // that the two runs are bit-identical.
-void check(const Case& c, std::uint64_t seed) {
-  auto engine = make_engine("fused");
+void check(const std::string& engine_name, const Case& c, std::uint64_t seed) {
+  auto engine = make_engine(engine_name);
   std::vector<const BlockLayout*> ptrs;
   for (const BlockLayout& l : c.layouts) ptrs.push_back(&l);
   auto plan = engine->plan(ptrs, c.shape);
@@ -93,7 +94,7 @@ BlockLayout hand_layout(int n, const std::vector<std::vector<int>>& rows, MaskMo
   return l;
 }
 
-class FusedTest : public ::testing::TestWithParam<std::tuple<DType, int>> {
+class EngineTest : public ::testing::TestWithParam<std::tuple<std::string, DType, int>> {
  protected:
   void SetUp() override {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
@@ -101,13 +102,14 @@ class FusedTest : public ::testing::TestWithParam<std::tuple<DType, int>> {
   ProblemShape shape(int heads) const {
     ProblemShape s;
     s.heads = heads;
-    s.dtype = std::get<0>(GetParam());
-    s.dim = std::get<1>(GetParam());
+    s.dtype = std::get<1>(GetParam());
+    s.dim = std::get<2>(GetParam());
     return s;
   }
+  void check(const Case& c, std::uint64_t seed) const { protattn::check(std::get<0>(GetParam()), c, seed); }
 };
 
-TEST_P(FusedTest, RaggedSizesBothMasks) {
+TEST_P(EngineTest, RaggedSizesBothMasks) {
   std::uint64_t seed = 100;
   for (std::size_t n : {1u, 127u, 128u, 129u, 4096u + 17u}) {
     for (MaskMode m : {MaskMode::tiles, MaskMode::atoms}) {
@@ -118,7 +120,7 @@ TEST_P(FusedTest, RaggedSizesBothMasks) {
   }
 }
 
-TEST_P(FusedTest, EmptyRowsOneTileAllTiles) {
+TEST_P(EngineTest, EmptyRowsOneTileAllTiles) {
   // query tile 1 keeps no key tile: its rows give O = 0 and LSE = -inf
   check(Case{{hand_layout(300, {{0, 2}, {}, {1, 2}})}, shape(3)}, 11);
   check(Case{{hand_layout(90, {{0}})}, shape(1)}, 12);
@@ -127,14 +129,14 @@ TEST_P(FusedTest, EmptyRowsOneTileAllTiles) {
   check(Case{{build_dense_layout(s.xyz.data(), s.size(), opt)}, shape(2)}, 13);
 }
 
-TEST_P(FusedTest, WindowsMask) {
+TEST_P(EngineTest, WindowsMask) {
   const Structure s = make_globule(1000, 0.058, 5);
   LayoutOptions opt;
   opt.order = Order::file;
   check(Case{{build_window_layout(s.xyz.data(), s.size(), opt)}, shape(2)}, 21);
 }
 
-TEST_P(FusedTest, RaggedBatch) {
+TEST_P(EngineTest, RaggedBatch) {
   Case c;
   c.layouts.push_back(globule_layout(300, MaskMode::atoms, 8.0f, 1));
   c.layouts.push_back(globule_layout(1000, MaskMode::tiles, 6.0f, 2));
@@ -144,17 +146,25 @@ TEST_P(FusedTest, RaggedBatch) {
   check(c, 31);
 }
 
-TEST_P(FusedTest, W1SplitKeyRange) {
+TEST_P(EngineTest, W1SplitKeyRange) {
   // 32 query tiles and one head cannot fill the GPU: the plan splits the key ranges and
   // combines the pieces afterwards.
   check(Case{{make_w1_layout(32, 800, 12, 1)}, shape(1)}, 41);
 }
 
-INSTANTIATE_TEST_SUITE_P(DtypeDim, FusedTest,
-                         ::testing::Combine(::testing::Values(DType::f16, DType::bf16), ::testing::Values(64, 128)),
+const std::vector<std::string> kDeviceEngines = {
+    "fused",
+#ifdef PROTATTN_HAVE_GROUPED
+    "grouped",
+#endif
+};
+
+INSTANTIATE_TEST_SUITE_P(EngineDtypeDim, EngineTest,
+                         ::testing::Combine(::testing::ValuesIn(kDeviceEngines), ::testing::Values(DType::f16, DType::bf16),
+                                            ::testing::Values(64, 128)),
                          [](const auto& info) {
-                           return std::string(to_string(std::get<0>(info.param))) + "_d" +
-                                  std::to_string(std::get<1>(info.param));
+                           return std::get<0>(info.param) + "_" + to_string(std::get<1>(info.param)) + "_d" +
+                                  std::to_string(std::get<2>(info.param));
                          });
 
 TEST(FusedGraph, RunIsCapturableAndReplaysBitIdentical) {
