@@ -3,8 +3,10 @@
 
 #include <cstring>
 #include <future>
+#include <map>
 #include <tuple>
 
+#include "encoder_model.hpp"
 #include "log.hpp"
 #include "protattn/engine.hpp"
 #include "protattn/error.hpp"
@@ -17,6 +19,7 @@ namespace protattn::server {
 
 struct Batcher::EngineState {
   std::unique_ptr<Engine> engine;
+  std::map<const ModelSpec*, std::unique_ptr<AtomEncoder>> encoders;  // one per atom_encoder model
   // Packed buffers, grown as needed and kept between batches.
   std::vector<std::uint16_t> q, k, v, o;
   std::vector<float> lse;
@@ -24,8 +27,13 @@ struct Batcher::EngineState {
 
 namespace {
 
-using BatchKey = std::tuple<int, int, int>;  // heads, dim, tile
-BatchKey key_of(const Job& j) { return {j.heads, j.dim, j.layout.tile}; }
+// Jobs batch together when their keys are equal. attention: (no model, heads, dim, tile), so
+// attention models of one tile size share engine runs; atom_encoder: (its model, 0, 0, 0).
+using BatchKey = std::tuple<const ModelSpec*, int, int, int>;
+BatchKey key_of(const Job& j) {
+  if (j.model->is_encoder()) return {j.model, 0, 0, 0};
+  return {nullptr, j.heads, j.dim, j.layout.tile};
+}
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -52,15 +60,18 @@ Batcher::Batcher(BatchOptions opt, Metrics& metrics)
 
 Batcher::~Batcher() { stop(); }
 
-void Batcher::start() {
+void Batcher::start(const std::vector<ModelSpec>& models) {
   std::promise<std::string> ready;
   auto started = ready.get_future();
-  thread_ = std::thread([this, &ready] {
+  thread_ = std::thread([this, &ready, &models] {
     try {
       EngineOptions eo;
       eo.threads = opt_.engine_threads;
       eo.device = opt_.device;
       state_->engine = make_engine(opt_.engine, eo);
+      for (const ModelSpec& m : models)
+        if (m.is_encoder())
+          state_->encoders[&m] = std::make_unique<AtomEncoder>(Model(*m.encoder), opt_.engine, eo);
       ready.set_value(state_->engine->name());
     } catch (...) {
       ready.set_exception(std::current_exception());
@@ -171,67 +182,79 @@ void Batcher::loop() {
   }
 }
 
-void Batcher::run_batch(std::vector<std::shared_ptr<Job>>& batch) {
-  const auto start = Clock::now();
+// Plans all layouts at once, packs Q/K/V along the atom axis at the plan's offsets (a batch of
+// one runs on the job's own buffers), runs the engine once and unpacks O (and LSE).
+void Batcher::run_attention(std::vector<std::shared_ptr<Job>>& batch) {
   Job& first = *batch.front();
   const int heads = first.heads, dim = first.dim;
   std::vector<const BlockLayout*> layouts;
-  std::vector<double> queue_s;
   bool want_lse = false;
-  std::int64_t atoms = 0;
   for (const auto& j : batch) {
     layouts.push_back(&j->layout);
-    queue_s.push_back(seconds(start - j->enqueued));
     want_lse = want_lse || j->want_lse;
+  }
+  ProblemShape shape;
+  shape.heads = heads;
+  shape.dim = dim;
+  shape.dtype = DType::f16;
+  auto plan = state_->engine->plan(layouts, shape);
+  const std::int64_t total = plan->total_n();
+  const std::size_t elems = static_cast<std::size_t>(heads) * total * dim;
+  RunArgs args;
+  if (batch.size() == 1) {
+    first.o.resize(elems);
+    if (first.want_lse) first.lse.resize(static_cast<std::size_t>(heads) * total);
+    args.q = first.q.data();
+    args.k = first.k.data();
+    args.v = first.v.data();
+    args.o = first.o.data();
+    args.lse = first.want_lse ? first.lse.data() : nullptr;
+    run_host(*state_->engine, *plan, args);
+  } else {
+    EngineState& s = *state_;
+    for (auto* buf : {&s.q, &s.k, &s.v, &s.o}) buf->resize(elems);
+    if (want_lse) s.lse.resize(static_cast<std::size_t>(heads) * total);
+    for (std::size_t b = 0; b < batch.size(); ++b) {
+      const Job& j = *batch[b];
+      const std::int64_t off = plan->offsets[b];
+      pack(s.q, j.q, heads, total, off, j.n, static_cast<std::size_t>(dim));
+      pack(s.k, j.k, heads, total, off, j.n, static_cast<std::size_t>(dim));
+      pack(s.v, j.v, heads, total, off, j.n, static_cast<std::size_t>(dim));
+    }
+    args.q = s.q.data();
+    args.k = s.k.data();
+    args.v = s.v.data();
+    args.o = s.o.data();
+    args.lse = want_lse ? s.lse.data() : nullptr;
+    run_host(*s.engine, *plan, args);
+    for (std::size_t b = 0; b < batch.size(); ++b) {
+      Job& j = *batch[b];
+      const std::int64_t off = plan->offsets[b];
+      j.o.resize(static_cast<std::size_t>(heads) * j.n * dim);
+      unpack(s.o, j.o, heads, total, off, j.n, static_cast<std::size_t>(dim));
+      if (j.want_lse) {
+        j.lse.resize(static_cast<std::size_t>(heads) * j.n);
+        unpack(s.lse, j.lse, heads, total, off, j.n, 1);
+      }
+    }
+  }
+}
+
+void Batcher::run_batch(std::vector<std::shared_ptr<Job>>& batch) {
+  const auto start = Clock::now();
+  Job& first = *batch.front();
+  std::vector<double> queue_s;
+  std::int64_t atoms = 0;
+  for (const auto& j : batch) {
+    queue_s.push_back(seconds(start - j->enqueued));
     atoms += j->n;
   }
   Status status;
   try {
-    ProblemShape shape;
-    shape.heads = heads;
-    shape.dim = dim;
-    shape.dtype = DType::f16;
-    auto plan = state_->engine->plan(layouts, shape);
-    const std::int64_t total = plan->total_n();
-    const std::size_t elems = static_cast<std::size_t>(heads) * total * dim;
-    RunArgs args;
-    if (batch.size() == 1) {
-      first.o.resize(elems);
-      if (first.want_lse) first.lse.resize(static_cast<std::size_t>(heads) * total);
-      args.q = first.q.data();
-      args.k = first.k.data();
-      args.v = first.v.data();
-      args.o = first.o.data();
-      args.lse = first.want_lse ? first.lse.data() : nullptr;
-      run_host(*state_->engine, *plan, args);
-    } else {
-      EngineState& s = *state_;
-      for (auto* buf : {&s.q, &s.k, &s.v, &s.o}) buf->resize(elems);
-      if (want_lse) s.lse.resize(static_cast<std::size_t>(heads) * total);
-      for (std::size_t b = 0; b < batch.size(); ++b) {
-        const Job& j = *batch[b];
-        const std::int64_t off = plan->offsets[b];
-        pack(s.q, j.q, heads, total, off, j.n, static_cast<std::size_t>(dim));
-        pack(s.k, j.k, heads, total, off, j.n, static_cast<std::size_t>(dim));
-        pack(s.v, j.v, heads, total, off, j.n, static_cast<std::size_t>(dim));
-      }
-      args.q = s.q.data();
-      args.k = s.k.data();
-      args.v = s.v.data();
-      args.o = s.o.data();
-      args.lse = want_lse ? s.lse.data() : nullptr;
-      run_host(*s.engine, *plan, args);
-      for (std::size_t b = 0; b < batch.size(); ++b) {
-        Job& j = *batch[b];
-        const std::int64_t off = plan->offsets[b];
-        j.o.resize(static_cast<std::size_t>(heads) * j.n * dim);
-        unpack(s.o, j.o, heads, total, off, j.n, static_cast<std::size_t>(dim));
-        if (j.want_lse) {
-          j.lse.resize(static_cast<std::size_t>(heads) * j.n);
-          unpack(s.lse, j.lse, heads, total, off, j.n, 1);
-        }
-      }
-    }
+    if (first.model->is_encoder())
+      run_encoder_batch(*state_->encoders.at(first.model), batch);
+    else
+      run_attention(batch);
   } catch (const Error& e) {
     status = {Code::invalid_argument, std::string("engine ") + state_->engine->name() + ": " + e.what()};
   } catch (const std::exception& e) {
@@ -247,7 +270,8 @@ void Batcher::run_batch(std::vector<std::shared_ptr<Job>>& batch) {
 #endif
   metrics_.batch_done(first.model->name, static_cast<int>(batch.size()), atoms, compute, queue_s);
   log_event(LogLevel::debug, "batch",
-            {{"requests", batch.size()}, {"atoms", atoms}, {"heads", heads}, {"dim", dim},
+            {{"model", first.model->name}, {"requests", batch.size()}, {"atoms", atoms},
+             {"heads", first.heads}, {"dim", first.dim},
              {"compute_ms", compute * 1e3}, {"ok", status.ok()}});
   for (std::size_t b = 0; b < batch.size(); ++b) {
     Job& j = *batch[b];

@@ -10,6 +10,7 @@
 
 #include "job.hpp"
 #include "metrics.hpp"
+#include "model_repo.hpp"
 
 namespace protattn::server {
 
@@ -24,15 +25,18 @@ struct BatchOptions {
 };
 
 // Jobs wait in a bounded FIFO. The inference thread takes the oldest job, waits up to the
-// queue delay (counted from that job's arrival) for jobs of the same shape (heads, dim, tile),
-// packs up to max_batch_atoms / max_batch_requests of them along the atom axis and runs the
-// engine once for all. Abandoned and expired jobs are dropped before they run.
+// queue delay (counted from that job's arrival) for jobs of the same batch key (attention:
+// heads, dim, tile; atom_encoder: the model), packs up to max_batch_atoms / max_batch_requests
+// of them along the atom axis and runs once for all: the attention engine on packed Q/K/V, or
+// the model's AtomEncoder forward on the ragged batch of structures. Abandoned and expired
+// jobs are dropped before they run.
 class Batcher {
  public:
   Batcher(BatchOptions opt, Metrics& metrics);
   ~Batcher();
-  // Creates the engine on the inference thread; throws Error when it cannot.
-  void start();
+  // Creates the engine and one AtomEncoder per atom_encoder model (from a copy of its weights)
+  // on the inference thread; throws Error when it cannot. `models` outlives the batcher.
+  void start(const std::vector<ModelSpec>& models);
   // false: the queue is full or the batcher drains (the caller answers 503 / UNAVAILABLE).
   bool submit(std::shared_ptr<Job> job);
   // Stops waiting for company: queued jobs run at once. New jobs are refused.
@@ -44,6 +48,7 @@ class Batcher {
  private:
   void loop();
   void run_batch(std::vector<std::shared_ptr<Job>>& batch);
+  void run_attention(std::vector<std::shared_ptr<Job>>& batch);
 
   BatchOptions opt_;
   Metrics& metrics_;

@@ -33,6 +33,7 @@ grpc::StatusCode grpc_code(Code c) {
 inference::DataType config_type(const std::string& t) {
   if (t == "FP32") return inference::TYPE_FP32;
   if (t == "FP16") return inference::TYPE_FP16;
+  if (t == "INT32") return inference::TYPE_INT32;
   return inference::TYPE_INVALID;
 }
 
@@ -133,6 +134,10 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     p["mask"].set_string_value(to_string(m->layout.mask));
     p["order"].set_string_value(to_string(m->layout.order));
     p["tile"].set_string_value(std::to_string(m->layout.tile));
+    if (m->is_encoder()) {
+      p["trained"].set_string_value(m->encoder->config.trained ? "true" : "false");
+      p["weights"].set_string_value(m->weights_path);
+    }
     return grpc::Status::OK;
   }
   grpc::Status ModelStatistics(grpc::ServerContext* ctx, const inference::ModelStatisticsRequest* q,
@@ -246,14 +251,19 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
         const std::string& bytes = q.raw_input_contents(i);
         t.data = reinterpret_cast<const std::uint8_t*>(bytes.data());
         t.size = bytes.size();
+      } else if (t.datatype == "INT32" && in.contents().int_contents_size() > 0) {
+        const auto& c = in.contents().int_contents();
+        decoded.emplace_back(reinterpret_cast<const char*>(c.data()), static_cast<std::size_t>(c.size()) * 4);
+        t.data = reinterpret_cast<const std::uint8_t*>(decoded.back().data());
+        t.size = decoded.back().size();
       } else if (t.datatype == "FP32" && in.contents().fp32_contents_size() > 0) {
         const auto& c = in.contents().fp32_contents();
         decoded.emplace_back(reinterpret_cast<const char*>(c.data()), static_cast<std::size_t>(c.size()) * 4);
         t.data = reinterpret_cast<const std::uint8_t*>(decoded.back().data());
         t.size = decoded.back().size();
       } else {
-        throw ServeError(Code::invalid_argument, "input '" + t.name + "': no data (use raw_input_contents; " +
-                                                     "FP16 has no typed contents)");
+        throw ServeError(Code::invalid_argument, "input '" + t.name + "': no data (use raw_input_contents, " +
+                                                     "fp32_contents or int_contents; FP16 has no typed contents)");
       }
       call.inputs.push_back(std::move(t));
     }

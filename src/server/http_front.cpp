@@ -35,6 +35,12 @@ void send_error(httplib::Response& res, int status, const std::string& msg) {
   send_json(res, status, json{{"error", msg}});
 }
 
+std::string input_names(const ModelSpec& m) {
+  std::string s;
+  for (const auto& t : m.inputs) s += (s.empty() ? "" : ", ") + t.name;
+  return s;
+}
+
 std::string bearer_key(const httplib::Request& req) {
   std::string auth = req.get_header_value("Authorization");
   if (auth.rfind("Bearer ", 0) == 0) return auth.substr(7);
@@ -107,6 +113,15 @@ std::vector<std::uint8_t> decode_json_data(const std::string& name, const std::s
     if (!e.is_number())
       throw ServeError(Code::invalid_argument,
                        "input '" + name + "': data element " + std::to_string(i) + " is not a number");
+    if (datatype == "INT32") {
+      if (!e.is_number_integer() || e.get<std::int64_t>() < INT32_MIN || e.get<std::int64_t>() > INT32_MAX)
+        throw ServeError(Code::invalid_argument, "input '" + name + "': data element " + std::to_string(i) +
+                                                     " is not a 32-bit integer");
+      const std::int32_t v = e.get<std::int32_t>();
+      std::memcpy(out.data() + 4 * i, &v, 4);
+      ++i;
+      return;
+    }
     const float f = e.get<float>();
     if (datatype == "FP32") {
       std::memcpy(out.data() + 4 * i, &f, 4);
@@ -220,7 +235,7 @@ void parse_infer(const httplib::Request& req, const Service& svc, const std::str
       const TensorSpec* spec = model->input(t.name);
       if (!spec)
         throw ServeError(Code::invalid_argument, "unknown input '" + t.name + "' (model '" +
-                                                     model->name + "' takes COORDS, Q, K, V)");
+                                                     model->name + "' takes " + input_names(*model) + ")");
       if (spec->datatype != t.datatype)
         throw ServeError(Code::invalid_argument, "input '" + t.name + "': datatype " + t.datatype +
                                                      ", expected " + spec->datatype);
@@ -244,7 +259,7 @@ void parse_infer(const httplib::Request& req, const Service& svc, const std::str
       t.size = n;
       binary_offset += n;
     } else if (in.contains("data")) {
-      if (t.datatype != "FP32" && t.datatype != "FP16")
+      if (t.datatype != "FP32" && t.datatype != "FP16" && t.datatype != "INT32")
         throw ServeError(Code::invalid_argument, "input '" + t.name + "': JSON data of datatype " +
                                                      t.datatype + " is not supported");
       p.decoded.push_back(decode_json_data(t.name, t.datatype, in["data"], elements));
@@ -299,6 +314,24 @@ void send_infer_result(httplib::Response& res, const ParsedHttp& p, const InferR
   res.set_content(std::move(head), "application/octet-stream");
 }
 
+// What a client should know about a model beyond its tensors: an atom_encoder says whether its
+// weights were trained (`protattn init-model` writes untrained, seeded random ones).
+json model_parameters_json(const ModelSpec& m) {
+  json p = {{"type", m.type}};
+  if (m.is_encoder()) {
+    const ModelConfig& c = m.encoder->config;
+    p["trained"] = c.trained;
+    if (!c.trained)
+      p["note"] = "untrained: seeded random weights (protattn init-model --seed " + std::to_string(c.seed) +
+                  "); the embeddings mean nothing";
+    p["channels"] = c.channels;
+    p["layers"] = c.layers;
+    p["heads"] = c.heads;
+    p["head_dim"] = c.head_dim;
+  }
+  return p;
+}
+
 json tensor_meta_json(const std::vector<TensorSpec>& ts) {
   json a = json::array();
   for (const auto& t : ts) a.push_back({{"name", t.name}, {"datatype", t.datatype}, {"shape", t.shape}});
@@ -328,6 +361,15 @@ json model_config_json(const ModelSpec& m, const Options& opt) {
             {"mask", {{"string_value", to_string(m.layout.mask)}}},
             {"order", {{"string_value", to_string(m.layout.order)}}},
             {"tile", {{"string_value", std::to_string(m.layout.tile)}}}}}};
+}
+
+json model_config_json_full(const ModelSpec& m, const Options& opt) {
+  json c = model_config_json(m, opt);
+  if (m.is_encoder()) {
+    c["parameters"]["trained"] = {{"string_value", m.encoder->config.trained ? "true" : "false"}};
+    c["parameters"]["weights"] = {{"string_value", m.weights_path}};
+  }
+  return c;
 }
 
 json duration_json(std::uint64_t count, std::uint64_t ns) { return {{"count", count}, {"ns", ns}}; }
@@ -442,7 +484,8 @@ struct HttpFront::Impl {
       if (!m) return;
       send_json(res, 200, json{{"name", m->name}, {"versions", {m->version}}, {"platform", "protattn"},
                                {"inputs", tensor_meta_json(m->inputs)},
-                               {"outputs", tensor_meta_json(m->outputs)}});
+                               {"outputs", tensor_meta_json(m->outputs)},
+                               {"parameters", model_parameters_json(*m)}});
     });
     http.Get(model + "/ready", [this](const httplib::Request& req, httplib::Response& res) {
       if (!check_key(req, res)) return;
@@ -454,7 +497,7 @@ struct HttpFront::Impl {
       if (!check_key(req, res)) return;
       const ModelSpec* m = model_or_error(req, res);
       if (!m) return;
-      send_json(res, 200, model_config_json(*m, svc.options()));
+      send_json(res, 200, model_config_json_full(*m, svc.options()));
     });
     http.Get(model + "/stats", [this](const httplib::Request& req, httplib::Response& res) {
       if (!check_key(req, res)) return;

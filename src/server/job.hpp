@@ -20,13 +20,18 @@ namespace protattn::server {
 struct Job {
   std::string id;
   const ModelSpec* model = nullptr;
+  std::int32_t n = 0;                   // atoms
+  // attention: Q/K/V permuted by the network thread, O (and LSE) from the inference thread.
   int heads = 0, dim = 0;
-  std::int32_t n = 0;
   BlockLayout layout;                   // built from COORDS; perm maps new position -> request row
   std::vector<std::uint16_t> q, k, v;   // (heads, n, dim) fp16, layout order
   std::vector<std::uint16_t> o;         // (heads, n, dim) fp16, layout order
   std::vector<float> lse;               // (heads, n), layout order; empty unless asked for
   bool want_lse = false;
+  // atom_encoder: checked inputs in request order; the AtomEncoder builds the layout itself.
+  std::vector<float> coords;            // (n, 3)
+  std::vector<std::int32_t> elements;   // (n)
+  std::vector<std::uint16_t> embedding; // (n, channels) fp16, request order
   Clock::time_point enqueued{};
   Clock::time_point deadline = Clock::time_point::max();
   std::atomic<bool> abandoned{false};   // the client left or the deadline passed: skip it

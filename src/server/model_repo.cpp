@@ -54,8 +54,21 @@ double param_number(const std::string& text, const std::string& key, const std::
 
 }  // namespace
 
+void load_encoder_weights(ModelSpec& m, const std::string& where) {
+  std::error_code ec;
+  if (!fs::is_regular_file(m.weights_path, ec))
+    throw Error(where + ": model '" + m.name + "': weights file '" + m.weights_path +
+                "' is missing (write one with `protattn init-model " + m.weights_path +
+                "`, an untrained model, or copy trained weights there)");
+  Model model = load_model(m.weights_path);  // throws Error naming the file and the tensor
+  m.layout = layout_options(model.config);
+  m.layout.count_pairs = false;
+  m.outputs[0].shape = {-1, model.config.channels};
+  m.encoder = std::make_shared<const Model>(std::move(model));
+}
+
 ModelSpec parse_model_config(const std::string& name, const std::string& text,
-                             const std::string& where) {
+                             const std::string& where, const std::string& folder) {
   json cfg = json::parse(text, nullptr, false);
   if (cfg.is_discarded() || !cfg.is_object()) throw Error(where + ": not a JSON object");
   ModelSpec m;
@@ -66,8 +79,27 @@ ModelSpec parse_model_config(const std::string& name, const std::string& text,
   if (cfg.contains("backend") && cfg["backend"] != "protattn")
     throw Error(where + ": backend must be \"protattn\"");
   if (cfg.contains("type")) m.type = cfg["type"].get<std::string>();
-  if (m.type != "attention") throw Error(where + ": unknown model type '" + m.type + "'");
+  if (m.type != "attention" && m.type != "atom_encoder")
+    throw Error(where + ": unknown model type '" + m.type + "' (known: attention, atom_encoder)");
   m.layout.count_pairs = false;
+  if (m.is_encoder()) {
+    std::string weights = "model.safetensors";
+    if (cfg.contains("parameters")) {
+      const json& p = cfg["parameters"];
+      if (!p.is_object()) throw Error(where + ": parameters must be an object");
+      for (auto it = p.begin(); it != p.end(); ++it) {
+        if (it.key() != "weights")
+          throw Error(where + ": unknown parameter '" + it.key() +
+                      "' of an atom_encoder (known: weights; cutoff, order, mask and tile come "
+                      "from the weights file)");
+        weights = param_string(p, it.key(), where);
+      }
+    }
+    m.weights_path = fs::path(weights).is_absolute() ? weights : (fs::path(folder) / weights).string();
+    m.inputs = {{"COORDS", "FP32", {-1, 3}, false}, {"ELEMENTS", "INT32", {-1}, false}};
+    m.outputs = {{"EMBEDDING", "FP16", {-1, -1}, false}};
+    return m;
+  }
   if (cfg.contains("parameters")) {
     const json& p = cfg["parameters"];
     if (!p.is_object()) throw Error(where + ": parameters must be an object");
@@ -116,7 +148,8 @@ std::vector<ModelSpec> load_repository(const std::string& dir) {
     if (!in) throw Error(cfg.string() + ": cannot be read");
     std::ostringstream ss;
     ss << in.rdbuf();
-    models.push_back(parse_model_config(f.filename().string(), ss.str(), cfg.string()));
+    models.push_back(parse_model_config(f.filename().string(), ss.str(), cfg.string(), f.string()));
+    if (models.back().is_encoder()) load_encoder_weights(models.back(), cfg.string());
   }
   if (models.empty())
     throw Error("model repository '" + dir + "' holds no model (no <name>/config.json)");

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "encoder_model.hpp"
 #include "log.hpp"
 #include "protattn/error.hpp"
 
@@ -35,7 +36,7 @@ Service::Service(const Options& opt, std::vector<ModelSpec> models)
 }
 
 void Service::start() {
-  batcher_.start();
+  batcher_.start(models_);
   started_ = true;
 }
 
@@ -83,7 +84,8 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
   try {
     if (!model) throw ServeError(Code::not_found, "unknown model '" + call.model + "'");
     if (draining_) throw ServeError(Code::unavailable, "server is shutting down");
-    job = prepare_attention(*model, call, limits_);
+    job = model->is_encoder() ? prepare_encoder(*model, call, limits_)
+                              : prepare_attention(*model, call, limits_);
     job->id = res.request_id;
     if (job->deadline == Clock::time_point::max() && opt_.default_timeout_ms > 0)
       job->deadline = arrived + std::chrono::microseconds(static_cast<std::int64_t>(opt_.default_timeout_ms * 1e3));
@@ -107,7 +109,9 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
       }
     }
     res.status = job->status;
-    if (res.status.ok()) res.outputs = finish_attention(*job, call.outputs);
+    if (res.status.ok())
+      res.outputs = model->is_encoder() ? finish_encoder(*job, call.outputs)
+                                        : finish_attention(*job, call.outputs);
   } catch (const ServeError& e) {
     res.status = {e.code, e.what()};
   } catch (const std::exception& e) {
@@ -121,8 +125,10 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
                            {"ms", secs * 1e3}};
   if (job) {
     fields["atoms"] = job->n;
-    fields["heads"] = job->heads;
-    fields["dim"] = job->dim;
+    if (!model->is_encoder()) {
+      fields["heads"] = job->heads;
+      fields["dim"] = job->dim;
+    }
     if (res.status.ok()) {
       fields["queue_ms"] = job->queue_seconds * 1e3;
       fields["compute_ms"] = job->compute_seconds * 1e3;

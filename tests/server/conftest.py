@@ -198,3 +198,60 @@ def http_inputs(mod, ref, binary=True, q=None):
             i.set_data_from_numpy(a, binary_data=binary)
         inputs.append(i)
     return inputs
+
+
+# atom_encoder: the weights are generated here (never committed) with `protattn init-model`:
+# untrained, seeded random weights, the shipped models/atom_encoder/config.json next to them.
+ENCODER_SEED = 3
+
+
+@pytest.fixture(scope="session")
+def enc_repo(tmp_path_factory):
+    """A repository serving `atom_encoder` (generated weights) next to `attention`."""
+    d = tmp_path_factory.mktemp("enc_models")
+    shutil.copytree(ROOT / "models" / "attention", d / "attention")
+    shutil.copytree(ROOT / "models" / "atom_encoder", d / "atom_encoder",
+                    ignore=shutil.ignore_patterns("*.safetensors"))
+    run_cli("init-model", d / "atom_encoder" / "model.safetensors", "--seed", ENCODER_SEED)
+    return d
+
+
+def embed_reference(tmp_path_factory, repo, pdb):
+    """Inputs and output of `protattn embed` (cpu engine) on a structure with the served model:
+    coords [N,3] f4, elements [N] i4, embedding [N,C] f2, all in file atom order."""
+    d = tmp_path_factory.mktemp("embed-" + Path(pdb).stem)
+    run_cli("embed", pdb, "--model", repo / "atom_encoder" / "model.safetensors",
+            "--out", d / "embedding.npy", "--save-inputs", d)
+    ref = {"coords": np.load(d / "coords.npy"), "elements": np.load(d / "elements.npy"),
+           "embedding": np.load(d / "embedding.npy")}
+    assert ref["embedding"].dtype == np.float16 and ref["elements"].dtype == np.int32
+    return ref
+
+
+@pytest.fixture(scope="session")
+def enc_ubq(tmp_path_factory, enc_repo):
+    return embed_reference(tmp_path_factory, enc_repo, DATA / "1ubq.pdb")
+
+
+@pytest.fixture(scope="session")
+def enc_ubi(tmp_path_factory, enc_repo):
+    return embed_reference(tmp_path_factory, enc_repo, DATA / "1ubi.pdb")
+
+
+@pytest.fixture(scope="module")
+def enc_server(enc_repo, tmp_path_factory):
+    s = Server(enc_repo, tmp_path_factory.mktemp("enc-srv"), "--max-queue-delay-ms", "5")
+    yield s
+    assert s.terminate() == 0
+
+
+def encoder_inputs(mod, ref, binary=True):
+    inputs = []
+    for name, a, dt in (("COORDS", ref["coords"], "FP32"), ("ELEMENTS", ref["elements"], "INT32")):
+        i = mod.InferInput(name, list(a.shape), dt)
+        if binary is None:
+            i.set_data_from_numpy(a)
+        else:
+            i.set_data_from_numpy(a, binary_data=binary)
+        inputs.append(i)
+    return inputs

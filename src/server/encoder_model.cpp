@@ -1,0 +1,105 @@
+// protattn server: validation of `atom_encoder` requests, the batched forward and its output.
+#include "encoder_model.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "protattn/error.hpp"
+#include "protattn/structure.hpp"
+
+namespace protattn::server {
+
+namespace {
+
+ServeError invalid(const std::string& msg) { return ServeError(Code::invalid_argument, msg); }
+
+const TensorView& find_input(const InferCall& call, const std::string& name) {
+  const TensorView* found = nullptr;
+  for (const auto& t : call.inputs) {
+    if (t.name != name) continue;
+    if (found) throw invalid("input '" + name + "' given twice");
+    found = &t;
+  }
+  if (!found) throw invalid("missing input '" + name + "'");
+  return *found;
+}
+
+void check_input(const TensorView& t, const char* datatype, std::int64_t elements, std::size_t elem) {
+  if (t.datatype != datatype)
+    throw invalid("input '" + t.name + "': datatype " + t.datatype + ", expected " + datatype);
+  const std::size_t want = static_cast<std::size_t>(elements) * elem;
+  if (t.size != want)
+    throw invalid("input '" + t.name + "': " + std::to_string(t.size) + " bytes of data for shape " +
+                  shape_string(t.shape) + " " + t.datatype + " (expected " + std::to_string(want) + ")");
+}
+
+}  // namespace
+
+std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& call,
+                                     const RequestLimits& limits) {
+  for (const auto& t : call.inputs)
+    if (!model.input(t.name))
+      throw invalid("unknown input '" + t.name + "' (model '" + model.name + "' takes COORDS, ELEMENTS)");
+  for (const auto& o : call.outputs)
+    if (!model.output(o)) throw invalid("unknown output '" + o + "' (model has EMBEDDING)");
+
+  const TensorView& coords = find_input(call, "COORDS");
+  if (coords.shape.size() != 2 || coords.shape[1] != 3)
+    throw invalid("input 'COORDS': shape " + shape_string(coords.shape) + ", expected [N,3]");
+  const std::int64_t n = coords.shape[0];
+  if (n < 1 || n > limits.max_atoms)
+    throw invalid("input 'COORDS': " + std::to_string(n) + " atoms, allowed 1.." +
+                  std::to_string(limits.max_atoms));
+  check_input(coords, "FP32", n * 3, 4);
+  const TensorView& elements = find_input(call, "ELEMENTS");
+  if (elements.shape.size() != 1 || elements.shape[0] != n)
+    throw invalid("input 'ELEMENTS': shape " + shape_string(elements.shape) + ", expected [" +
+                  std::to_string(n) + "] (N from COORDS)");
+  check_input(elements, "INT32", n, 4);
+
+  auto job = std::make_unique<Job>();
+  job->coords.resize(static_cast<std::size_t>(n) * 3);
+  std::memcpy(job->coords.data(), coords.data, job->coords.size() * sizeof(float));
+  job->elements.resize(static_cast<std::size_t>(n));
+  std::memcpy(job->elements.data(), elements.data, job->elements.size() * sizeof(std::int32_t));
+  for (std::size_t i = 0; i < job->elements.size(); ++i) {
+    const std::int32_t z = job->elements[i];
+    if (z < 0 || z > kMaxElement)
+      throw invalid("input 'ELEMENTS': atom " + std::to_string(i) + " has atomic number " +
+                    std::to_string(z) + ", allowed 0.." + std::to_string(kMaxElement) +
+                    " (0: unknown element)");
+  }
+  try {
+    validate_coords(job->coords.data(), static_cast<std::size_t>(n), "input 'COORDS'");
+  } catch (const Error& e) {
+    throw invalid(e.what());
+  }
+  job->model = &model;
+  job->n = static_cast<std::int32_t>(n);
+  job->deadline = call.deadline;
+  return job;
+}
+
+void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch) {
+  std::vector<AtomInput> inputs;
+  inputs.reserve(batch.size());
+  for (const auto& j : batch) inputs.push_back({j->coords, j->elements});
+  auto plan = encoder.plan(inputs);
+  encoder.run(*plan);
+  std::vector<Embedding> out = encoder.fetch(*plan);
+  for (std::size_t b = 0; b < batch.size(); ++b) batch[b]->embedding = std::move(out[b]);
+}
+
+std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted) {
+  const int channels = job.model->encoder->config.channels;
+  OutputTensor e{"EMBEDDING", "FP16", {job.n, channels}, {}};
+  e.data.resize(job.embedding.size() * sizeof(std::uint16_t));
+  std::memcpy(e.data.data(), job.embedding.data(), e.data.size());
+  std::vector<OutputTensor> out;
+  // Every requested name is EMBEDDING (prepare_encoder refused others).
+  for (std::size_t i = 0; i < std::max<std::size_t>(wanted.size(), 1); ++i) out.push_back(e);
+  return out;
+}
+
+}  // namespace protattn::server

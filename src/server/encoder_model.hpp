@@ -1,0 +1,27 @@
+// protattn server: the `atom_encoder` model: request tensors in, a Job out, one batched forward.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "attention_model.hpp"
+#include "common.hpp"
+#include "job.hpp"
+#include "model_repo.hpp"
+#include "protattn/model.hpp"
+
+namespace protattn::server {
+
+// Checks names, datatypes, shapes and byte counts before allocating anything, then the values:
+// coordinates (NaN, |x| > 1e5) and atomic numbers (0..118), so that a bad request never reaches
+// the batch (where it would fail its neighbours). Throws ServeError(invalid_argument).
+std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& call,
+                                     const RequestLimits& limits);
+
+// One forward of the whole batch (plan, run, fetch) on the inference thread; fills each job's
+// embedding. Throws what AtomEncoder throws.
+void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch);
+
+// EMBEDDING FP16 [N, C], request atom order.
+std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted);
+
+}  // namespace protattn::server
