@@ -5,7 +5,8 @@
 #                                      (default: build/tools and build/tests; scripts/build-carry.sh
 #                                      builds them on a machine without a GPU and stages them).
 # Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,1m), ENGINES (default fused),
-# STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, when present), SKIP_TESTS=1.
+# STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, when present), SKIP_TESTS=1,
+# SERVE=0 (skip serving), PERF_ANALYZER (a perf_analyzer binary: also measure with it).
 # The structures in tests/data must travel with the run (name tests/data in the device's carry).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,12 +46,37 @@ if [ "${SERVE:-1}" = 1 ] && [ -f "$root/tests/data/2hhb.pdb" ]; then
   mkdir -p "$sdir/models" && cp -r "$root/models/attention" "$sdir/models/"
   "$protattn" layout "$root/tests/data/2hhb.pdb" --cutoff 8 --order hilbert --export "$sdir/layout" >/dev/null
   port=${SERVE_PORT:-18000}
-  "$protattn" serve --models "$sdir/models" --engine fused --http-port "$port" --grpc-port -1 --log-level warn \
+  "$protattn" serve --models "$sdir/models" --engine fused --http-port "$port" --grpc-port $((port + 1)) --log-level warn \
     --max-batch-atoms 400000 --max-queue 256 &
   spid=$!
   for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null && break; sleep 0.1; done
   python3 "$root/bench/serve_load.py" --url "http://127.0.0.1:$port" --coords "$sdir/layout/coords.npy" --heads 8 --dim 64 \
     --concurrency 1,4,16,64 --seconds 4 --json "$out/serve.json" || status=1
+  if [ -n "${PERF_ANALYZER:-}" ]; then
+    # perf_analyzer's raw input folder: one file per input, the 2HHB coordinates and seeded fp16 Q/K/V.
+    python3 - "$sdir" <<'PY'
+import sys, numpy as np
+d = sys.argv[1]
+xyz = np.load(f"{d}/layout/coords.npy").astype(np.float32)
+import os; os.makedirs(f"{d}/pa", exist_ok=True)
+xyz.tofile(f"{d}/pa/COORDS")
+rng = np.random.default_rng(1)
+for name in ("Q", "K", "V"):
+    rng.standard_normal((8, len(xyz), 64)).astype(np.float16).tofile(f"{d}/pa/{name}")
+print(len(xyz))
+PY
+    n=$(python3 -c "import numpy as np; print(len(np.load('$sdir/layout/coords.npy')))")
+    for proto in grpc http; do
+      url="127.0.0.1:$port"; [ "$proto" = grpc ] && url="127.0.0.1:$((port + 1))"
+      for c in 1 4; do  # at 16, as many as the server's default threads, gRPC refused and HTTP hung (issue 5 note)
+        echo "-- perf_analyzer $proto concurrency $c"
+        "$PERF_ANALYZER" -m attention -u "$url" -i "$proto" --input-data "$sdir/pa" --concurrency-range "$c:$c" \
+          --measurement-interval 3000 --max-trials 6 --stability-percentage 30 -f "$sdir/pa_${proto}_$c.csv" \
+          --shape "COORDS:$n,3" --shape "Q:8,$n,64" --shape "K:8,$n,64" --shape "V:8,$n,64" >/dev/null 2>"$sdir/pa.err" \
+          && cat "$sdir/pa_${proto}_$c.csv" || { tail -5 "$sdir/pa.err"; status=1; }
+      done
+    done
+  fi
   kill -TERM "$spid"; wait "$spid" || status=1
   echo "== offline batched runs of the same structure (served / offline throughput = serving efficiency)"
   "$protattn" bench --engine fused --structure "$root/tests/data/2hhb.pdb" --heads 8 --dim 64 --batch 16 \
