@@ -12,6 +12,7 @@ void add_embed_command(CLI::App& app);   // tools/cmd_embed.cpp
 void add_init_model_command(CLI::App& app);  // tools/cmd_init_model.cpp
 #ifdef PROTATTN_HAVE_SERVER
 void add_serve_command(CLI::App& app);   // tools/cmd_serve.cpp
+void add_loop_command(CLI::App& app);    // tools/cmd_loop.cpp
 #endif
 
 }  // namespace protattn::cli

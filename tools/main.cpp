@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   protattn::cli::add_init_model_command(app);
 #ifdef PROTATTN_HAVE_SERVER
   protattn::cli::add_serve_command(app);
+  protattn::cli::add_loop_command(app);
 #endif
   try {
     app.parse(argc, argv);

@@ -1,0 +1,281 @@
+// protattn loop: a hypothesis loop against a served atom_encoder (perturb, query, score, keep or reject).
+//
+// Client side of the KServe v2 HTTP protocol with the binary tensor extension (cpp-httplib, one
+// keep-alive connection per loop): the request is a JSON header plus COORDS FP32 [N,3] and
+// ELEMENTS INT32 [N] as raw little-endian bytes (Inference-Header-Content-Length), the answer's
+// EMBEDDING FP16 [N,C] comes back as binary too. Only HTTP: gRPC clients exist elsewhere
+// (tritonclient, perf_analyzer).
+#ifdef PROTATTN_HAVE_SERVER
+
+// The flags `pkg-config --cflags cpp-httplib` gives: the compiled libcpp-httplib was built
+// with them, so every translation unit including httplib.h must see the same declarations.
+#define CPPHTTPLIB_OPENSSL_SUPPORT
+#define CPPHTTPLIB_ZLIB_SUPPORT
+#define CPPHTTPLIB_BROTLI_SUPPORT
+#include <httplib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "protattn/error.hpp"
+#include "protattn/half.hpp"
+#include "protattn/structure.hpp"
+
+namespace protattn::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+constexpr const char* kHeaderLength = "Inference-Header-Content-Length";
+constexpr int kFloatsPerAtom = 3;
+
+struct LoopOptions {
+  std::string server, structure = "tests/data/2hhb.pdb", model = "atom_encoder", api_key;
+  int iterations = 1000;
+  int concurrency = 1;
+  std::uint64_t seed = 1;
+  float step = 0.5f;          // Angstrom: each coordinate of the residue's shift is in [-step, step]
+  double temperature = 1e-5;  // Metropolis temperature, in score units
+  int timeout_s = 60;
+};
+
+// Atom ranges [first, last) of the residues, in file order (a residue: consecutive atoms of one
+// chain with one residue number).
+std::vector<std::pair<std::size_t, std::size_t>> residue_ranges(const Structure& s) {
+  std::vector<std::pair<std::size_t, std::size_t>> out;
+  std::size_t first = 0;
+  for (std::size_t i = 1; i <= s.size(); ++i)
+    if (i == s.size() || s.res_seq[i] != s.res_seq[first] || s.chain[i] != s.chain[first]) {
+      out.emplace_back(first, i);
+      first = i;
+    }
+  return out;
+}
+
+// One keep-alive connection to the server and the fixed parts of the request.
+class Client {
+ public:
+  Client(const LoopOptions& o, const std::vector<std::int32_t>& elements)
+      : http_(o.server), path_("/v2/models/" + o.model + "/infer"), elements_(elements) {
+    http_.set_keep_alive(true);
+    http_.set_tcp_nodelay(true);
+    http_.set_read_timeout(o.timeout_s, 0);
+    http_.set_write_timeout(o.timeout_s, 0);
+    if (!o.api_key.empty()) headers_.emplace("Authorization", "Bearer " + o.api_key);
+    const auto n = static_cast<std::int64_t>(elements.size());
+    head_ = json{{"inputs",
+                  {{{"name", "COORDS"}, {"datatype", "FP32"}, {"shape", {n, kFloatsPerAtom}},
+                    {"parameters", {{"binary_data_size", n * kFloatsPerAtom * 4}}}},
+                   {{"name", "ELEMENTS"}, {"datatype", "INT32"}, {"shape", {n}},
+                    {"parameters", {{"binary_data_size", n * 4}}}}}},
+                 {"outputs", {{{"name", "EMBEDDING"}, {"parameters", {{"binary_data", true}}}}}}}
+                .dump();
+    headers_.emplace(kHeaderLength, std::to_string(head_.size()));
+  }
+
+  // Embedding [n, C] as float, in the request's atom order; throws Error on any failure.
+  void embed(const std::vector<float>& xyz, std::vector<float>& out, std::int64_t& channels) {
+    body_.assign(head_);
+    body_.append(reinterpret_cast<const char*>(xyz.data()), xyz.size() * sizeof(float));
+    body_.append(reinterpret_cast<const char*>(elements_.data()), elements_.size() * sizeof(std::int32_t));
+    auto res = http_.Post(path_.c_str(), headers_, body_, "application/octet-stream");
+    if (!res) throw Error("loop: request failed: " + httplib::to_string(res.error()));
+    if (res->status != 200) {
+      const json e = json::parse(res->body, nullptr, false);
+      throw Error(fmt::format("loop: server answered {}: {}", res->status,
+                              e.is_object() && e.contains("error") ? e["error"].get<std::string>() : res->body));
+    }
+    const std::string hl_text = res->get_header_value(kHeaderLength);
+    const std::size_t hl = hl_text.empty() ? 0 : std::stoull(hl_text);
+    const json h = json::parse(res->body.begin(), res->body.begin() + static_cast<std::ptrdiff_t>(std::min(hl, res->body.size())),
+                               nullptr, false);
+    if (hl == 0 || h.is_discarded() || !h.contains("outputs") || h["outputs"].empty())
+      throw Error("loop: answer without a binary EMBEDDING output");
+    const json& o = h["outputs"][0];
+    const auto shape = o["shape"].get<std::vector<std::int64_t>>();
+    const std::size_t bytes = o["parameters"]["binary_data_size"].get<std::size_t>();
+    if (o["datatype"] != "FP16" || shape.size() != 2 || shape[0] != static_cast<std::int64_t>(elements_.size()) ||
+        bytes != static_cast<std::size_t>(shape[0] * shape[1]) * 2 || hl + bytes != res->body.size())
+      throw Error("loop: unexpected EMBEDDING " + o.dump());
+    channels = shape[1];
+    out.resize(bytes / 2);
+    const char* p = res->body.data() + hl;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      std::uint16_t bits;
+      std::memcpy(&bits, p + 2 * i, 2);
+      out[i] = half_to_float(bits);
+    }
+  }
+
+ private:
+  httplib::Client http_;
+  std::string path_, head_, body_;
+  httplib::Headers headers_;
+  const std::vector<std::int32_t>& elements_;
+};
+
+// The score of a hypothesis: the mean L2 norm of the atoms' embeddings. Deterministic and cheap;
+// with an untrained model it means nothing beyond exercising the loop.
+double score(const std::vector<float>& emb, std::int64_t channels) {
+  const std::size_t n = emb.size() / static_cast<std::size_t>(channels);
+  double total = 0;
+  for (std::size_t a = 0; a < n; ++a) {
+    double sq = 0;
+    for (std::int64_t c = 0; c < channels; ++c) {
+      const double v = emb[a * static_cast<std::size_t>(channels) + static_cast<std::size_t>(c)];
+      sq += v * v;
+    }
+    total += std::sqrt(sq);
+  }
+  return total / static_cast<double>(n);
+}
+
+struct LoopResult {
+  std::vector<double> latency_ms;  // one per iteration
+  int accepted = 0;
+  double first_score = 0, final_score = 0;
+};
+
+// One independent Metropolis loop: its own connection, RNG (seed + index) and coordinates.
+void run_one(const LoopOptions& o, const Structure& s, const std::vector<std::int32_t>& elements,
+             const std::vector<std::pair<std::size_t, std::size_t>>& residues, int index,
+             LoopResult& r, std::atomic<bool>& stop) {
+  Client client(o, elements);
+  std::mt19937_64 rng(o.seed + static_cast<std::uint64_t>(index));
+  std::uniform_int_distribution<std::size_t> pick(0, residues.size() - 1);
+  std::uniform_real_distribution<float> shift(-o.step, o.step);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::vector<float> current = s.xyz, trial, emb;
+  std::int64_t channels = 0;
+  client.embed(current, emb, channels);  // the starting hypothesis (not timed)
+  double cur = score(emb, channels);
+  r.first_score = cur;
+  r.latency_ms.reserve(static_cast<std::size_t>(o.iterations));
+  for (int it = 0; it < o.iterations && !stop; ++it) {
+    trial = current;
+    const auto [first, last] = residues[pick(rng)];
+    const float d[kFloatsPerAtom] = {shift(rng), shift(rng), shift(rng)};
+    for (std::size_t a = first; a < last; ++a)
+      for (int k = 0; k < kFloatsPerAtom; ++k) trial[a * kFloatsPerAtom + k] += d[k];
+    const auto t0 = Clock::now();
+    client.embed(trial, emb, channels);
+    r.latency_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    const double next = score(emb, channels);
+    // Metropolis on the energy -score: always keep a better hypothesis, a worse one with
+    // probability exp(-(cur - next) / T). The draw happens every iteration (reproducible stream).
+    const double u = unit(rng);
+    if (next >= cur || u < std::exp((next - cur) / o.temperature)) {
+      current.swap(trial);
+      cur = next;
+      ++r.accepted;
+    }
+  }
+  r.final_score = cur;
+}
+
+double percentile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  const double pos = p / 100.0 * static_cast<double>(sorted.size() - 1);
+  const auto lo = static_cast<std::size_t>(pos);
+  const std::size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - static_cast<double>(lo));
+}
+
+void run_loop(const LoopOptions& o) {
+  if (o.server.empty()) throw Error("loop: give --server URL (e.g. http://127.0.0.1:8000)");
+  const Structure s = read_structure(o.structure);
+  const std::vector<std::int32_t> elements(s.element.begin(), s.element.end());
+  const auto residues = residue_ranges(s);
+
+  // What the server says about the model (fails early on a wrong URL, model or key).
+  {
+    httplib::Client meta(o.server);
+    meta.set_read_timeout(o.timeout_s, 0);
+    httplib::Headers h;
+    if (!o.api_key.empty()) h.emplace("Authorization", "Bearer " + o.api_key);
+    auto res = meta.Get(("/v2/models/" + o.model).c_str(), h);
+    if (!res) throw Error("loop: cannot reach " + o.server + ": " + httplib::to_string(res.error()));
+    const json m = json::parse(res->body, nullptr, false);
+    if (res->status != 200)
+      throw Error(fmt::format("loop: model '{}' at {}: {} {}", o.model, o.server, res->status,
+                              m.is_object() && m.contains("error") ? m["error"].get<std::string>() : res->body));
+    const bool untrained = m.contains("parameters") && m["parameters"].value("trained", true) == false;
+    fmt::print("loop: {} ({} atoms, {} residues) -> model {}{} at {}; {} loop(s) x {} iterations, seed {}\n",
+               o.structure, s.size(), residues.size(), o.model, untrained ? " (UNTRAINED)" : "", o.server,
+               o.concurrency, o.iterations, o.seed);
+  }
+
+  std::vector<LoopResult> results(static_cast<std::size_t>(o.concurrency));
+  std::vector<std::thread> threads;
+  std::atomic<bool> stop{false};
+  std::mutex err_m;
+  std::string first_error;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < o.concurrency; ++i)
+    threads.emplace_back([&, i] {
+      try {
+        run_one(o, s, elements, residues, i, results[static_cast<std::size_t>(i)], stop);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(err_m);
+        if (first_error.empty()) first_error = e.what();
+        stop = true;
+      }
+    });
+  for (auto& t : threads) t.join();
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!first_error.empty()) throw Error(first_error);
+
+  std::vector<double> all;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    const LoopResult& r = results[i];
+    all.insert(all.end(), r.latency_ms.begin(), r.latency_ms.end());
+    fmt::print("loop {}: accepted {}/{}, score {:.6f} -> {:.6f}\n", i, r.accepted, r.latency_ms.size(),
+               r.first_score, r.final_score);
+  }
+  std::sort(all.begin(), all.end());
+  fmt::print("{} iterations in {:.3f} s: {:.1f} iterations/s\n", all.size(), wall,
+             static_cast<double>(all.size()) / wall);
+  fmt::print("latency ms: p50 {:.2f}  p90 {:.2f}  p99 {:.2f}  max {:.2f}\n", percentile(all, 50),
+             percentile(all, 90), percentile(all, 99), all.empty() ? 0.0 : all.back());
+}
+
+}  // namespace
+
+void add_loop_command(CLI::App& app) {
+  auto o = std::make_shared<LoopOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "loop",
+      "Hypothesis loop against a served atom_encoder (KServe v2 over HTTP, binary tensors): move\n"
+      "a random residue by a small random shift, query, score (mean embedding norm), keep or\n"
+      "reject (Metropolis, seeded); prints iterations/s and latency percentiles.");
+  cmd->add_option("--server", o->server, "server URL, e.g. http://127.0.0.1:8000")->required();
+  cmd->add_option("--iterations", o->iterations, "iterations of each loop")->check(CLI::PositiveNumber);
+  cmd->add_option("--concurrency", o->concurrency, "independent loops, one thread and connection each")
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--structure", o->structure, "structure file (PDB/mmCIF, gzip ok)");
+  cmd->add_option("--model", o->model, "served model name");
+  cmd->add_option("--seed", o->seed, "RNG seed (loop i uses seed + i)");
+  cmd->add_option("--step", o->step, "largest shift per coordinate (Angstrom)")->check(CLI::PositiveNumber);
+  cmd->add_option("--temperature", o->temperature, "Metropolis temperature (score units)")->check(CLI::PositiveNumber);
+  cmd->add_option("--api-key", o->api_key, "sent as Authorization: Bearer KEY");
+  cmd->add_option("--timeout-s", o->timeout_s, "per-request read/write timeout")->check(CLI::PositiveNumber);
+  cmd->callback([o] { run_loop(*o); });
+}
+
+}  // namespace protattn::cli
+
+#endif  // PROTATTN_HAVE_SERVER
