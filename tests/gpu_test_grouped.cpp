@@ -331,11 +331,12 @@ TEST(Grouped, UnsupportedShapesFailLoudly) {
 }
 
 
-// The stage timing of docs/grouped.md, registered as a test so that it cannot rot: W1 and W1-alt
-// (1 head, d=64, fp16; as `protattn bench` builds them), and W2 (100,096-atom globule, Morton,
-// cutoff 8 A, 8 heads) when PROTATTN_GROUPED_BENCH_W2=1. PROTATTN_GROUPED_BENCH_ITERS timed runs
-// (default 3) after as many warm-up runs, each after a write of 256 MiB that flushes the L2;
-// prints the median of each stage.
+// The stage timing of docs/grouped.md, registered as a test so that it cannot rot: W1 (fp16 and
+// bf16 at d=64, fp16 at d=128) and W1-alt (fp16, d=64), 1 head, as `protattn bench` builds them;
+// W2 (100,096-atom globule, Morton, cutoff 8 A, 8 heads, fp16, d=64) when
+// PROTATTN_GROUPED_BENCH_W2=1. PROTATTN_GROUPED_BENCH_ITERS timed runs (default 3) after as many
+// warm-up runs, each after a write of 256 MiB that flushes the L2; prints the median of each
+// stage (events between the launches) and of the whole run replayed from a CUDA graph.
 int env_int(const char* name, int fallback) {
   const char* v = std::getenv(name);
   return v ? std::atoi(v) : fallback;
@@ -355,34 +356,45 @@ TEST(GroupedBench, StageMedians) {
   struct Work {
     std::string name;
     BlockLayout layout;
-    int heads;
+    int heads, dim;
+    DType dtype;
   };
   std::vector<Work> work;
-  work.push_back({"w1", make_w1_layout(32, 800, 12, 1), 1});
-  work.push_back({"w1alt", make_w1_layout(63, 800, 6, 1), 1});
+  const BlockLayout w1 = make_w1_layout(32, 800, 12, 1);
+  work.push_back({"w1", w1, 1, 64, DType::f16});
+  work.push_back({"w1", w1, 1, 64, DType::bf16});
+  work.push_back({"w1", w1, 1, 128, DType::f16});
+  work.push_back({"w1alt", make_w1_layout(63, 800, 6, 1), 1, 64, DType::f16});
   if (env_int("PROTATTN_GROUPED_BENCH_W2", 0)) {
     const Structure g = make_globule(100096, 0.058, 1);
     LayoutOptions opt;
     opt.order = Order::morton;
     opt.count_pairs = false;
-    work.push_back({"w2", build_cutoff_layout(g.xyz.data(), g.size(), opt), 8});
+    work.push_back({"w2", build_cutoff_layout(g.xyz.data(), g.size(), opt), 8, 64, DType::f16});
   }
   void* flush = nullptr;
   ASSERT_CUDA(cudaMalloc(&flush, kFlushBytes));
+  cudaStream_t stream;
+  ASSERT_CUDA(cudaStreamCreate(&stream));
+  cudaEvent_t ev0, ev1;
+  ASSERT_CUDA(cudaEventCreate(&ev0));
+  ASSERT_CUDA(cudaEventCreate(&ev1));
   auto engine = make_engine("grouped");
   grouped::enable_stage_timing(*engine, true);
-  std::printf("%-6s %6s %5s %7s | %8s %8s %8s %8s %8s | %9s %7s  (us, median of %d, L2 flushed)\n", "work", "nnz", "heads",
-              "prep", "qk", "softmax", "pv_gemm", "reduce", "pv", "total", "TFLOPS", iters);
+  std::printf("%-6s %4s %3s %6s %5s | %6s %8s %8s %8s %8s %8s | %9s %7s | %9s  (us, median of %d, L2 flushed)\n", "work",
+              "type", "d", "nnz", "heads", "prep", "qk", "softmax", "pv_gemm", "reduce", "pv", "total", "TFLOPS", "graph", iters);
   for (const Work& w : work) {
     ProblemShape s;
     s.heads = w.heads;
+    s.dim = w.dim;
+    s.dtype = w.dtype;
     auto plan = engine->plan({&w.layout}, s);
     const test::Inputs in = test::random_inputs(s, plan->total_n(), 17);
     DeviceIo io(in, s.heads);
-    std::vector<float> prep, qk, softmax, pv_gemm, reduce, pv, total;
+    std::vector<float> prep, qk, softmax, pv_gemm, reduce, pv, total, graph_ms;
     for (int it = 0; it < 2 * iters; ++it) {
-      ASSERT_CUDA(cudaMemsetAsync(flush, it & 0xff, kFlushBytes, nullptr));
-      engine->run(*plan, io.args());
+      ASSERT_CUDA(cudaMemsetAsync(flush, it & 0xff, kFlushBytes, stream));
+      engine->run(*plan, io.args(stream));
       const grouped::StageTimes t = grouped::stage_times(*engine);
       if (it < iters) continue;  // warm-up
       prep.push_back(t.prep);
@@ -393,14 +405,35 @@ TEST(GroupedBench, StageMedians) {
       pv.push_back(t.pv);
       total.push_back(t.total);
     }
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    engine->run(*plan, io.args(stream));
+    ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+    ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    for (int it = 0; it < 2 * iters; ++it) {
+      ASSERT_CUDA(cudaMemsetAsync(flush, it & 0xff, kFlushBytes, stream));
+      ASSERT_CUDA(cudaEventRecord(ev0, stream));
+      ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+      ASSERT_CUDA(cudaEventRecord(ev1, stream));
+      ASSERT_CUDA(cudaEventSynchronize(ev1));
+      float ms = 0;
+      ASSERT_CUDA(cudaEventElapsedTime(&ms, ev0, ev1));
+      if (it >= iters) graph_ms.push_back(ms);
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
     constexpr float kUs = 1e3f;
     const float total_ms = median(total);
-    std::printf("%-6s %6lld %5d %7.1f | %8.1f %8.1f %8.1f %8.1f %8.1f | %9.1f %7.1f\n", w.name.c_str(),
-                static_cast<long long>(plan->nnz_blocks()), w.heads, median(prep) * kUs, median(qk) * kUs,
-                median(softmax) * kUs, median(pv_gemm) * kUs, median(reduce) * kUs, median(pv) * kUs, total_ms * kUs,
-                plan->flops() / (total_ms * 1e-3) / 1e12);
+    std::printf("%-6s %4s %3d %6lld %5d | %6.1f %8.1f %8.1f %8.1f %8.1f %8.1f | %9.1f %7.1f | %9.1f\n", w.name.c_str(),
+                to_string(w.dtype), w.dim, static_cast<long long>(plan->nnz_blocks()), w.heads, median(prep) * kUs,
+                median(qk) * kUs, median(softmax) * kUs, median(pv_gemm) * kUs, median(reduce) * kUs, median(pv) * kUs,
+                total_ms * kUs, plan->flops() / (total_ms * 1e-3) / 1e12, median(graph_ms) * kUs);
     std::fflush(stdout);
   }
+  cudaEventDestroy(ev0);
+  cudaEventDestroy(ev1);
+  cudaStreamDestroy(stream);
   cudaFree(flush);
 }
 

@@ -122,63 +122,61 @@ __global__ void __launch_bounds__(kThreads) softmax_kernel(Params p) {
   const std::int64_t h = blockIdx.y;
   const int warp = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const float* xyz = p.coords ? p.coords + 3 * sd.row0 : nullptr;  // [n, 3] of this structure
-  {
-    const int r = (blockIdx.x % kSoftmaxParts) * kWarps + warp;  // row within the query tile
-    const std::int32_t i = qt.tile * kTile + r;  // query position within the structure
-    const bool row_valid = i < sd.n;
-    float xi = 0, yi = 0, zi = 0;
-    if (row_valid && sd.mask == kMaskAtoms) {
-      xi = xyz[3 * static_cast<std::int64_t>(i)];
-      yi = xyz[3 * static_cast<std::int64_t>(i) + 1];
-      zi = xyz[3 * static_cast<std::int64_t>(i) + 2];
-    }
-    float m = -INFINITY, l = 0.0f;
-    if (row_valid) {
+  const int r = (blockIdx.x % kSoftmaxParts) * kWarps + warp;  // row within the query tile
+  const std::int32_t i = qt.tile * kTile + r;  // query position within the structure
+  const bool row_valid = i < sd.n;
+  float xi = 0, yi = 0, zi = 0;
+  if (row_valid && sd.mask == kMaskAtoms) {
+    xi = xyz[3 * static_cast<std::int64_t>(i)];
+    yi = xyz[3 * static_cast<std::int64_t>(i) + 1];
+    zi = xyz[3 * static_cast<std::int64_t>(i) + 2];
+  }
+  float m = -INFINITY, l = 0.0f;
+  if (row_valid) {
 #pragma unroll 4
-      for (std::int32_t e = qt.e_begin; e < qt.e_end; ++e) {
-        const std::int32_t j0 = p.col_idx[e] * kTile + lane * kKeysPerLane;
-        const float4 s4 = *reinterpret_cast<const float4*>(p.s + ((h * p.nnz + e) * kTile + r) * kTile + lane * kKeysPerLane);
-        const float sv[kKeysPerLane] = {s4.x, s4.y, s4.z, s4.w};
+    for (std::int32_t e = qt.e_begin; e < qt.e_end; ++e) {
+      const std::int32_t j0 = p.col_idx[e] * kTile + lane * kKeysPerLane;
+      const float4 s4 = *reinterpret_cast<const float4*>(p.s + ((h * p.nnz + e) * kTile + r) * kTile + lane * kKeysPerLane);
+      const float sv[kKeysPerLane] = {s4.x, s4.y, s4.z, s4.w};
 #pragma unroll
-        for (int t = 0; t < kKeysPerLane; ++t) {
-          if (!allowed(sd, xyz, i, j0 + t, xi, yi, zi)) continue;
-          const float x = sv[t] * p.scale_log2;
-          if (x > m) {
-            l = l * exp2f(m - x) + 1.0f;
-            m = x;
-          } else {
-            l += exp2f(x - m);
-          }
+      for (int t = 0; t < kKeysPerLane; ++t) {
+        if (!allowed(sd, xyz, i, j0 + t, xi, yi, zi)) continue;
+        const float x = sv[t] * p.scale_log2;
+        if (x > m) {
+          l = l * exp2f(m - x) + 1.0f;
+          m = x;
+        } else {
+          l += exp2f(x - m);
         }
       }
     }
-#pragma unroll
-    for (int off = kLanes / 2; off > 0; off /= 2) {
-      const float mo = __shfl_xor_sync(0xffffffffu, m, off);
-      const float lo = __shfl_xor_sync(0xffffffffu, l, off);
-      const float mn = fmaxf(m, mo);
-      const float a = m == -INFINITY ? 0.0f : l * exp2f(m - mn);
-      const float b = mo == -INFINITY ? 0.0f : lo * exp2f(mo - mn);
-      l = a + b;
-      m = mn;
-    }
-    const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
-    for (std::int32_t e = qt.e_begin; e < qt.e_end; ++e) {
-      const std::int64_t at = ((h * p.nnz + e) * kTile + r) * kTile + lane * kKeysPerLane;
-      float pv[kKeysPerLane] = {0.0f, 0.0f, 0.0f, 0.0f};
-      if (row_valid) {
-        const std::int32_t j0 = p.col_idx[e] * kTile + lane * kKeysPerLane;
-        const float4 s4 = *reinterpret_cast<const float4*>(p.s + at);
-        const float sv[kKeysPerLane] = {s4.x, s4.y, s4.z, s4.w};
-#pragma unroll
-        for (int t = 0; t < kKeysPerLane; ++t)
-          if (allowed(sd, xyz, i, j0 + t, xi, yi, zi)) pv[t] = exp2f(sv[t] * p.scale_log2 - m) * inv_l;
-      }
-      *reinterpret_cast<uint2*>(static_cast<T*>(p.p) + at) = Pack<T>::four(pv[0], pv[1], pv[2], pv[3]);
-    }
-    if (lane == 0 && row_valid && p.lse)
-      p.lse[h * p.total_n + sd.row0 + i] = m == -INFINITY ? -INFINITY : (m + log2f(l)) * kLn2;
   }
+#pragma unroll
+  for (int off = kLanes / 2; off > 0; off /= 2) {
+    const float mo = __shfl_xor_sync(0xffffffffu, m, off);
+    const float lo = __shfl_xor_sync(0xffffffffu, l, off);
+    const float mn = fmaxf(m, mo);
+    const float a = m == -INFINITY ? 0.0f : l * exp2f(m - mn);
+    const float b = mo == -INFINITY ? 0.0f : lo * exp2f(mo - mn);
+    l = a + b;
+    m = mn;
+  }
+  const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
+  for (std::int32_t e = qt.e_begin; e < qt.e_end; ++e) {
+    const std::int64_t at = ((h * p.nnz + e) * kTile + r) * kTile + lane * kKeysPerLane;
+    float pv[kKeysPerLane] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (row_valid) {
+      const std::int32_t j0 = p.col_idx[e] * kTile + lane * kKeysPerLane;
+      const float4 s4 = *reinterpret_cast<const float4*>(p.s + at);
+      const float sv[kKeysPerLane] = {s4.x, s4.y, s4.z, s4.w};
+#pragma unroll
+      for (int t = 0; t < kKeysPerLane; ++t)
+        if (allowed(sd, xyz, i, j0 + t, xi, yi, zi)) pv[t] = exp2f(sv[t] * p.scale_log2 - m) * inv_l;
+    }
+    *reinterpret_cast<uint2*>(static_cast<T*>(p.p) + at) = Pack<T>::four(pv[0], pv[1], pv[2], pv[3]);
+  }
+  if (lane == 0 && row_valid && p.lse)
+    p.lse[h * p.total_n + sd.row0 + i] = m == -INFINITY ? -INFINITY : (m + log2f(l)) * kLn2;
 }
 
 // End of stage 3. Block (query tile part, head), one thread per 4 output columns of a row:
