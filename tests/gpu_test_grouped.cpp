@@ -21,6 +21,9 @@
 namespace protattn {
 namespace {
 
+using test::globule_layout;
+using test::hand_layout;
+
 // Bounds relative to the largest |O| of each head (inputs N(0,1), so O is O(1)): P is rounded
 // to the dtype once before P V (fp16 11 significant bits, bf16 8), O once at the end.
 double o_bound(DType t) { return t == DType::f16 ? 5e-3 : 2e-2; }
@@ -97,35 +100,7 @@ void check(const std::vector<BlockLayout>& layouts, const ProblemShape& shape, s
   EXPECT_EQ(std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)), 0) << "LSE differs between two runs";
 }
 
-BlockLayout globule_layout(std::size_t n, MaskMode mask, float cutoff = 8.0f, std::uint64_t seed = 7) {
-  const Structure s = make_globule(n, 0.058, seed);
-  LayoutOptions opt;
-  opt.mask = mask;
-  opt.cutoff = cutoff;
-  opt.order = Order::hilbert;
-  return build_cutoff_layout(s.xyz.data(), s.size(), opt);
-}
 
-// A layout by hand over n atoms: rows[r] lists the kept key tiles of query tile r.
-BlockLayout hand_layout(int n, const std::vector<std::vector<int>>& rows) {
-  BlockLayout l;
-  l.n = n;
-  l.tile = 128;
-  l.n_tiles = (n + 127) / 128;
-  l.row_ptr.assign(1, 0);
-  for (const auto& r : rows) {
-    for (int c : r) {
-      l.col_idx.push_back(c);
-      l.kind.push_back(BlockKind::full);
-    }
-    l.row_ptr.push_back(static_cast<std::int32_t>(l.col_idx.size()));
-  }
-  l.perm.resize(n);
-  for (int i = 0; i < n; ++i) l.perm[i] = i;
-  l.coords.assign(static_cast<std::size_t>(n) * 3, 0.0f);
-  l.builder = "edges";
-  return l;
-}
 
 class GroupedTest : public ::testing::TestWithParam<std::tuple<DType, int>> {
  protected:

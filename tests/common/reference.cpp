@@ -7,6 +7,7 @@
 #include <random>
 
 #include "protattn/half.hpp"
+#include "protattn/structure.hpp"
 
 namespace protattn::test {
 
@@ -138,6 +139,36 @@ Compare compare(const Plan& plan, const void* o, DType dtype, const float* lse,
     }
   }
   return c;
+}
+
+BlockLayout globule_layout(std::size_t n, MaskMode mask, float cutoff, std::uint64_t seed) {
+  const Structure s = make_globule(n, 0.058, seed);
+  LayoutOptions opt;
+  opt.mask = mask;
+  opt.cutoff = cutoff;
+  opt.order = Order::hilbert;
+  return build_cutoff_layout(s.xyz.data(), s.size(), opt);
+}
+
+BlockLayout hand_layout(int n, const std::vector<std::vector<int>>& rows, MaskMode mask) {
+  BlockLayout l;
+  l.n = n;
+  l.tile = 128;
+  l.n_tiles = (n + 127) / 128;
+  l.row_ptr.assign(1, 0);
+  for (const auto& r : rows) {
+    for (int c : r) {
+      l.col_idx.push_back(c);
+      l.kind.push_back(BlockKind::full);
+    }
+    l.row_ptr.push_back(static_cast<std::int32_t>(l.col_idx.size()));
+  }
+  l.perm.resize(n);
+  for (int i = 0; i < n; ++i) l.perm[i] = i;
+  l.coords.assign(static_cast<std::size_t>(n) * 3, 0.0f);
+  l.mask = mask;
+  l.builder = "edges";
+  return l;
 }
 
 }  // namespace protattn::test

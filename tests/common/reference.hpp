@@ -41,6 +41,12 @@ struct Compare {
 Compare compare(const Plan& plan, const void* o, DType dtype, const float* lse,
                 const std::vector<double>& ref_o, const std::vector<double>& ref_lse);
 
+// Layouts the GPU tests share: the cutoff layout (Hilbert order) of a seeded W2-style globule
+// of n atoms, and a layout by hand over n atoms where rows[r] lists the kept key tiles of
+// query tile r (identity order, FULL tiles, coordinates zero).
+BlockLayout globule_layout(std::size_t n, MaskMode mask, float cutoff = 8.0f, std::uint64_t seed = 7);
+BlockLayout hand_layout(int n, const std::vector<std::vector<int>>& rows, MaskMode mask = MaskMode::tiles);
+
 // Converts raw dtype values to float.
 std::vector<float> to_float(const void* data, DType dtype, std::int64_t count);
 
