@@ -11,19 +11,6 @@ namespace protattn::server {
 
 namespace {
 
-ServeError invalid(const std::string& msg) { return ServeError(Code::invalid_argument, msg); }
-
-const TensorView& find_input(const InferCall& call, const std::string& name) {
-  const TensorView* found = nullptr;
-  for (const auto& t : call.inputs) {
-    if (t.name != name) continue;
-    if (found) throw invalid("input '" + name + "' given twice");
-    found = &t;
-  }
-  if (!found) throw invalid("missing input '" + name + "'");
-  return *found;
-}
-
 void check_bytes(const TensorView& t, std::int64_t elements, std::size_t elem) {
   const std::size_t want = static_cast<std::size_t>(elements) * elem;
   if (t.size != want)

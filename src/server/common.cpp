@@ -62,4 +62,17 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
   return s + "]";
 }
 
+ServeError invalid(const std::string& msg) { return ServeError(Code::invalid_argument, msg); }
+
+const TensorView& find_input(const InferCall& call, const std::string& name) {
+  const TensorView* found = nullptr;
+  for (const auto& t : call.inputs) {
+    if (t.name != name) continue;
+    if (found) throw invalid("input '" + name + "' given twice");
+    found = &t;
+  }
+  if (!found) throw invalid("missing input '" + name + "'");
+  return *found;
+}
+
 }  // namespace protattn::server

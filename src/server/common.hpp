@@ -62,6 +62,12 @@ struct InferResult {
   std::vector<OutputTensor> outputs;
 };
 
+// A 400 / INVALID_ARGUMENT error with this message.
+ServeError invalid(const std::string& msg);
+
+// The input of that name in the call; throws invalid() when it is missing or given twice.
+const TensorView& find_input(const InferCall& call, const std::string& name);
+
 // Bytes per element of a KServe datatype name; 0 when the server does not know it.
 std::size_t datatype_size(const std::string& datatype);
 

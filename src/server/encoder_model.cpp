@@ -12,19 +12,6 @@ namespace protattn::server {
 
 namespace {
 
-ServeError invalid(const std::string& msg) { return ServeError(Code::invalid_argument, msg); }
-
-const TensorView& find_input(const InferCall& call, const std::string& name) {
-  const TensorView* found = nullptr;
-  for (const auto& t : call.inputs) {
-    if (t.name != name) continue;
-    if (found) throw invalid("input '" + name + "' given twice");
-    found = &t;
-  }
-  if (!found) throw invalid("missing input '" + name + "'");
-  return *found;
-}
-
 void check_input(const TensorView& t, const char* datatype, std::int64_t elements, std::size_t elem) {
   if (t.datatype != datatype)
     throw invalid("input '" + t.name + "': datatype " + t.datatype + ", expected " + datatype);
