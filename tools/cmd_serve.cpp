@@ -31,10 +31,14 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--grpc-port", opt->grpc_port, "gRPC port (0: any free port, -1: no gRPC)")
       ->capture_default_str();
-  cmd->add_option("--http-threads", opt->http_threads, "HTTP connections served at once")
+  cmd->add_option("--http-threads", opt->http_threads,
+                  "HTTP connections served at once (a thread each, started on demand; further "
+                  "connections wait to be accepted)")
       ->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--grpc-threads", opt->grpc_threads, "gRPC handler threads at most")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--grpc-threads", opt->grpc_threads,
+                  "gRPC calls served at once (0: max-queue + max-batch-requests + 16, so that the "
+                  "queue bound, not the thread pool, answers UNAVAILABLE under load)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--engine", opt->engine, "engine of the inference thread: " + engines)->capture_default_str();
   cmd->add_option("--threads", opt->engine_threads, "cpu engine worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();

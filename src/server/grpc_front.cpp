@@ -293,11 +293,16 @@ int GrpcFront::start(const std::string& host, int port) {
   const std::string address = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
                               std::to_string(port);
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound);
+  // gRPC sets SO_REUSEPORT by default: a second server would bind a busy port and silently
+  // take half of its calls. Without it a busy port is an error.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.RegisterService(&impl_->service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<std::size_t>(o.max_body_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(INT32_MAX);
   grpc::ResourceQuota quota("protattn-grpc");
-  quota.SetMaxThreads(std::max(2, o.grpc_threads));
+  // The synchronous server holds one thread per call until it is answered (the call waits for
+  // its batch), plus its pollers; past the quota gRPC answers RESOURCE_EXHAUSTED itself.
+  quota.SetMaxThreads(grpc_thread_budget(o) + 2);
   builder.SetResourceQuota(quota);
   impl_->server = builder.BuildAndStart();
   if (!impl_->server || bound == 0) throw Error("gRPC: cannot bind " + address + " (in use or bad address)");

@@ -6,8 +6,16 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <condition_variable>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -21,6 +29,59 @@ namespace protattn::server {
 using nlohmann::json;
 
 namespace {
+
+// Serves each accepted connection on its own thread, started when no thread is idle, up to
+// `max_threads`. httplib keeps a thread for a connection's whole keep-alive life, so a fixed
+// pool of T threads stalls the (T+1)-th connection until another closes: a client opening one
+// connection per concurrent request plus one for statistics hangs. Threads that finish a
+// connection wait for the next one; they end at shutdown.
+class ConnectionPool final : public httplib::TaskQueue {
+ public:
+  explicit ConnectionPool(std::size_t max_threads) : max_(std::max<std::size_t>(1, max_threads)) {}
+  ~ConnectionPool() override = default;
+
+  void enqueue(std::function<void()> fn) override {
+    std::lock_guard lock(m_);
+    jobs_.push_back(std::move(fn));
+    if (idle_ < jobs_.size() && threads_.size() < max_)
+      threads_.emplace_back([this] { work(); });
+    else
+      cv_.notify_one();
+  }
+
+  void shutdown() override {
+    {
+      std::lock_guard lock(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();  // each finishes the connections queued before it ends
+  }
+
+ private:
+  void work() {
+    std::unique_lock lock(m_);
+    for (;;) {
+      ++idle_;
+      cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+      --idle_;
+      if (jobs_.empty()) return;  // stopping and nothing left
+      auto fn = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      fn();
+      lock.lock();
+    }
+  }
+
+  const std::size_t max_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::vector<std::thread> threads_;
+  std::size_t idle_ = 0;
+  bool stop_ = false;
+};
 
 constexpr const char* kHeaderLength = "Inference-Header-Content-Length";
 constexpr const char* kTimeoutHeader = "Request-Timeout-Ms";
@@ -395,6 +456,7 @@ json model_stats_json(const ModelSpec& m, const ModelStats& s) {
 struct HttpFront::Impl {
   Service& svc;
   httplib::Server http;
+  int listen_fd = -1;  // the listening socket, seen when httplib creates it
   explicit Impl(Service& s) : svc(s) {}
 
   // Answers 401 and returns false when a key is configured and the request lacks it.
@@ -533,12 +595,20 @@ HttpFront::HttpFront(Service& service) : impl_(std::make_unique<Impl>(service)) 
   const Options& o = service.options();
   auto& http = impl_->http;
   const int threads = o.http_threads;
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<std::size_t>(threads)); };
+  http.new_task_queue = [threads] { return new ConnectionPool(static_cast<std::size_t>(threads)); };
   http.set_payload_max_length(o.max_body_bytes);
   http.set_keep_alive_max_count(100000);
   http.set_read_timeout(30, 0);
   http.set_write_timeout(30, 0);
   http.set_tcp_nodelay(true);
+  // httplib's default sets SO_REUSEPORT, which lets a second server bind a port already in use
+  // and silently share its connections; SO_REUSEADDR alone allows a quick restart but makes a
+  // busy port an error. The descriptor is kept to widen the listen backlog after binding.
+  http.set_socket_options([impl = impl_.get()](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    impl->listen_fd = sock;
+  });
   impl_->routes();
 }
 
@@ -546,14 +616,19 @@ HttpFront::~HttpFront() = default;
 
 int HttpFront::bind(const std::string& host, int port) {
   auto& http = impl_->http;
+  int bound = port;
   if (port == 0) {
-    const int p = http.bind_to_any_port(host);
-    if (p <= 0) throw Error("HTTP: cannot bind " + host + " (any port)");
-    return p;
-  }
-  if (!http.bind_to_port(host, port))
+    bound = http.bind_to_any_port(host);
+    if (bound <= 0) throw Error("HTTP: cannot bind " + host + " (any port)");
+  } else if (!http.bind_to_port(host, port)) {
     throw Error("HTTP: cannot bind " + host + ":" + std::to_string(port) + " (in use or bad address)");
-  return port;
+  }
+  // The packaged httplib listens with a backlog of 5: a burst of clients connecting at once
+  // (perf_analyzer opens one connection per concurrent request) overflows it and the kernel
+  // resets connections. listen() again on the bound socket only widens the backlog.
+  if (impl_->listen_fd >= 0 && ::listen(impl_->listen_fd, SOMAXCONN) != 0)
+    throw Error("HTTP: listen on " + host + ":" + std::to_string(bound) + ": " + std::strerror(errno));
+  return bound;
 }
 
 void HttpFront::serve() { impl_->http.listen_after_bind(); }

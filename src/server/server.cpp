@@ -20,7 +20,8 @@ void check_options(const Options& o) {
   auto port_ok = [](int p) { return p >= -1 && p <= 65535; };
   if (!port_ok(o.http_port) || !port_ok(o.grpc_port)) throw Error("ports must be in 0..65535, or -1 (off)");
   if (o.http_port < 0 && o.grpc_port < 0) throw Error("both HTTP and gRPC are off: nothing to serve");
-  if (o.http_threads < 1 || o.grpc_threads < 1) throw Error("--http-threads and --grpc-threads must be >= 1");
+  if (o.http_threads < 1) throw Error("--http-threads must be >= 1");
+  if (o.grpc_threads < 0) throw Error("--grpc-threads must be >= 0 (0: sized from the queue bounds)");
   if (o.max_batch_atoms < 1 || o.max_batch_requests < 1) throw Error("batch limits must be >= 1");
   if (o.max_queue < 1) throw Error("--max-queue must be >= 1");
   if (!(o.max_queue_delay_ms >= 0)) throw Error("--max-queue-delay-ms must be >= 0");
@@ -57,6 +58,11 @@ class SignalMask {
 };
 
 }  // namespace
+
+int grpc_thread_budget(const Options& opt) {
+  if (opt.grpc_threads > 0) return opt.grpc_threads;
+  return opt.max_queue + opt.max_batch_requests + 16;
+}
 
 int run(const Options& opt) {
   check_options(opt);

@@ -11,8 +11,11 @@ struct Options {
   std::string host = "127.0.0.1";    // address both protocols bind to
   int http_port = 8000;              // -1: no HTTP
   int grpc_port = 8001;              // -1: no gRPC
-  int http_threads = 16;             // connections served at once over HTTP
-  int grpc_threads = 16;             // RPCs served at once over gRPC
+  // Each open HTTP connection and each gRPC call in flight holds a network thread while it
+  // waits for the engine, so these bound connections and calls, not work: the bounded queue
+  // (max_queue) is what answers 503/UNAVAILABLE under load.
+  int http_threads = 512;            // HTTP connections served at once; threads start on demand
+  int grpc_threads = 0;              // gRPC calls at once (0: max_queue + max_batch_requests + 16)
   std::string engine = "cpu";        // engine of the inference thread
   int engine_threads = 0;            // cpu engine workers (0: all cores)
   int device = 0;                    // CUDA device of device engines
@@ -33,5 +36,9 @@ struct Options {
 // SIGINT, then drains: stops accepting, answers what was accepted, stops. Returns the exit code
 // (0 after a clean drain); never calls exit(). Throws protattn::Error on a bad configuration.
 int run(const Options& opt);
+
+// The gRPC thread budget `opt` asks for: grpc_threads, or when 0 enough for every call the
+// batcher can hold (max_queue waiting + max_batch_requests running) plus health and metadata.
+int grpc_thread_budget(const Options& opt);
 
 }  // namespace protattn::server

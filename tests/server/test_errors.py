@@ -168,3 +168,15 @@ def test_metrics_format(server, ubq):
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2, line
     logs = [e for e in server.log_events() if e.get("event") == "request"]
     assert logs and all("request_id" in e and "outcome" in e for e in logs)
+
+
+@pytest.mark.parametrize("which", ["http", "grpc"])
+def test_port_in_use_is_an_error(server, repo, which):
+    # A second server on a port the first one holds must fail naming the port, not share it.
+    from conftest import BINARY, free_port
+    ports = {"http": (server.http_port, free_port()), "grpc": (free_port(), server.grpc_port)}[which]
+    p = subprocess.run([str(BINARY), "serve", "--models", str(repo), "--http-port", str(ports[0]),
+                        "--grpc-port", str(ports[1])], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    assert "cannot bind" in p.stderr and str(ports[0] if which == "http" else ports[1]) in p.stderr, p.stderr
+    assert server.proc.poll() is None
