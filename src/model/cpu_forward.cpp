@@ -1,7 +1,9 @@
 // The atom_encoder forward on the CPU: float32 everywhere, attention through the host engine.
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 #include <thread>
+#include <vector>
 
 #include "model/backend.hpp"
 #include "model/parallel.hpp"
@@ -18,10 +20,51 @@ const float kSqrt2OverPi = static_cast<float>(std::sqrt(2.0 / std::numbers::pi))
 float gelu_tanh(float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + kGeluCubic * x * x * x))); }
 
 struct Linear {
-  const float* w = nullptr;  // [out, in]
+  std::vector<float> wt;     // [in, out]: the weight transposed, so a row's outputs are contiguous
   const float* b = nullptr;  // [out]
   int out = 0, in = 0;
 };
+
+// Rows of the projection at a time: each weight row read from cache serves this many atoms.
+constexpr int kProjRows = 4;
+
+// y[r][j] = b[j] + sum_i x[r][i] w[j, i] for `rows` (1..kProjRows) rows. Each output sums over
+// i in increasing order and adds the bias last, as a plain dot product would, so the result is
+// the same whatever the row blocking; the inner loop over outputs is contiguous and vectorises.
+void project(const Linear& f, const float* const* x, float* const* y, int rows) {
+  if (rows == kProjRows) {
+    float* __restrict y0 = y[0];
+    float* __restrict y1 = y[1];
+    float* __restrict y2 = y[2];
+    float* __restrict y3 = y[3];
+    std::fill_n(y0, f.out, 0.0f);
+    std::fill_n(y1, f.out, 0.0f);
+    std::fill_n(y2, f.out, 0.0f);
+    std::fill_n(y3, f.out, 0.0f);
+    for (int i = 0; i < f.in; ++i) {
+      const float* __restrict w = f.wt.data() + static_cast<std::size_t>(i) * f.out;
+      const float a0 = x[0][i], a1 = x[1][i], a2 = x[2][i], a3 = x[3][i];
+      for (int j = 0; j < f.out; ++j) {
+        y0[j] += a0 * w[j];
+        y1[j] += a1 * w[j];
+        y2[j] += a2 * w[j];
+        y3[j] += a3 * w[j];
+      }
+    }
+  } else {
+    for (int r = 0; r < rows; ++r) {
+      float* __restrict yr = y[r];
+      std::fill_n(yr, f.out, 0.0f);
+      for (int i = 0; i < f.in; ++i) {
+        const float* __restrict w = f.wt.data() + static_cast<std::size_t>(i) * f.out;
+        const float a = x[r][i];
+        for (int j = 0; j < f.out; ++j) yr[j] += a * w[j];
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < f.out; ++j) y[r][j] += f.b[j];
+}
 
 struct Norm {
   const float* g = nullptr;
@@ -49,7 +92,15 @@ class CpuBackend final : public AtomEncoder::Backend {
     const ModelConfig& c = model_.config;
     auto lin = [&](const std::string& name) {
       const Tensor& w = model_.at(name + ".weight");
-      return Linear{w.data.data(), model_.at(name + ".bias").data.data(), static_cast<int>(w.shape[0]), static_cast<int>(w.shape[1])};
+      Linear f;
+      f.out = static_cast<int>(w.shape[0]);
+      f.in = static_cast<int>(w.shape[1]);
+      f.b = model_.at(name + ".bias").data.data();
+      f.wt.resize(w.data.size());
+      for (int j = 0; j < f.out; ++j)
+        for (int i = 0; i < f.in; ++i)
+          f.wt[static_cast<std::size_t>(i) * f.out + j] = w.data[static_cast<std::size_t>(j) * f.in + i];
+      return f;
     };
     auto norm = [&](const std::string& name) {
       return Norm{model_.at(name + ".weight").data.data(), model_.at(name + ".bias").data.data()};
@@ -112,39 +163,54 @@ class CpuBackend final : public AtomEncoder::Backend {
       for (std::int64_t r = r0; r < r1; ++r)
         std::copy_n(embed_ + static_cast<std::size_t>(p.element[r]) * C, C, p.x.data() + r * C);
     });
+    const int M = c.mlp_width();
     for (const Layer& L : layers_) {
       layer_norm(p.x.data(), L.norm1, p.xn.data(), T, C);
       // Q, K, V straight into the engine's [heads, T, d] layout.
-      parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
-        for (std::int64_t r = r0; r < r1; ++r) {
-          const float* xr = p.xn.data() + r * C;
-          for (int j = 0; j < Q; ++j) {
-            const std::size_t at = (static_cast<std::size_t>(j / d) * T + r) * d + j % d;
-            p.q[at] = dot(L.q, j, xr);
-            p.k[at] = dot(L.k, j, xr);
-            p.v[at] = dot(L.v, j, xr);
-          }
+      for_row_blocks(T, [&](std::int64_t r0, int rows, Rows& t) {
+        const float* xs[kProjRows];
+        for (int r = 0; r < rows; ++r) xs[r] = p.xn.data() + (r0 + r) * C;
+        for (const Linear* f : {&L.q, &L.k, &L.v}) {
+          project(*f, xs, t.a, rows);
+          float* dst = f == &L.q ? p.q.data() : f == &L.k ? p.k.data() : p.v.data();
+          for (int r = 0; r < rows; ++r)
+            for (int h = 0; h < H; ++h)
+              std::copy_n(t.a[r] + h * d, d, dst + (static_cast<std::size_t>(h) * T + r0 + r) * d);
         }
       });
       RunArgs args{p.q.data(), p.k.data(), p.v.data(), p.o.data(), nullptr, nullptr};
       engine_->run(*p.attn, args);
-      parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
-        for (std::int64_t r = r0; r < r1; ++r) {
-          float* cr = p.cat.data() + r * Q;
-          for (int h = 0; h < H; ++h) std::copy_n(p.o.data() + (static_cast<std::size_t>(h) * T + r) * d, d, cr + h * d);
-          float* xr = p.x.data() + r * C;
-          for (int j = 0; j < C; ++j) xr[j] += dot(L.out, j, cr);
+      for_row_blocks(T, [&](std::int64_t r0, int rows, Rows& t) {
+        const float* cs[kProjRows];
+        for (int r = 0; r < rows; ++r) {
+          float* cr = p.cat.data() + (r0 + r) * Q;
+          for (int h = 0; h < H; ++h)
+            std::copy_n(p.o.data() + (static_cast<std::size_t>(h) * T + r0 + r) * d, d, cr + h * d);
+          cs[r] = cr;
+        }
+        project(L.out, cs, t.a, rows);
+        for (int r = 0; r < rows; ++r) {
+          float* xr = p.x.data() + (r0 + r) * C;
+          for (int j = 0; j < C; ++j) xr[j] += t.a[r][j];
         }
       });
       layer_norm(p.x.data(), L.norm2, p.xn.data(), T, C);
-      const int M = c.mlp_width();
-      parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
-        for (std::int64_t r = r0; r < r1; ++r) {
-          const float* xr = p.xn.data() + r * C;
-          float* hr = p.hidden.data() + r * M;
-          for (int j = 0; j < M; ++j) hr[j] = gelu_tanh(dot(L.fc1, j, xr));
-          float* out = p.x.data() + r * C;
-          for (int j = 0; j < C; ++j) out[j] += dot(L.fc2, j, hr);
+      for_row_blocks(T, [&](std::int64_t r0, int rows, Rows& t) {
+        const float* xs[kProjRows];
+        const float* hs[kProjRows];
+        float* hidden[kProjRows];
+        for (int r = 0; r < rows; ++r) {
+          xs[r] = p.xn.data() + (r0 + r) * C;
+          hidden[r] = p.hidden.data() + (r0 + r) * M;
+          hs[r] = hidden[r];
+        }
+        project(L.fc1, xs, hidden, rows);
+        for (int r = 0; r < rows; ++r)
+          for (int j = 0; j < M; ++j) hidden[r][j] = gelu_tanh(hidden[r][j]);
+        project(L.fc2, hs, t.a, rows);
+        for (int r = 0; r < rows; ++r) {
+          float* xr = p.x.data() + (r0 + r) * C;
+          for (int j = 0; j < C; ++j) xr[j] += t.a[r][j];
         }
       });
     }
@@ -174,12 +240,27 @@ class CpuBackend final : public AtomEncoder::Backend {
     return *p;
   }
 
-  // Row j of the Linear applied to x: b[j] + sum_i w[j, i] x[i].
-  static float dot(const Linear& f, int j, const float* x) {
-    const float* w = f.w + static_cast<std::size_t>(j) * f.in;
-    float s = 0;
-    for (int i = 0; i < f.in; ++i) s += w[i] * x[i];
-    return s + f.b[j];
+  // Per-thread output rows of one projection block (widest output of any projection).
+  struct Rows {
+    std::vector<float> buf;
+    float* a[kProjRows];
+    explicit Rows(int width) : buf(static_cast<std::size_t>(kProjRows) * width) {
+      for (int r = 0; r < kProjRows; ++r) a[r] = buf.data() + static_cast<std::size_t>(r) * width;
+    }
+  };
+
+  // Calls f(first_row, rows, scratch) on blocks of up to kProjRows rows, split over threads.
+  template <typename F>
+  void for_row_blocks(std::int64_t T, F&& f) const {
+    const int width = std::max(model_.config.qkv_width(), std::max(model_.config.channels, model_.config.mlp_width()));
+    const std::int64_t blocks = (T + kProjRows - 1) / kProjRows;
+    parallel_rows(blocks, threads_, [&](std::int64_t b0, std::int64_t b1) {
+      Rows t(width);
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const std::int64_t r0 = b * kProjRows;
+        f(r0, static_cast<int>(std::min<std::int64_t>(kProjRows, T - r0)), t);
+      }
+    });
   }
 
   void layer_norm(const float* x, const Norm& n, float* y, std::int64_t T, int C) const {
