@@ -8,6 +8,8 @@
 # STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, when present), SKIP_TESTS=1,
 # SERVE=0 (skip serving), PERF_ANALYZER (a perf_analyzer binary: also measure with it).
 # The structures in tests/data must travel with the run (name tests/data in the device's carry).
+# Several GPUs (docs/dist.md): DIST=1 adds `protattn dist` runs after the rest, DIST=only runs them
+# alone (on nvidia-h200-x2 / -x4); DIST_GPUS (default: every GPU) caps the GPU counts tried.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -26,6 +28,51 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
 
 status=0
+
+# Several GPUs through NCCL: head-parallel on W2 and spatial on W2 and the 1M-atom globule, on
+# 1, 2, 4, ... GPUs, each checked on rank 0 against one GPU (which also gives the scaling
+# baseline); JSON per run in $out/dist_*.json, then a table.
+run_dist() {
+  export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off: it can take a shared host's GPUs down
+  local gpus=${DIST_GPUS:-$(nvidia-smi -L | grep -c '^GPU')}
+  if [ -z "${PROTATTN_NCCL_LIB:-}" ]; then  # PyTorch's NCCL when the toolkit has none
+    local lib
+    lib=$(python3 -c "import nvidia.nccl as m, os; print(os.path.join(list(m.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+    [ -f "$lib" ] && export PROTATTN_NCCL_LIB=$lib
+  fi
+  echo "== dist: $gpus GPU(s), ${PROTATTN_NCCL_LIB:-libnccl.so.2 on the loader path}"
+  if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ]; then
+    "$gtests" --gtest_brief=1 --gtest_filter='DistGpu*' 2>&1 | tee "$out/dist_gpu_tests.log" | tail -20
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  fi
+  local g=1
+  while [ "$g" -le "$gpus" ]; do
+    for run in "heads w2 50" "spatial w2 50" "spatial 1m 20"; do
+      set -- $run
+      echo "-- dist --gpus $g --mode $1 --workload $2"
+      timeout 900 "$protattn" dist --gpus "$g" --mode "$1" --workload "$2" --heads 8 --dim 64 --iters "$3" --check \
+        --json "$out/dist_$1_$2_g$g.json" 2>&1 | tail -12 || status=1
+    done
+    g=$((g * 2))
+  done
+  python3 - "$out" <<'PY' || status=1
+import glob, json, sys
+rows = []
+for f in sorted(glob.glob(sys.argv[1] + "/dist_*_g*.json")):
+    j = json.load(open(f))
+    rows.append((j["mode"], j["workload"], j.get("world", 0), j.get("step_ms", 0), j.get("single_gpu_ms", 0),
+                 j.get("scaling_efficiency", 0), j.get("halo_bytes", 0) / 2**20, j.get("allgather_bytes", 0) / 2**20,
+                 j.get("check", {}).get("max_rel_o", float("nan")), j.get("check", {}).get("bit_identical")))
+print(f"{'mode':8} {'workload':8} {'gpus':>4} {'step ms':>9} {'1 GPU ms':>9} {'eff':>6} {'halo MiB':>9} {'allgath MiB':>11} {'max rel':>8} bits")
+for r in sorted(rows):
+    print(f"{r[0]:8} {r[1]:8} {r[2]:4d} {r[3]:9.3f} {r[4]:9.3f} {100 * r[5]:5.1f}% {r[6]:9.1f} {r[7]:11.1f} {r[8]:8.1e} {r[9]}")
+PY
+}
+if [ "${DIST:-0}" = only ]; then
+  run_dist
+  exit $status
+fi
+
 if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ]; then
   echo "== GPU tests"
   "$gtests" --gtest_brief=1 2>&1 | tee "$out/gpu_tests.log" | tail -40
@@ -68,7 +115,7 @@ PY
     n=$(python3 -c "import numpy as np; print(len(np.load('$sdir/layout/coords.npy')))")
     for proto in grpc http; do
       url="127.0.0.1:$port"; [ "$proto" = grpc ] && url="127.0.0.1:$((port + 1))"
-      for c in 1 4; do  # at 16, as many as the server's default threads, gRPC refused and HTTP hung (issue 5 note)
+      for c in 1 4 16; do
         echo "-- perf_analyzer $proto concurrency $c"
         "$PERF_ANALYZER" -m attention -u "$url" -i "$proto" --input-data "$sdir/pa" --concurrency-range "$c:$c" \
           --measurement-interval 3000 --max-trials 6 --stability-percentage 30 -f "$sdir/pa_${proto}_$c.csv" \
@@ -86,4 +133,5 @@ fi
 echo "== summary (same run, same GPU; ratios = peer time / protattn time)"
 python3 "$root/bench/report.py" "$out/bench.json" "$out/peers.json" --out "$out/results.json" --plot "$out/plot.png" \
   --meta "commit=$commit" "nvidia_driver=$driver" || status=1
+[ "${DIST:-0}" = 1 ] && run_dist
 exit $status

@@ -10,6 +10,7 @@ void add_run_command(CLI::App& app);
 void add_bench_command(CLI::App& app);   // tools/cmd_bench.cpp
 void add_embed_command(CLI::App& app);   // tools/cmd_embed.cpp
 void add_init_model_command(CLI::App& app);  // tools/cmd_init_model.cpp
+void add_dist_command(CLI::App& app);    // tools/cmd_dist.cpp
 #ifdef PROTATTN_HAVE_SERVER
 void add_serve_command(CLI::App& app);   // tools/cmd_serve.cpp
 void add_loop_command(CLI::App& app);    // tools/cmd_loop.cpp

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   protattn::cli::add_bench_command(app);
   protattn::cli::add_embed_command(app);
   protattn::cli::add_init_model_command(app);
+  protattn::cli::add_dist_command(app);
 #ifdef PROTATTN_HAVE_SERVER
   protattn::cli::add_serve_command(app);
   protattn::cli::add_loop_command(app);
