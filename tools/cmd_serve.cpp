@@ -44,6 +44,14 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--device", opt->device, "CUDA device of the GPU engines")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--devices", opt->devices,
+                  "GPU engines on several GPUs: one inference thread per listed device (e.g. 0,1,2,3), "
+                  "all taking batches from the one queue")
+      ->delimiter(',');
+  cmd->add_option("--replicas", opt->replicas,
+                  "cpu engine: inference threads taking batches from the one queue, each with "
+                  "--threads workers")
+      ->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--max-batch-atoms", opt->max_batch_atoms,
                   "atoms of one batch (one engine run); a larger single request runs alone")
       ->check(CLI::PositiveNumber)->capture_default_str();

@@ -18,6 +18,7 @@
 namespace protattn::server {
 
 struct Batcher::EngineState {
+  int worker = 0, device = 0;
   std::unique_ptr<Engine> engine;
   std::map<const ModelSpec*, std::unique_ptr<AtomEncoder>> encoders;  // one per atom_encoder model
   // Packed buffers, grown as needed and kept between batches.
@@ -55,39 +56,60 @@ void unpack(const std::vector<T>& packed, std::vector<T>& dst, int heads, std::i
 
 }  // namespace
 
-Batcher::Batcher(BatchOptions opt, Metrics& metrics)
-    : opt_(std::move(opt)), metrics_(metrics), state_(std::make_unique<EngineState>()) {}
+Batcher::Batcher(BatchOptions opt, Metrics& metrics) : opt_(std::move(opt)), metrics_(metrics) {
+  if (opt_.devices.empty()) opt_.devices.push_back(0);
+}
 
 Batcher::~Batcher() { stop(); }
 
 void Batcher::start(const std::vector<ModelSpec>& models) {
-  std::promise<std::string> ready;
-  auto started = ready.get_future();
-  thread_ = std::thread([this, &ready, &models] {
+  std::vector<std::promise<std::string>> ready(opt_.devices.size());
+  std::vector<std::future<std::string>> started;
+  for (auto& r : ready) started.push_back(r.get_future());
+  for (std::size_t w = 0; w < opt_.devices.size(); ++w) {
+    states_.push_back(std::make_unique<EngineState>());
+    states_.back()->worker = static_cast<int>(w);
+    states_.back()->device = opt_.devices[w];
+  }
+  for (std::size_t w = 0; w < opt_.devices.size(); ++w) {
+    threads_.emplace_back([this, &ready, &models, w] {
+      EngineState& st = *states_[w];
+      try {
+        EngineOptions eo;
+        eo.threads = opt_.engine_threads;
+        eo.device = st.device;
+        st.engine = make_engine(opt_.engine, eo);
+        for (const ModelSpec& m : models)
+          if (m.is_encoder())
+            st.encoders[&m] = std::make_unique<AtomEncoder>(Model(*m.encoder), opt_.engine, eo);
+        ready[w].set_value(st.engine->name());
+      } catch (...) {
+        ready[w].set_exception(std::current_exception());
+        return;
+      }
+      loop(st);
+    });
+  }
+  // Every thread reports once; the first failure stops the others and is rethrown.
+  std::exception_ptr failure;
+  std::string name;
+  for (auto& f : started) {
     try {
-      EngineOptions eo;
-      eo.threads = opt_.engine_threads;
-      eo.device = opt_.device;
-      state_->engine = make_engine(opt_.engine, eo);
-      for (const ModelSpec& m : models)
-        if (m.is_encoder())
-          state_->encoders[&m] = std::make_unique<AtomEncoder>(Model(*m.encoder), opt_.engine, eo);
-      ready.set_value(state_->engine->name());
+      name = f.get();
     } catch (...) {
-      ready.set_exception(std::current_exception());
-      return;
+      if (!failure) failure = std::current_exception();
     }
-    loop();
-  });
-  try {
-    const std::string name = started.get();
+  }
+  if (failure) {
+    stop();
+    std::rethrow_exception(failure);
+  }
+  {
     std::lock_guard<std::mutex> lock(m_);
     engine_name_ = name;
-  } catch (...) {
-    thread_.join();
-    throw;
   }
   metrics_.set_engine(engine_name());
+  metrics_.set_workers(static_cast<int>(opt_.devices.size()));
 }
 
 std::string Batcher::engine_name() const {
@@ -122,10 +144,11 @@ void Batcher::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
 }
 
-void Batcher::loop() {
+void Batcher::loop(EngineState& state) {
   const auto delay = std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double, std::milli>(opt_.max_queue_delay_ms));
   for (;;) {
@@ -178,13 +201,13 @@ void Batcher::loop() {
       }
       metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
     }
-    if (!batch.empty()) run_batch(batch);
+    if (!batch.empty()) run_batch(state, batch);
   }
 }
 
 // Plans all layouts at once, packs Q/K/V along the atom axis at the plan's offsets (a batch of
 // one runs on the job's own buffers), runs the engine once and unpacks O (and LSE).
-void Batcher::run_attention(std::vector<std::shared_ptr<Job>>& batch) {
+void Batcher::run_attention(EngineState& s, std::vector<std::shared_ptr<Job>>& batch) {
   Job& first = *batch.front();
   const int heads = first.heads, dim = first.dim;
   std::vector<const BlockLayout*> layouts;
@@ -197,7 +220,7 @@ void Batcher::run_attention(std::vector<std::shared_ptr<Job>>& batch) {
   shape.heads = heads;
   shape.dim = dim;
   shape.dtype = DType::f16;
-  auto plan = state_->engine->plan(layouts, shape);
+  auto plan = s.engine->plan(layouts, shape);
   const std::int64_t total = plan->total_n();
   const std::size_t elems = static_cast<std::size_t>(heads) * total * dim;
   RunArgs args;
@@ -209,9 +232,8 @@ void Batcher::run_attention(std::vector<std::shared_ptr<Job>>& batch) {
     args.v = first.v.data();
     args.o = first.o.data();
     args.lse = first.want_lse ? first.lse.data() : nullptr;
-    run_host(*state_->engine, *plan, args);
+    run_host(*s.engine, *plan, args);
   } else {
-    EngineState& s = *state_;
     for (auto* buf : {&s.q, &s.k, &s.v, &s.o}) buf->resize(elems);
     if (want_lse) s.lse.resize(static_cast<std::size_t>(heads) * total);
     for (std::size_t b = 0; b < batch.size(); ++b) {
@@ -240,7 +262,7 @@ void Batcher::run_attention(std::vector<std::shared_ptr<Job>>& batch) {
   }
 }
 
-void Batcher::run_batch(std::vector<std::shared_ptr<Job>>& batch) {
+void Batcher::run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& batch) {
   const auto start = Clock::now();
   Job& first = *batch.front();
   std::vector<double> queue_s;
@@ -252,25 +274,26 @@ void Batcher::run_batch(std::vector<std::shared_ptr<Job>>& batch) {
   Status status;
   try {
     if (first.model->is_encoder())
-      run_encoder_batch(*state_->encoders.at(first.model), batch);
+      run_encoder_batch(*state.encoders.at(first.model), batch);
     else
-      run_attention(batch);
+      run_attention(state, batch);
   } catch (const Error& e) {
-    status = {Code::invalid_argument, std::string("engine ") + state_->engine->name() + ": " + e.what()};
+    status = {Code::invalid_argument, std::string("engine ") + state.engine->name() + ": " + e.what()};
   } catch (const std::exception& e) {
-    status = {Code::internal, std::string("engine ") + state_->engine->name() + ": " + e.what()};
+    status = {Code::internal, std::string("engine ") + state.engine->name() + ": " + e.what()};
   }
   const double compute = seconds(Clock::now() - start);
 #ifdef PROTATTN_HAVE_CUDA
-  if (state_->engine->on_device()) {
+  if (state.engine->on_device()) {
     std::size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
-      metrics_.set_device_memory(static_cast<std::int64_t>(total_b - free_b));
+      metrics_.set_device_memory(state.device, static_cast<std::int64_t>(total_b - free_b));
   }
 #endif
-  metrics_.batch_done(first.model->name, static_cast<int>(batch.size()), atoms, compute, queue_s);
+  metrics_.batch_done(first.model->name, static_cast<int>(batch.size()), atoms, compute, queue_s, state.worker);
   log_event(LogLevel::debug, "batch",
-            {{"model", first.model->name}, {"requests", batch.size()}, {"atoms", atoms},
+            {{"model", first.model->name}, {"worker", state.worker}, {"device", state.device},
+             {"requests", batch.size()}, {"atoms", atoms},
              {"heads", first.heads}, {"dim", first.dim},
              {"compute_ms", compute * 1e3}, {"ok", status.ok()}});
   for (std::size_t b = 0; b < batch.size(); ++b) {

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "job.hpp"
 #include "metrics.hpp"
@@ -17,14 +18,15 @@ namespace protattn::server {
 struct BatchOptions {
   std::string engine = "cpu";
   int engine_threads = 0;
-  int device = 0;
+  std::vector<int> devices{0};  // one inference thread (and engine) per entry
   std::int64_t max_batch_atoms = 65536;
   int max_batch_requests = 64;
   double max_queue_delay_ms = 2.0;
   int max_queue = 64;
 };
 
-// Jobs wait in a bounded FIFO. The inference thread takes the oldest job, waits up to the
+// Jobs wait in a bounded FIFO shared by the inference threads (one per device, or per cpu
+// replica): an idle one takes the oldest job, waits up to the
 // queue delay (counted from that job's arrival) for jobs of the same batch key (attention:
 // heads, dim, tile; atom_encoder: the model), packs up to max_batch_atoms / max_batch_requests
 // of them along the atom axis and runs once for all: the attention engine on packed Q/K/V, or
@@ -34,8 +36,9 @@ class Batcher {
  public:
   Batcher(BatchOptions opt, Metrics& metrics);
   ~Batcher();
-  // Creates the engine and one AtomEncoder per atom_encoder model (from a copy of its weights)
-  // on the inference thread; throws Error when it cannot. `models` outlives the batcher.
+  // Starts one inference thread per device, each creating its engine and one AtomEncoder per
+  // atom_encoder model (from a copy of its weights) on itself; throws Error when any cannot
+  // (the others are stopped). `models` outlives the batcher.
   void start(const std::vector<ModelSpec>& models);
   // false: the queue is full or the batcher drains (the caller answers 503 / UNAVAILABLE).
   bool submit(std::shared_ptr<Job> job);
@@ -46,9 +49,10 @@ class Batcher {
   std::string engine_name() const;
 
  private:
-  void loop();
-  void run_batch(std::vector<std::shared_ptr<Job>>& batch);
-  void run_attention(std::vector<std::shared_ptr<Job>>& batch);
+  struct EngineState;
+  void loop(EngineState& state);
+  void run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& batch);
+  void run_attention(EngineState& state, std::vector<std::shared_ptr<Job>>& batch);
 
   BatchOptions opt_;
   Metrics& metrics_;
@@ -56,10 +60,9 @@ class Batcher {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool draining_ = false, stopping_ = false;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
   std::string engine_name_;
-  struct EngineState;
-  std::unique_ptr<EngineState> state_;  // touched by the inference thread only
+  std::vector<std::unique_ptr<EngineState>> states_;  // [i] touched by inference thread i only
 };
 
 }  // namespace protattn::server

@@ -112,9 +112,13 @@ std::int64_t Metrics::inflight() const {
 }
 
 void Metrics::batch_done(const std::string& model, int requests, std::int64_t atoms,
-                         double compute_s, const std::vector<double>& queue_s) {
+                         double compute_s, const std::vector<double>& queue_s, int worker) {
   std::lock_guard<std::mutex> lock(m_);
   ++batches_;
+  if (worker >= 0) {
+    if (static_cast<std::size_t>(worker) >= worker_batches_.size()) worker_batches_.resize(worker + 1, 0);
+    ++worker_batches_[static_cast<std::size_t>(worker)];
+  }
   compute_total_ += compute_s;
   batch_requests_.observe(requests);
   batch_atoms_.observe(static_cast<double>(atoms));
@@ -135,9 +139,14 @@ void Metrics::set_queue_depth(std::int64_t d) {
   queue_depth_ = d;
 }
 
-void Metrics::set_device_memory(std::int64_t b) {
+void Metrics::set_device_memory(int device, std::int64_t b) {
   std::lock_guard<std::mutex> lock(m_);
-  device_memory_ = b;
+  device_memory_[device] = b;
+}
+
+void Metrics::set_workers(int n) {
+  std::lock_guard<std::mutex> lock(m_);
+  if (n > 0 && static_cast<std::size_t>(n) > worker_batches_.size()) worker_batches_.resize(static_cast<std::size_t>(n), 0);
 }
 
 void Metrics::set_engine(const std::string& name) {
@@ -159,7 +168,9 @@ std::string Metrics::render() const {
                   batch_atoms = batch_atoms_, compute_time = compute_time_;
   const std::uint64_t batches = batches_;
   const double compute_total = compute_total_;
-  const std::int64_t depth = queue_depth_, inflight = inflight_, device_memory = device_memory_;
+  const std::int64_t depth = queue_depth_, inflight = inflight_;
+  const auto device_memory = device_memory_;
+  const auto worker_batches = worker_batches_;
   const std::string engine = engine_;
   lock.unlock();
 
@@ -189,6 +200,11 @@ std::string Metrics::render() const {
   histogram(out, "protattn_engine_compute_seconds", "", compute_time);
   header(out, "protattn_batches_total", "counter", "Engine runs.");
   out += "protattn_batches_total " + std::to_string(batches) + "\n";
+  header(out, "protattn_worker_batches_total", "counter",
+         "Engine runs by inference thread (one per GPU, or per cpu replica).");
+  for (std::size_t w = 0; w < worker_batches.size(); ++w)
+    out += "protattn_worker_batches_total{worker=\"" + std::to_string(w) + "\"} " +
+           std::to_string(worker_batches[w]) + "\n";
   header(out, "protattn_engine_compute_seconds_total", "counter", "Engine time, all batches.");
   out += "protattn_engine_compute_seconds_total " + num(compute_total) + "\n";
   header(out, "protattn_queue_depth", "gauge", "Requests waiting for the engine now.");
@@ -196,10 +212,11 @@ std::string Metrics::render() const {
   header(out, "protattn_requests_inflight", "gauge",
          "Requests accepted and not yet answered (queued or running).");
   out += "protattn_requests_inflight " + std::to_string(inflight) + "\n";
-  if (device_memory >= 0) {
+  if (!device_memory.empty()) {
     header(out, "protattn_gpu_memory_used_bytes", "gauge",
-           "Memory in use on the engine's GPU (all processes), after the last batch.");
-    out += "protattn_gpu_memory_used_bytes " + std::to_string(device_memory) + "\n";
+           "Memory in use on each engine GPU (all processes), after its last batch.");
+    for (const auto& [dev, bytes] : device_memory)
+      out += "protattn_gpu_memory_used_bytes{device=\"" + std::to_string(dev) + "\"} " + std::to_string(bytes) + "\n";
   }
   return out;
 }

@@ -36,10 +36,12 @@ class Metrics {
   void request_done(const std::string& model, Code outcome, double seconds);
   void inflight_add(int delta);
   // Inference thread: one engine run of `requests` requests holding `atoms` atoms.
+  // The inference thread `worker` ran a batch.
   void batch_done(const std::string& model, int requests, std::int64_t atoms, double compute_s,
-                  const std::vector<double>& queue_s);
+                  const std::vector<double>& queue_s, int worker = 0);
+  void set_workers(int n);  // inference threads (one per GPU or cpu replica)
   void set_queue_depth(std::int64_t depth);
-  void set_device_memory(std::int64_t used_bytes);  // -1: not on a device
+  void set_device_memory(int device, std::int64_t used_bytes);
   void set_engine(const std::string& name);
 
   std::string render() const;  // Prometheus text exposition format 0.0.4
@@ -54,7 +56,9 @@ class Metrics {
   Histogram queue_time_, batch_requests_, batch_atoms_, compute_time_;
   std::uint64_t batches_ = 0;
   double compute_total_ = 0;
-  std::int64_t queue_depth_ = 0, inflight_ = 0, device_memory_ = -1;
+  std::int64_t queue_depth_ = 0, inflight_ = 0;
+  std::map<int, std::int64_t> device_memory_;       // by CUDA device
+  std::vector<std::uint64_t> worker_batches_{0};    // by inference thread
   std::map<std::string, ModelStats> stats_;
 };
 

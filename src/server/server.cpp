@@ -24,6 +24,17 @@ void check_options(const Options& o) {
   if (o.grpc_threads < 0) throw Error("--grpc-threads must be >= 0 (0: sized from the queue bounds)");
   if (o.max_batch_atoms < 1 || o.max_batch_requests < 1) throw Error("batch limits must be >= 1");
   if (o.max_queue < 1) throw Error("--max-queue must be >= 1");
+  if (o.replicas < 1) throw Error("--replicas must be >= 1");
+  if (o.replicas > 1 && o.engine != "cpu")
+    throw Error("--replicas is for the cpu engine; a GPU engine takes --devices (one inference thread per GPU)");
+  if (!o.devices.empty() && o.engine == "cpu")
+    throw Error("--devices is for the GPU engines; the cpu engine takes --replicas");
+  for (std::size_t i = 0; i < o.devices.size(); ++i) {
+    if (o.devices[i] < 0) throw Error("--devices: device ordinals are >= 0");
+    for (std::size_t j = 0; j < i; ++j)
+      if (o.devices[i] == o.devices[j])
+        throw Error("--devices: device " + std::to_string(o.devices[i]) + " is listed twice");
+  }
   if (!(o.max_queue_delay_ms >= 0)) throw Error("--max-queue-delay-ms must be >= 0");
   if (o.max_request_atoms < 1 || o.max_heads < 1 || o.max_head_dim < 1)
     throw Error("request limits must be >= 1");
@@ -97,6 +108,9 @@ int run(const Options& opt) {
   log_event(LogLevel::info, "ready",
             {{"host", opt.host}, {"http_port", http_port}, {"grpc_port", grpc_port},
              {"engine", svc.engine_name()}, {"models", names},
+             {"inference_threads", opt.devices.empty() ? opt.replicas : static_cast<int>(opt.devices.size())},
+             {"devices", opt.engine == "cpu" ? nlohmann::json::array()
+                                             : nlohmann::json(opt.devices.empty() ? std::vector<int>{opt.device} : opt.devices)},
              {"max_batch_atoms", opt.max_batch_atoms}, {"max_queue_delay_ms", opt.max_queue_delay_ms},
              {"max_queue", opt.max_queue}, {"api_key", !opt.api_key.empty()}});
 

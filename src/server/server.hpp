@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace protattn::server {
 
@@ -18,7 +19,9 @@ struct Options {
   int grpc_threads = 0;              // gRPC calls at once (0: max_queue + max_batch_requests + 16)
   std::string engine = "cpu";        // engine of the inference thread
   int engine_threads = 0;            // cpu engine workers (0: all cores)
-  int device = 0;                    // CUDA device of device engines
+  int device = 0;                    // CUDA device of device engines (one inference thread)
+  std::vector<int> devices;          // device engines: one inference thread per device (overrides device)
+  int replicas = 1;                  // cpu engine: inference threads, each with engine_threads workers
   std::int64_t max_batch_atoms = 65536;   // atoms of one ragged batch (one engine run)
   int max_batch_requests = 64;            // requests of one batch
   double max_queue_delay_ms = 2.0;        // the oldest request waits at most this for company

@@ -174,3 +174,30 @@ def test_perf_analyzer_zero_errors(make_server, ubq, tmp_path, protocol):
     failed = sum(v for k, v in m.items() if k.startswith("protattn_requests_total") and "success" not in k)
     assert failed == 0, {k: v for k, v in m.items() if k.startswith("protattn_requests_total")}
     assert not re.search(r"(?i)failed|error", p.stderr), p.stderr
+
+
+def test_replicas_share_the_queue(make_server, ubq):
+    # Two inference threads (cpu replicas, as GPUs would be with --devices) take batches from
+    # one queue: both run batches and every answer equals `protattn run`.
+    s = make_server("--replicas", "2", "--threads", "1", "--max-queue-delay-ms", "0", "--max-batch-requests", "1")
+    data, headers = binary_request(ubq)
+    with cf.ThreadPoolExecutor(6) as ex:
+        results = list(ex.map(lambda _: post_binary(s.url, data, headers), range(24)))
+    for code, o in results:
+        assert code == 200 and np.array_equal(o, ubq["o"])
+    m = s.metrics()
+    per_worker = [m.get(f'protattn_worker_batches_total{{worker="{w}"}}', 0) for w in (0, 1)]
+    assert sum(per_worker) == m["protattn_batches_total"] == 24, per_worker
+    assert min(per_worker) > 0, per_worker
+    ready = [e for e in s.log_events() if e.get("event") == "ready"]
+    assert ready and ready[0]["inference_threads"] == 2
+
+
+def test_replicas_and_devices_options_are_checked(repo, tmp_path):
+    from conftest import BINARY
+    for args, words in ((["--replicas", "2", "--engine", "fused"], "--replicas is for the cpu engine"),
+                        (["--devices", "0,1"], "--devices is for the GPU engines"),
+                        (["--replicas", "0"], "replicas")):
+        p = subprocess.run([str(BINARY), "serve", "--models", str(repo), "--http-port", "0", "--grpc-port", "-1",
+                            *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
