@@ -117,10 +117,22 @@ std::string Batcher::engine_name() const {
   return engine_name_;
 }
 
-bool Batcher::submit(std::shared_ptr<Job> job) {
+void Batcher::arriving(int delta) {
   {
     std::lock_guard<std::mutex> lock(m_);
-    if (draining_ || stopping_ || static_cast<int>(queue_.size()) >= opt_.max_queue) return false;
+    arriving_ += delta;
+  }
+  if (delta < 0) cv_.notify_all();
+}
+
+bool Batcher::submit(std::shared_ptr<Job> job, bool was_arriving) {
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    if (was_arriving) --arriving_;
+    if (draining_ || stopping_ || static_cast<int>(queue_.size()) >= opt_.max_queue) {
+      if (was_arriving) cv_.notify_all();
+      return false;
+    }
     job->enqueued = Clock::now();
     queue_.push_back(std::move(job));
     metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
@@ -182,7 +194,11 @@ void Batcher::loop(EngineState& state) {
           if (key_of(*j) == key) atoms += j->n, ++count;
         return atoms >= opt_.max_batch_atoms || count >= opt_.max_batch_requests;
       };
-      cv_.wait_until(lock, window_end, [&] { return draining_ || stopping_ || ready_atoms(); });
+      cv_.wait_until(lock, window_end,
+                     [&] {
+                       return draining_ || stopping_ || (!opt_.wait_full_delay && arriving_ == 0) ||
+                              ready_atoms();
+                     });
       if (queue_.empty()) continue;
       // Take, in arrival order, the jobs of the oldest job's shape that fit.
       const BatchKey take_key = key_of(*queue_.front());

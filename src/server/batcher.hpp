@@ -22,12 +22,13 @@ struct BatchOptions {
   std::int64_t max_batch_atoms = 65536;
   int max_batch_requests = 64;
   double max_queue_delay_ms = 2.0;
+  bool wait_full_delay = false;  // true: wait the whole delay even when no request is arriving
   int max_queue = 64;
 };
 
 // Jobs wait in a bounded FIFO shared by the inference threads (one per device, or per cpu
-// replica): an idle one takes the oldest job, waits up to the
-// queue delay (counted from that job's arrival) for jobs of the same batch key (attention:
+// replica): an idle one takes the oldest job, waits up to the queue delay (counted from that
+// job's arrival, and only while other requests are being prepared) for jobs of the same batch key (attention:
 // heads, dim, tile; atom_encoder: the model), packs up to max_batch_atoms / max_batch_requests
 // of them along the atom axis and runs once for all: the attention engine on packed Q/K/V, or
 // the model's AtomEncoder forward on the ragged batch of structures. Abandoned and expired
@@ -41,7 +42,12 @@ class Batcher {
   // (the others are stopped). `models` outlives the batcher.
   void start(const std::vector<ModelSpec>& models);
   // false: the queue is full or the batcher drains (the caller answers 503 / UNAVAILABLE).
-  bool submit(std::shared_ptr<Job> job);
+  // `was_arriving`: the job was announced with arriving(+1); submit ends that in the same step.
+  bool submit(std::shared_ptr<Job> job, bool was_arriving = false);
+  // A request is being prepared on a network thread (+1) or is done preparing without being
+  // submitted (-1). The oldest queued job waits for company only while some request is
+  // arriving: when none is, nothing could join its batch within the delay, so it runs at once.
+  void arriving(int delta);
   // Stops waiting for company: queued jobs run at once. New jobs are refused.
   void begin_drain();
   // Runs what is queued, then joins the inference thread.
@@ -60,6 +66,7 @@ class Batcher {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool draining_ = false, stopping_ = false;
+  int arriving_ = 0;  // requests being prepared (guarded by m_)
   std::vector<std::thread> threads_;
   std::string engine_name_;
   std::vector<std::unique_ptr<EngineState>> states_;  // [i] touched by inference thread i only

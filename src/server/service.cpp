@@ -25,6 +25,7 @@ BatchOptions batch_options(const Options& o) {
   b.max_batch_atoms = o.max_batch_atoms;
   b.max_batch_requests = o.max_batch_requests;
   b.max_queue_delay_ms = o.max_queue_delay_ms;
+  b.wait_full_delay = o.batch_wait == "full";
   b.max_queue = o.max_queue;
   return b;
 }
@@ -90,6 +91,16 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
   try {
     if (!model) throw ServeError(Code::not_found, "unknown model '" + call.model + "'");
     if (draining_) throw ServeError(Code::unavailable, "server is shutting down");
+    // Announced while it is prepared (decoded, checked, its layout built), so that a queued
+    // job waits for it to join its batch; submit() or the guard below ends the announcement.
+    batcher_.arriving(+1);
+    struct Arrival {
+      Batcher& b;
+      bool open = true;
+      ~Arrival() {
+        if (open) b.arriving(-1);
+      }
+    } arrival{batcher_};
     job = model->is_encoder() ? prepare_encoder(*model, call, limits_)
                               : prepare_attention(*model, call, limits_);
     job->id = res.request_id;
@@ -97,7 +108,8 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
       job->deadline = arrived + std::chrono::microseconds(static_cast<std::int64_t>(opt_.default_timeout_ms * 1e3));
     metrics_.inflight_add(1);
     counted_inflight = true;
-    if (!batcher_.submit(job))
+    arrival.open = false;
+    if (!batcher_.submit(job, true))
       throw ServeError(Code::unavailable,
                        draining_ ? "server is shutting down"
                                  : "queue full (" + std::to_string(opt_.max_queue) +

@@ -64,7 +64,7 @@ def test_grpc_equals_embed(enc_server, enc_ubq):
 def test_concurrent_requests_are_batched_and_exact(enc_repo, enc_ubq, enc_ubi, tmp_path):
     # A long queue delay gathers two structures into ragged batches (one forward each batch);
     # each answer must still be its own structure's `protattn embed` output.
-    s = Server(enc_repo, tmp_path, "--max-queue-delay-ms", "400")
+    s = Server(enc_repo, tmp_path, "--batch-wait", "full", "--max-queue-delay-ms", "400")
     try:
         jobs = [(th, s.http_addr, enc_ubq), (tg, s.grpc_addr, enc_ubi), (th, s.http_addr, enc_ubi),
                 (tg, s.grpc_addr, enc_ubq)]

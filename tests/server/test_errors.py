@@ -129,7 +129,7 @@ def test_api_key(make_server, ubq):
 
 def test_deadline(make_server, ubq):
     # The batcher waits 3 s for company; a 200 ms deadline expires first.
-    s = make_server("--max-queue-delay-ms", "3000")
+    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "3000")
     status, text = post(s, body(ubq), "attention", "-H", "Request-Timeout-Ms: 200")
     assert status == 504, text
     c = tg.InferenceServerClient(s.grpc_addr)
@@ -141,7 +141,7 @@ def test_deadline(make_server, ubq):
 
 
 def test_client_disconnect_drops_the_work(make_server, ubq):
-    s = make_server("--max-queue-delay-ms", "1500")
+    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "1500")
     payload = body(ubq)
     with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
         sock.sendall(b"POST /v2/models/attention/infer HTTP/1.1\r\nHost: x\r\n"

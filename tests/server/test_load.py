@@ -5,6 +5,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def post_binary(url, data, headers):
 
 
 def test_burst_beyond_queue_bound(make_server, ubq):
-    s = make_server("--max-queue", "4", "--max-queue-delay-ms", "300", "--http-threads", "32")
+    s = make_server("--max-queue", "4", "--batch-wait", "full", "--max-queue-delay-ms", "300", "--http-threads", "32")
     data, headers = binary_request(ubq)
     rss = []
     for _ in range(3):
@@ -84,7 +85,7 @@ def test_many_connections_at_once(make_server, ubq):
 def test_sigterm_answers_every_accepted_request(make_server, ubq):
     # The batcher holds requests for 5 s; SIGTERM arrives while all of them wait, and the drain
     # must run them at once and answer each before the process exits 0.
-    s = make_server("--max-queue-delay-ms", "5000", "--max-queue", "64")
+    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "5000", "--max-queue", "64")
     data, headers = binary_request(ubq)
 
     def grpc_call():
@@ -201,3 +202,15 @@ def test_replicas_and_devices_options_are_checked(repo, tmp_path):
         p = subprocess.run([str(BINARY), "serve", "--models", str(repo), "--http-port", "0", "--grpc-port", "-1",
                             *args], capture_output=True, text=True, timeout=60)
         assert p.returncode != 0 and words in p.stderr, (args, p.stderr)
+
+
+def test_lone_request_does_not_wait_for_company(make_server, ubq):
+    # With --batch-wait arrivals (the default) a request that nothing else could join runs at
+    # once instead of waiting the 3 s queue delay; the answer is the same.
+    s = make_server("--max-queue-delay-ms", "3000")
+    data, headers = binary_request(ubq)
+    for _ in range(3):
+        t0 = time.monotonic()
+        code, o = post_binary(s.url, data, headers)
+        assert code == 200 and np.array_equal(o, ubq["o"])
+        assert time.monotonic() - t0 < 2.0

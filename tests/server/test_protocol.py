@@ -94,7 +94,7 @@ def test_other_model_config_atoms_mask(server, ubq_atoms):
 def test_concurrent_requests_are_batched_and_exact(make_server, ubq, ubi):
     # A long queue delay gathers the concurrent requests of two different structures into
     # ragged batches; each answer must still be its own structure's CLI output.
-    s = make_server("--max-queue-delay-ms", "400")
+    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "400")
     before = s.metrics()
     jobs = [(th, s.http_addr, ubq), (tg, s.grpc_addr, ubi), (th, s.http_addr, ubi),
             (tg, s.grpc_addr, ubq), (th, s.http_addr, ubq), (tg, s.grpc_addr, ubi)]
