@@ -221,6 +221,32 @@ TEST(CutoffLayout, CompleteAndExactAgainstBruteForce) {
         }
 }
 
+TEST(CutoffLayout, ThreadsChangeNothingButTime) {
+  // 200,017 atoms: enough for 3 threads in the ordering (65,536 atoms each) and the tile rows
+  // (512 tiles each); the last tile is short. Every field must equal the one-thread build.
+  const Structure s = make_globule(200017, 0.058, 5);
+  for (Order order : {Order::morton, Order::hilbert}) {
+    for (MaskMode mask : {MaskMode::tiles, MaskMode::atoms}) {
+      LayoutOptions opt;
+      opt.order = order;
+      opt.mask = mask;
+      opt.count_pairs = false;
+      const BlockLayout one = build_cutoff_layout(s.xyz.data(), s.size(), opt);
+      for (int threads : {2, 3, 0}) {
+        opt.threads = threads;
+        const BlockLayout many = build_cutoff_layout(s.xyz.data(), s.size(), opt);
+        SCOPED_TRACE(std::string(to_string(order)) + " " + to_string(mask) + " threads " + std::to_string(threads));
+        EXPECT_EQ(many.perm, one.perm);
+        EXPECT_EQ(many.coords, one.coords);
+        EXPECT_EQ(many.row_ptr, one.row_ptr);
+        EXPECT_EQ(many.col_idx, one.col_idx);
+        EXPECT_TRUE(many.kind == one.kind);
+      }
+      EXPECT_EQ(spatial_order(s.xyz.data(), s.size(), order, 4), one.perm);
+    }
+  }
+}
+
 TEST(CutoffLayout, AtomsMaskMarksFullOnlyWhenEveryPairIsWithin) {
   // A dense small globule with a large cutoff, so that both kinds occur.
   const Structure s = make_globule(1500, 0.058, 11);

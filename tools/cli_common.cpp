@@ -85,6 +85,10 @@ void add_layout_options(CLI::App& cmd, LayoutArgs& a, bool knn_short) {
       ->capture_default_str();
   cmd.add_option(knn_short ? "--k,--neighbours" : "--neighbours", a.k, "neighbours per atom (knn builder)")->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd.add_option("--tile", a.tile, "atoms per tile")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd.add_option("--layout-threads", a.threads,
+                 "threads that order the atoms and find the cutoff tile pairs (0: all cores; the layout "
+                 "is the same for any count)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
 }
 
 BlockLayout make_layout(const Source& s, const LayoutArgs& a, bool count_pairs) {
@@ -100,6 +104,7 @@ BlockLayout make_layout(const Source& s, const LayoutArgs& a, bool count_pairs) 
   opt.cutoff = a.cutoff;
   opt.k = a.k;
   opt.count_pairs = count_pairs;
+  opt.threads = a.threads;
   const Structure& st = s.structure;
   const Activity act("building the " + a.builder + " layout of " + std::to_string(st.size()) + " atoms");
   if (a.builder == "cutoff") return build_cutoff_layout(st.xyz.data(), st.size(), opt);

@@ -47,6 +47,7 @@ struct LayoutArgs {
   std::string builder = "cutoff", order = "hilbert", mask;  // mask empty: windows for the
   float cutoff = 8.0f;                                      // windows builder, else tiles
   int k = 32, tile = 128;
+  int threads = 0;  // ordering and cutoff builder threads (0: all cores); same layout whatever
 };
 // knn_short: the neighbour count is also --k (layout); run keeps --k for the keys file, so there
 // it is only --neighbours.

@@ -47,8 +47,9 @@ struct BlockLayout {
   std::int64_t nnz() const { return static_cast<std::int64_t>(col_idx.size()); }
 };
 
-// Permutation (new position -> file index) that puts near atoms next to each other.
-std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order order);
+// Permutation (new position -> file index) that puts near atoms next to each other. `threads`
+// (0: all cores) changes only the time: the permutation is the same for any count.
+std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order order, int threads = 1);
 
 struct LayoutOptions {
   Order order = Order::hilbert;
@@ -57,6 +58,7 @@ struct LayoutOptions {
   float cutoff = 8.0f;     // cutoff builder
   int k = 32;              // knn builder
   bool count_pairs = true; // fill stats.pairs_within / useful (O(N) with cell lists)
+  int threads = 1;         // order and cutoff builder threads (0: all cores); same layout for any count
 };
 
 // Tile pairs whose bounding boxes come within the cutoff. Complete: every atom pair within

@@ -20,7 +20,9 @@ using Rows = std::vector<std::vector<std::int32_t>>;  // kept columns of each ti
 constexpr int kWindowQueries = 32;       // AF3: 32 queries per window
 constexpr int kWindowKeys = 128;         // ... attend 128 keys centred on the window
 constexpr std::size_t kTileCellsPerTile = 8;  // grid size bound for the tile cell lists
-constexpr double kKnnAtomsPerCell = 0.2;  // knn grid: about k/5 atoms per cell (bounding-box estimate)
+constexpr double kKnnAtomsPerCell = 0.2;
+constexpr std::size_t kAtomsPerThread = 65536;  // layout work per thread below which threads do not pay
+constexpr std::size_t kTilesPerThread = 512;  // knn grid: about k/5 atoms per cell (bounding-box estimate)
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -41,10 +43,12 @@ BlockLayout begin_layout(const char* builder, const float* xyz, std::size_t n, c
   l.order = order;
   l.mask = opt.mask;
   const auto t0 = Clock::now();
-  l.perm = spatial_order(xyz, n, order);
+  l.perm = spatial_order(xyz, n, order, opt.threads);
   l.coords.resize(3 * n);
-  for (std::size_t p = 0; p < n; ++p)
-    for (int c = 0; c < 3; ++c) l.coords[3 * p + c] = xyz[3 * static_cast<std::size_t>(l.perm[p]) + c];
+  detail::parallel_chunks(n, detail::resolve_threads(opt.threads, n, kAtomsPerThread), [&](int, std::size_t b, std::size_t e) {
+    for (std::size_t p = b; p < e; ++p)
+      for (int c = 0; c < 3; ++c) l.coords[3 * p + c] = xyz[3 * static_cast<std::size_t>(l.perm[p]) + c];
+  });
   l.stats.order_ms = ms_since(t0);
   return l;
 }
@@ -90,7 +94,7 @@ void fill_stats(BlockLayout& l, const LayoutOptions& opt, bool count) {
 
 // Tile pairs whose boxes come within `cutoff`: each tile is entered in every grid cell its box
 // overlaps; a tile's candidates are the tiles in the cells its box, grown by the cutoff, overlaps.
-Rows tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff) {
+Rows tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff, int threads) {
   const std::size_t t = boxes.size();
   float lo[3], hi[3];
   for (int c = 0; c < 3; ++c) {
@@ -131,19 +135,22 @@ Rows tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff) {
 
   const double cut2 = cutoff * cutoff * (1 + detail::kCutoffSlack);
   Rows rows(t);
-  std::vector<std::size_t> seen(t, t);  // last row that met each tile
-  for (std::size_t i = 0; i < t; ++i) {
-    auto& row = rows[i];
-    for_cells(boxes[i], cutoff, [&](std::size_t cell) {
-      for (auto k = start[cell]; k < start[cell + 1]; ++k) {
-        const auto j = static_cast<std::size_t>(items[static_cast<std::size_t>(k)]);
-        if (seen[j] == i) continue;
-        seen[j] = i;
-        if (detail::box_min_dist2(boxes[i], boxes[j]) <= cut2) row.push_back(static_cast<std::int32_t>(j));
-      }
-    });
-    std::sort(row.begin(), row.end());
-  }
+  // Rows are independent: each thread fills its own range of them.
+  detail::parallel_chunks(t, detail::resolve_threads(threads, t, kTilesPerThread), [&](int, std::size_t r0, std::size_t r1) {
+    std::vector<std::size_t> seen(t, t);  // last row that met each tile
+    for (std::size_t i = r0; i < r1; ++i) {
+      auto& row = rows[i];
+      for_cells(boxes[i], cutoff, [&](std::size_t cell) {
+        for (auto k = start[cell]; k < start[cell + 1]; ++k) {
+          const auto j = static_cast<std::size_t>(items[static_cast<std::size_t>(k)]);
+          if (seen[j] == i) continue;
+          seen[j] = i;
+          if (detail::box_min_dist2(boxes[i], boxes[j]) <= cut2) row.push_back(static_cast<std::int32_t>(j));
+        }
+      });
+      std::sort(row.begin(), row.end());
+    }
+  });
   return rows;
 }
 
@@ -164,8 +171,8 @@ BlockLayout build_cutoff_layout(const float* xyz, std::size_t n, const LayoutOpt
   BlockLayout l = begin_layout("cutoff", xyz, n, opt, opt.order);
   l.cutoff = opt.cutoff;
   const auto t0 = Clock::now();
-  const auto boxes = detail::tile_boxes(l.coords.data(), n, l.tile);
-  finish_blocks(l, tile_pairs_within(boxes, opt.cutoff), &boxes);
+  const auto boxes = detail::tile_boxes(l.coords.data(), n, l.tile, opt.threads);
+  finish_blocks(l, tile_pairs_within(boxes, opt.cutoff, opt.threads), &boxes);
   l.stats.build_ms = ms_since(t0);
   fill_stats(l, opt, true);
   return l;

@@ -21,13 +21,15 @@ void bounding_box(const float* xyz, std::size_t n, float lo[3], float hi[3]) {
     }
 }
 
-std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile) {
+std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile, int threads) {
   const std::size_t t = static_cast<std::size_t>(tile);
   std::vector<Box> boxes((n + t - 1) / t);
-  for (std::size_t b = 0; b < boxes.size(); ++b) {
-    const std::size_t first = b * t;
-    bounding_box(xyz + 3 * first, std::min(t, n - first), boxes[b].lo, boxes[b].hi);
-  }
+  parallel_chunks(boxes.size(), resolve_threads(threads, boxes.size(), 256), [&](int, std::size_t b0, std::size_t b1) {
+    for (std::size_t b = b0; b < b1; ++b) {
+      const std::size_t first = b * t;
+      bounding_box(xyz + 3 * first, std::min(t, n - first), boxes[b].lo, boxes[b].hi);
+    }
+  });
   return boxes;
 }
 

@@ -15,6 +15,7 @@ namespace {
 constexpr int kKeyBits = 21;                             // bits per axis: 63-bit keys
 constexpr std::uint32_t kGridMax = (1u << kKeyBits) - 1;  // largest quantised coordinate
 constexpr int kRadixBits = 11;
+constexpr std::size_t kAtomsPerThread = 65536;  // below this per thread, threads cost more than they save
 constexpr std::size_t kRadixBuckets = std::size_t{1} << kRadixBits;
 constexpr int kRadixPasses = (3 * kKeyBits + kRadixBits - 1) / kRadixBits;
 
@@ -123,6 +124,47 @@ void radix_sort(std::vector<std::uint64_t>& keys, std::vector<std::int32_t>& idx
   }
 }
 
+// The same stable LSD sort on `parts` threads: per pass, each thread counts the digits of its
+// chunk, the offsets run bucket by bucket and, within a bucket, thread by thread (so equal
+// digits keep their order), and each thread scatters its chunk. Same result as radix_sort.
+void radix_sort_parallel(std::vector<std::uint64_t>& keys, std::vector<std::int32_t>& idx, int parts) {
+  const std::size_t n = keys.size();
+  std::vector<std::uint64_t> keys2(n);
+  std::vector<std::int32_t> idx2(n);
+  std::vector<std::array<std::uint32_t, kRadixBuckets>> count(static_cast<std::size_t>(parts));
+  for (int p = 0; p < kRadixPasses; ++p) {
+    const int shift = p * kRadixBits;
+    detail::parallel_chunks(n, parts, [&](int t, std::size_t b, std::size_t e) {
+      auto& c = count[static_cast<std::size_t>(t)];
+      c.fill(0);
+      for (std::size_t i = b; i < e; ++i) ++c[(keys[i] >> shift) & (kRadixBuckets - 1)];
+    });
+    bool one_bucket = false;
+    std::uint32_t sum = 0;
+    for (std::size_t d = 0; d < kRadixBuckets; ++d) {
+      std::uint32_t in_bucket = 0;
+      for (auto& c : count) {
+        const std::uint32_t v = c[d];
+        c[d] = sum;
+        sum += v;
+        in_bucket += v;
+      }
+      one_bucket = one_bucket || in_bucket == n;
+    }
+    if (one_bucket) continue;  // every key has this digit: the pass would change nothing
+    detail::parallel_chunks(n, parts, [&](int t, std::size_t b, std::size_t e) {
+      auto& c = count[static_cast<std::size_t>(t)];
+      for (std::size_t i = b; i < e; ++i) {
+        const std::uint32_t pos = c[(keys[i] >> shift) & (kRadixBuckets - 1)]++;
+        keys2[pos] = keys[i];
+        idx2[pos] = idx[i];
+      }
+    });
+    keys.swap(keys2);
+    idx.swap(idx2);
+  }
+}
+
 }  // namespace
 
 const char* to_string(Order o) {
@@ -157,7 +199,7 @@ MaskMode parse_mask(const std::string& s) {
 
 // Keys on a cubic grid: the largest bounding-box side maps to 2^21 - 1 cells, so near atoms get
 // near keys whatever the shape; equal keys keep file order (the sort is stable).
-std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order order) {
+std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order order, int threads) {
   if (n > kMaxAtoms)
     throw Error("spatial_order: " + std::to_string(n) + " atoms, more than the limit of " +
                 std::to_string(kMaxAtoms));
@@ -173,15 +215,21 @@ std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order o
     const double q = (double{xyz[3 * i + c]} - lo[c]) * scale;
     return static_cast<std::uint32_t>(std::min<double>(q, kGridMax));
   };
+  const int parts = detail::resolve_threads(threads, n, kAtomsPerThread);
   std::vector<std::uint64_t> keys(n);
-  if (order == Order::morton) {
-    for (std::size_t i = 0; i < n; ++i)
-      keys[i] = (spread3(quant(i, 0)) << 2) | (spread3(quant(i, 1)) << 1) | spread3(quant(i, 2));
-  } else {
-    static const HilbertTable table;
-    for (std::size_t i = 0; i < n; ++i) keys[i] = table.key(quant(i, 0), quant(i, 1), quant(i, 2));
-  }
-  radix_sort(keys, perm);
+  static const HilbertTable table;
+  detail::parallel_chunks(n, parts, [&](int, std::size_t b, std::size_t e) {
+    if (order == Order::morton) {
+      for (std::size_t i = b; i < e; ++i)
+        keys[i] = (spread3(quant(i, 0)) << 2) | (spread3(quant(i, 1)) << 1) | spread3(quant(i, 2));
+    } else {
+      for (std::size_t i = b; i < e; ++i) keys[i] = table.key(quant(i, 0), quant(i, 1), quant(i, 2));
+    }
+  });
+  if (parts > 1)
+    radix_sort_parallel(keys, perm, parts);
+  else
+    radix_sort(keys, perm);
   return perm;
 }
 
