@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -135,6 +136,14 @@ void check(const std::vector<const BlockLayout*>& layouts, const ProblemShape& s
   const Outputs c = run_poisoned(*single, *plan1, in);
   EXPECT_TRUE(a.o == c.o) << "O differs between " << threads << " threads and 1";
   EXPECT_EQ(std::memcmp(a.lse.data(), c.lse.data(), a.lse.size() * sizeof(float)), 0) << "LSE differs between thread counts";
+  // The baseline (SSE2) copy of the products must give the same bits as the widest this CPU runs.
+  ::setenv("PROTATTN_CPU_NO_AVX2", "1", 1);
+  auto narrow = make_engine("cpu", EngineOptions{threads, 0});
+  ::unsetenv("PROTATTN_CPU_NO_AVX2");
+  auto plan_narrow = narrow->plan(layouts, shape);
+  const Outputs d = run_poisoned(*narrow, *plan_narrow, in);
+  EXPECT_TRUE(a.o == d.o) << "O differs between the SSE2 and the AVX2 products";
+  EXPECT_EQ(std::memcmp(a.lse.data(), d.lse.data(), a.lse.size() * sizeof(float)), 0) << "LSE differs between SSE2 and AVX2";
 }
 
 void check_one(const BlockLayout& l, const ProblemShape& shape, std::uint64_t seed, float spread = 1.0f) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -73,101 +74,47 @@ struct Scratch {
   }
 };
 
-// Register blocks of the two products: kBlockRows query rows x kBlockLanes keys (scores) or
-// head-dim columns (output), held in kBlockVecs vectors of two doubles (SSE2, the x86-64
-// baseline). Each lane is an ordinary float64 multiply then add: the vectors change nothing
-// in the arithmetic, only how many lanes run at once.
-using Vec2 = double __attribute__((vector_size(16)));
-constexpr int kVecLanes = 2;
-constexpr int kBlockRows = 4;
-constexpr int kBlockVecs = 4;
-constexpr int kBlockLanes = kBlockVecs * kVecLanes;
-
 #define PROTATTN_CPU_INLINE inline __attribute__((always_inline))
 
-PROTATTN_CPU_INLINE Vec2 load2(const double* p) {
-  Vec2 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-PROTATTN_CPU_INLINE void store2(double* p, Vec2 v) { std::memcpy(p, &v, sizeof v); }
+namespace sse2 {
+using Vec = double __attribute__((vector_size(16)));
+constexpr int kVecLanes = 2;
+#include "cpu/kernels.inc"
+}  // namespace sse2
 
-// One register block of scores: s(r, x) = sum_c q(r, c) kt(c, x), summed in c order from 0.
-// q (kBlockRows, dim) row stride dim; kt (dim, kBlockLanes) and s row stride tile.
-PROTATTN_CPU_INLINE void score_tile(const double* __restrict q, const double* __restrict kt, double* __restrict s,
-                                    int dim, int tile) {
-  Vec2 acc[kBlockRows][kBlockVecs] = {};
-  for (int c = 0; c < dim; ++c) {
-    Vec2 k[kBlockVecs];
-    for (int u = 0; u < kBlockVecs; ++u) k[u] = load2(kt + static_cast<std::size_t>(c) * tile + kVecLanes * u);
-    for (int r = 0; r < kBlockRows; ++r) {
-      const double a = q[static_cast<std::size_t>(r) * dim + c];
-      for (int u = 0; u < kBlockVecs; ++u) acc[r][u] += a * k[u];
-    }
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PROTATTN_CPU_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+using Vec = double __attribute__((vector_size(32)));
+constexpr int kVecLanes = 4;
+#include "cpu/kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+// The products of one key tile: the widest copy this CPU runs (chosen once per engine).
+struct Kernels {
+  void (*score)(const double*, const double*, double*, int, int, int, int) = sse2::score_block;
+  void (*accumulate)(const double*, const double*, double*, int, int, int, int) = sse2::accumulate_block;
+  const char* isa = "sse2";
+};
+
+Kernels pick_kernels() {
+  Kernels k;
+#ifdef PROTATTN_CPU_AVX2
+  if (!std::getenv("PROTATTN_CPU_NO_AVX2") && __builtin_cpu_supports("avx2")) {
+    k.score = avx2::score_block;
+    k.accumulate = avx2::accumulate_block;
+    k.isa = "avx2";
   }
-  for (int r = 0; r < kBlockRows; ++r)
-    for (int u = 0; u < kBlockVecs; ++u) store2(s + static_cast<std::size_t>(r) * tile + kVecLanes * u, acc[r][u]);
-}
-
-// One score at a time, in the same order (the edges of the register blocks).
-PROTATTN_CPU_INLINE double score_one(const double* q, const double* kt, int dim, int tile) {
-  double acc = 0;
-  for (int c = 0; c < dim; ++c) acc += q[c] * kt[static_cast<std::size_t>(c) * tile];
-  return acc;
-}
-
-// Scores of rows [0, rows) against keys [0, cols): q (rows, dim), kt (dim, tile), s (rows, tile).
-void score_block(const double* q, const double* kt, double* s, int rows, int cols, int dim, int tile) {
-  const int full_rows = rows - rows % kBlockRows, full_cols = cols - cols % kBlockLanes;
-  for (int i0 = 0; i0 < full_rows; i0 += kBlockRows)
-    for (int j0 = 0; j0 < full_cols; j0 += kBlockLanes)
-      score_tile(q + static_cast<std::size_t>(i0) * dim, kt + j0, s + static_cast<std::size_t>(i0) * tile + j0, dim,
-                 tile);
-  for (int i = 0; i < rows; ++i)
-    for (int j = i < full_rows ? full_cols : 0; j < cols; ++j)
-      s[static_cast<std::size_t>(i) * tile + j] = score_one(q + static_cast<std::size_t>(i) * dim, kt + j, dim, tile);
-}
-
-// One register block of output: acc(r, x) += sum_j p(r, j) v(j, x), keys in order.
-// p row stride tile; v (cols, kBlockLanes) and acc row stride dim.
-PROTATTN_CPU_INLINE void accumulate_tile(const double* __restrict p, const double* __restrict v,
-                                         double* __restrict acc, int cols, int dim, int tile) {
-  Vec2 o[kBlockRows][kBlockVecs];
-  for (int r = 0; r < kBlockRows; ++r)
-    for (int u = 0; u < kBlockVecs; ++u) o[r][u] = load2(acc + static_cast<std::size_t>(r) * dim + kVecLanes * u);
-  for (int j = 0; j < cols; ++j) {
-    Vec2 vj[kBlockVecs];
-    for (int u = 0; u < kBlockVecs; ++u) vj[u] = load2(v + static_cast<std::size_t>(j) * dim + kVecLanes * u);
-    for (int r = 0; r < kBlockRows; ++r) {
-      const double pr = p[static_cast<std::size_t>(r) * tile + j];
-      for (int u = 0; u < kBlockVecs; ++u) o[r][u] += pr * vj[u];
-    }
-  }
-  for (int r = 0; r < kBlockRows; ++r)
-    for (int u = 0; u < kBlockVecs; ++u) store2(acc + static_cast<std::size_t>(r) * dim + kVecLanes * u, o[r][u]);
-}
-
-// acc(i, c) += sum_j p(i, j) v(j, c) for rows [0, rows), keys [0, cols) in order: p (rows, tile),
-// v (cols, dim), acc (rows, dim). Masked keys have p = 0 and add nothing (inputs are finite).
-void accumulate_block(const double* p, const double* v, double* acc, int rows, int cols, int dim, int tile) {
-  const int full_rows = rows - rows % kBlockRows, full_dims = dim - dim % kBlockLanes;
-  for (int i0 = 0; i0 < full_rows; i0 += kBlockRows)
-    for (int c0 = 0; c0 < full_dims; c0 += kBlockLanes)
-      accumulate_tile(p + static_cast<std::size_t>(i0) * tile, v + c0, acc + static_cast<std::size_t>(i0) * dim + c0,
-                      cols, dim, tile);
-  for (int i = 0; i < rows; ++i) {
-    const double* pi = p + static_cast<std::size_t>(i) * tile;
-    double* ai = acc + static_cast<std::size_t>(i) * dim;
-    for (int c = i < full_rows ? full_dims : 0; c < dim; ++c) {
-      double o = ai[c];
-      for (int j = 0; j < cols; ++j) o += pi[j] * v[static_cast<std::size_t>(j) * dim + c];
-      ai[c] = o;
-    }
-  }
+#endif
+  return k;
 }
 
 template <DType T>
-void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scratch& sc) {
+void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scratch& sc, const Kernels& kern) {
   const BlockLayout& lay = *plan.layouts[w.layout];
   const int dim = plan.shape.dim, tile = lay.tile;
   const double scale = plan.shape.effective_scale();
@@ -195,7 +142,7 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
         sc.v[static_cast<std::size_t>(j) * dim + c] = load<T>(args.v, src + c);
       }
     }
-    score_block(sc.q.data(), sc.kt.data(), sc.s.data(), rows, cols, dim, tile);
+    kern.score(sc.q.data(), sc.kt.data(), sc.s.data(), rows, cols, dim, tile);
 
     const bool partial = lay.kind[e] == BlockKind::partial;
     for (int i = 0; i < rows; ++i) {
@@ -223,7 +170,7 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
       sc.l[i] = sc.l[i] * alpha + sum;
       sc.m[i] = m_new;
     }
-    accumulate_block(sc.s.data(), sc.v.data(), sc.acc.data(), rows, cols, dim, tile);
+    kern.accumulate(sc.s.data(), sc.v.data(), sc.acc.data(), rows, cols, dim, tile);
   }
 
   for (int i = 0; i < rows; ++i) {
@@ -239,14 +186,14 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
 }
 
 template <DType T>
-void run_items(const CpuPlan& plan, const RunArgs& args, int threads) {
+void run_items(const CpuPlan& plan, const RunArgs& args, int threads, const Kernels& kern) {
   std::atomic<std::size_t> next{0};
   std::exception_ptr failure;
   std::mutex failure_mutex;
   auto worker = [&] {
     try {
       Scratch sc(plan.max_tile, plan.shape.dim);
-      for (std::size_t k = next++; k < plan.items.size(); k = next++) run_item<T>(plan, plan.items[k], args, sc);
+      for (std::size_t k = next++; k < plan.items.size(); k = next++) run_item<T>(plan, plan.items[k], args, sc, kern);
     } catch (...) {
       const std::lock_guard<std::mutex> lock(failure_mutex);
       if (!failure) failure = std::current_exception();
@@ -309,14 +256,15 @@ class CpuEngine final : public Engine {
     if (p->total_n() == 0) return;
     if (!args.q || !args.k || !args.v || !args.o) throw Error("cpu engine: q, k, v and o must not be null");
     switch (p->shape.dtype) {
-      case DType::f32: run_items<DType::f32>(*p, args, threads_); break;
-      case DType::f16: run_items<DType::f16>(*p, args, threads_); break;
-      case DType::bf16: run_items<DType::bf16>(*p, args, threads_); break;
+      case DType::f32: run_items<DType::f32>(*p, args, threads_, kernels_); break;
+      case DType::f16: run_items<DType::f16>(*p, args, threads_, kernels_); break;
+      case DType::bf16: run_items<DType::bf16>(*p, args, threads_, kernels_); break;
     }
   }
 
  private:
   int threads_ = 1;
+  Kernels kernels_ = pick_kernels();
 };
 
 }  // namespace
