@@ -82,7 +82,7 @@ constexpr int kVecLanes = 2;
 #include "cpu/kernels.inc"
 }  // namespace sse2
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // GCC's target pragma
 #define PROTATTN_CPU_AVX2 1
 #pragma GCC push_options
 #pragma GCC target("avx2")
