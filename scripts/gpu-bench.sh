@@ -10,6 +10,8 @@
 # The structures in tests/data must travel with the run (name tests/data in the device's carry).
 # Several GPUs (docs/dist.md): DIST=1 adds `protattn dist` runs after the rest, DIST=only runs them
 # alone (on nvidia-h200-x2 / -x4); DIST_GPUS (default: every GPU) caps the GPU counts tried.
+# atom_encoder serving (issue 6, scripts/serve-encoder-bench.sh, needs PERF_ANALYZER): ENCODER=1
+# adds it after the rest, ENCODER=only runs it alone (about 4 minutes; results in $OUT/encoder).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -68,6 +70,15 @@ for r in sorted(rows):
     print(f"{r[0]:8} {r[1]:8} {r[2]:4d} {r[3]:9.3f} {r[4]:9.3f} {100 * r[5]:5.1f}% {r[6]:9.1f} {r[7]:11.1f} {r[8]:8.1e} {r[9]}")
 PY
 }
+run_encoder() {
+  echo "== atom_encoder serving (scripts/serve-encoder-bench.sh, fused)"
+  PERF_ANALYZER=${PERF_ANALYZER:-} bash "$root/scripts/serve-encoder-bench.sh" "$(dirname "$protattn")" "$out/encoder" fused \
+    || status=1
+}
+if [ "${ENCODER:-0}" = only ]; then
+  run_encoder
+  exit $status
+fi
 if [ "${DIST:-0}" = only ]; then
   run_dist
   exit $status
@@ -133,5 +144,6 @@ fi
 echo "== summary (same run, same GPU; ratios = peer time / protattn time)"
 python3 "$root/bench/report.py" "$out/bench.json" "$out/peers.json" --out "$out/results.json" --plot "$out/plot.png" \
   --meta "commit=$commit" "nvidia_driver=$driver" || status=1
+[ "${ENCODER:-0}" = 1 ] && run_encoder
 [ "${DIST:-0}" = 1 ] && run_dist
 exit $status

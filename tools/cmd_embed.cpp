@@ -1,11 +1,14 @@
 // protattn embed: structure files in, atom_encoder embeddings (fp16 .npy, file atom order) out.
+#include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "commands.hpp"
 #include "protattn/error.hpp"
@@ -23,16 +26,28 @@ struct EmbedOptions {
   std::string model, engine = "cpu", out, out_dir, save_inputs, export_layout;
   bool hydrogens = false, waters = false;
   int threads = 0, device = 0;
+  int copies = 1;   // each structure this many times in the batch (offline batched timing)
+  int repeat = 0;   // timed rounds after the first (plan + run + fetch each, as a server batch)
+  std::string json; // timing as JSON
 };
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 void run_embed(const EmbedOptions& o) {
   const bool single = o.files.size() == 1;
+  // The embeddings written are those of the first copy of each structure.
   if (single && o.out.empty()) throw Error("embed: give --out FILE.npy");
   if (!single && o.out_dir.empty()) throw Error("embed: several structures need --out-dir DIR (one <name>.npy each)");
   if (!single && (!o.save_inputs.empty() || !o.export_layout.empty()))
     throw Error("embed: --save-inputs and --export-layout take a single structure");
+  if (o.copies < 1) throw Error("embed: --copies must be >= 1");
 
   Model m = load_model(o.model);
   const bool trained = m.config.trained;
@@ -53,7 +68,8 @@ void run_embed(const EmbedOptions& o) {
     structures.push_back(read_structure(f, ro));
     elements.emplace_back(structures.back().element.begin(), structures.back().element.end());
   }
-  for (std::size_t b = 0; b < structures.size(); ++b) batch.push_back({structures[b].xyz, elements[b]});
+  for (int copy = 0; copy < o.copies; ++copy)
+    for (std::size_t b = 0; b < structures.size(); ++b) batch.push_back({structures[b].xyz, elements[b]});
 
   const auto t0 = Clock::now();
   auto plan = enc.plan(batch);
@@ -62,9 +78,21 @@ void run_embed(const EmbedOptions& o) {
   enc.run(*plan);
   const std::vector<Embedding> out = enc.fetch(*plan);
   const double run_ms = ms_since(t1);
+  // Timed rounds: what a server does for each batch (plan: layouts, attention plan, buffers;
+  // run; fetch), the first call's warm-up left out.
+  std::vector<double> round_ms, round_plan_ms;
+  for (int r = 0; r < o.repeat; ++r) {
+    const auto r0 = Clock::now();
+    auto p = enc.plan(batch);
+    round_plan_ms.push_back(ms_since(r0));
+    enc.run(*p);
+    const std::vector<Embedding> again = enc.fetch(*p);
+    round_ms.push_back(ms_since(r0));
+    if (again != out) throw Error("embed: round " + std::to_string(r + 1) + " gave other embeddings than the first");
+  }
 
   if (!o.out_dir.empty()) std::filesystem::create_directories(o.out_dir);
-  for (std::size_t b = 0; b < out.size(); ++b) {
+  for (std::size_t b = 0; b < structures.size(); ++b) {
     const std::int64_t n = static_cast<std::int64_t>(structures[b].size());
     const std::string path = single ? o.out : (std::filesystem::path(o.out_dir) / (std::filesystem::path(o.files[b]).stem().string() + ".npy")).string();
     write_npy(path, "<f2", {n, c.channels}, out[b].data());
@@ -73,6 +101,21 @@ void run_embed(const EmbedOptions& o) {
   }
   fmt::print("engine {}: plan {:.2f} ms (layouts, attention plan, buffers), forward {:.2f} ms for {} structure(s), {} atoms\n",
              enc.engine_name(), plan_ms, run_ms, out.size(), plan->total_n());
+  const double med = median_of(round_ms);
+  if (o.repeat > 0)
+    fmt::print("{} more rounds (plan + forward + fetch): median {:.3f} ms, of which plan {:.3f} ms: {:.1f} structures/s\n",
+               o.repeat, med, median_of(round_plan_ms), med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0);
+  if (!o.json.empty()) {
+    nlohmann::json j = {{"engine", enc.engine_name()}, {"model", o.model}, {"files", o.files},
+                        {"copies", o.copies}, {"structures", out.size()}, {"atoms", plan->total_n()},
+                        {"layers", c.layers}, {"heads", c.heads}, {"dim", c.head_dim}, {"channels", c.channels},
+                        {"first_plan_ms", plan_ms}, {"first_forward_ms", run_ms}, {"rounds", o.repeat},
+                        {"round_ms_median", med}, {"round_plan_ms_median", median_of(round_plan_ms)},
+                        {"round_ms", round_ms},
+                        {"structures_per_s", med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0}};
+    std::ofstream f(o.json);
+    if (!(f << j.dump(2) << "\n")) throw Error("embed: cannot write " + o.json);
+  }
   if (!o.save_inputs.empty()) {
     std::filesystem::create_directories(o.save_inputs);
     const std::int64_t n = static_cast<std::int64_t>(structures[0].size());
@@ -100,6 +143,13 @@ void add_embed_command(CLI::App& app) {
   cmd->add_option("--device", o->device, "CUDA device")->check(CLI::NonNegativeNumber);
   cmd->add_option("--save-inputs", o->save_inputs, "also write the model inputs coords.npy [N,3] f4 and elements.npy [N] i4 here");
   cmd->add_option("--export-layout", o->export_layout, "also write the attention layout here (export_layout format)");
+  cmd->add_option("--copies", o->copies, "put each structure this many times in the batch (offline batched timing)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--repeat", o->repeat,
+                  "after the first forward, time this many more rounds of plan + forward + fetch (as a "
+                  "server batch) and print the median")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--json", o->json, "write the timings as JSON here");
   cmd->callback([o] { run_embed(*o); });
 }
 

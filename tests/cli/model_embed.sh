@@ -34,6 +34,18 @@ fi
 "$BIN" embed "$DATA/2hhb.pdb" "$DATA/1ubq.pdb" --model "$TMP/m1.safetensors" --out-dir "$TMP/batch" 2> /dev/null
 cmp "$TMP/batch/1ubq.npy" "$TMP/1ubq.npy"
 
+# Timed copies (offline batched timing): the first copy's embedding is the same bits, every round
+# gives the same embeddings (embed checks), and the JSON counts every copy.
+"$BIN" embed "$DATA/1ubq.pdb" --model "$TMP/m1.safetensors" --out "$TMP/copies.npy" --copies 3 --repeat 2 \
+  --json "$TMP/copies.json" 2> /dev/null > /dev/null
+cmp "$TMP/copies.npy" "$TMP/1ubq.npy"
+python3 - "$TMP/copies.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["structures"] == 3 and j["rounds"] == 2 and len(j["round_ms"]) == 2, j
+assert j["round_ms_median"] > 0 and j["structures_per_s"] > 0, j
+PY
+
 # A missing model file is an error naming the file.
 if "$BIN" embed "$DATA/1ubq.pdb" --model "$TMP/absent.safetensors" --out "$TMP/x.npy" 2> "$TMP/err.log"; then
   echo "FAIL: embed succeeded without a model" >&2
