@@ -246,6 +246,32 @@ TEST_F(ModelTest, ForwardIsDeterministicAndBatchIndependent) {
   EXPECT_GT(ss / static_cast<double>(one[0].size()), 0.5);
 }
 
+TEST_F(ModelTest, LayoutBuiltByTheCallerGivesTheSameEmbedding) {
+  // A server builds each structure's layout on the thread that received it; the plan takes it.
+  const Inputs a = read_inputs("1ubq.pdb"), b = read_inputs("1ejg.pdb");
+  AtomEncoder enc(init_model(small_config(), 5), "cpu");
+  const LayoutOptions opt = layout_options(enc.config());
+  const BlockLayout la = build_cutoff_layout(a.s.xyz.data(), a.s.size(), opt);
+  const BlockLayout lb = build_cutoff_layout(b.s.xyz.data(), b.s.size(), opt);
+  AtomInput ia = a.input(), ib = b.input();
+  ia.layout = &la;
+  ib.layout = &lb;
+  EXPECT_EQ(enc.forward({ib, ia}), enc.forward({b.input(), a.input()}));
+  // A layout of other options, or of another structure, is refused naming the structure.
+  LayoutOptions other = opt;
+  other.tile = 64;
+  const BlockLayout wrong_tile = build_cutoff_layout(a.s.xyz.data(), a.s.size(), other);
+  ia.layout = &wrong_tile;
+  EXPECT_THROW(enc.forward({ia}), Error);
+  ia.layout = &lb;
+  try {
+    enc.forward({ia});
+    ADD_FAILURE() << "a layout of another structure was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("structure 0"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(ModelTest, ForwardAnswersInInputOrder) {
   // Reversing the atoms of the input reverses the embedding rows. Mask atoms makes the model
   // independent of the order up to float32 summation order (bound: 4 fp16 ulps at |x| < 8).

@@ -67,9 +67,13 @@ void save_model(const Model& m, const std::string& path);
 Model load_model(const std::string& path);
 
 // One structure of a batch: coordinates [n, 3] (Angstrom) and atomic numbers [n], file order.
+// `layout`, when given, is this structure's layout built by the caller with
+// layout_options(config) from these coordinates (a server builds it on the thread that received
+// the request, so the inference thread does not); plan() checks that it fits and copies it.
 struct AtomInput {
   std::span<const float> coords;
   std::span<const std::int32_t> elements;
+  const BlockLayout* layout = nullptr;
 };
 
 // Embedding of one structure: fp16 bits, [n, channels] row-major, in INPUT atom order.

@@ -51,7 +51,16 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
         throw Error(what + ": atom " + std::to_string(i) + " has atomic number " + std::to_string(in.elements[i]) +
                     " (valid: 0.." + std::to_string(kMaxElement) + ")");
     validate_coords(in.coords.data(), n, what);
-    layouts.push_back(build_cutoff_layout(in.coords.data(), n, opt));
+    if (in.layout) {
+      const BlockLayout& l = *in.layout;
+      if (static_cast<std::size_t>(l.n) != n || l.tile != opt.tile || l.cutoff != opt.cutoff || l.mask != opt.mask ||
+          l.order != opt.order || l.builder != "cutoff")
+        throw Error(what + ": the layout given was not built by layout_options(config) for its " + std::to_string(n) +
+                    " atoms (n " + std::to_string(l.n) + ", tile " + std::to_string(l.tile) + ", builder " + l.builder + ")");
+      layouts.push_back(l);
+    } else {
+      layouts.push_back(build_cutoff_layout(in.coords.data(), n, opt));
+    }
     offsets.push_back(offsets.back() + static_cast<std::int64_t>(n));
   }
   if (offsets.back() > std::numeric_limits<std::int32_t>::max())

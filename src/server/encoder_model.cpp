@@ -6,6 +6,7 @@
 #include <string>
 
 #include "protattn/error.hpp"
+#include "protattn/layout.hpp"
 #include "protattn/structure.hpp"
 
 namespace protattn::server {
@@ -62,6 +63,9 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
   } catch (const Error& e) {
     throw invalid(e.what());
   }
+  // The layout is built here, on the network thread, as for the attention model: the
+  // inference thread only plans and runs the batch.
+  job->layout = build_cutoff_layout(job->coords.data(), static_cast<std::size_t>(n), model.layout);
   job->model = &model;
   job->n = static_cast<std::int32_t>(n);
   job->deadline = call.deadline;
@@ -71,7 +75,7 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
 void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch) {
   std::vector<AtomInput> inputs;
   inputs.reserve(batch.size());
-  for (const auto& j : batch) inputs.push_back({j->coords, j->elements});
+  for (const auto& j : batch) inputs.push_back({j->coords, j->elements, &j->layout});
   auto plan = encoder.plan(inputs);
   encoder.run(*plan);
   std::vector<Embedding> out = encoder.fetch(*plan);
