@@ -1,13 +1,59 @@
 #!/usr/bin/env bash
-# Builds protattn with the CUDA engines here (no GPU needed) and stages the GPU binaries in
-# .carry/bin (git-ignored) for the lent GPU machine: `scripts/gpu-bench.sh .carry/bin` there.
+# Builds protattn with the CUDA engines here (no GPU needed) and stages in .carry/ (git-ignored)
+# what the lent GPU machine needs, which reaches no registry:
+#   .carry/bin   protattn and protattn_gpu_tests (cudart linked statically)
+#   .carry/lib.tar.gz  the shared libraries protattn needs beyond glibc, the CUDA driver and
+#                toolkit (gRPC, protobuf, gemmi, fmt, ... from this machine's Debian packages)
+#   .carry/data  the small test structures and the gzipped 6ZU5 ribosome
+#   .carry/pa.tar.gz  perf_analyzer (from scripts/setup-server.sh) with libcudart.so.12, libb64
+# (compressed: the device tool carries 64 MiB in all).
+#   .carry/COMMIT
+# Then, on the GPU machine (the device tool's command; `carry` names .carry):
+#   bash scripts/gpu-carry-run.sh [VAR=value ...]     e.g. ENCODER=only, DIST=only
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
+carry=$root/.carry
 cmake -S "$root" -B "$build" -G Ninja -DPROTATTN_CUDA=ON >/dev/null
 ninja -C "$build" -j"${JOBS:-2}" protattn_cli protattn_gpu_tests
-mkdir -p "$root/.carry/bin"
-cp "$build/tools/protattn" "$build/tests/protattn_gpu_tests" "$root/.carry/bin/"
+rm -rf "$carry/bin" "$carry/lib" "$carry/data" "$carry/pa" "$carry/lib.tar.gz" "$carry/pa.tar.gz"
+mkdir -p "$carry/bin" "$carry/lib" "$carry/data" "$carry/pa"
+cp "$build/tools/protattn" "$build/tests/protattn_gpu_tests" "$carry/bin/"
+
+# Libraries the loader resolves here, less those every Linux has (glibc's), the driver's and the
+# CUDA toolkit's (the GPU machine has its own, found through /usr/local/cuda).
+stage_libs() {
+  ldd "$1" | awk '/=> \// { print $3 }' | while read -r lib; do
+    case "$lib" in /usr/local/cuda*) continue ;; esac
+    case "$(basename "$lib")" in
+      libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libcuda.so*|libnvidia*) ;;
+      *) cp -L -n "$lib" "$carry/lib/" ;;
+    esac
+  done
+}
+stage_libs "$carry/bin/protattn"
+stage_libs "$carry/bin/protattn_gpu_tests"
+
+for f in "$root"/tests/data/*.pdb; do [ -f "$f" ] && cp "$f" "$carry/data/"; done
+[ -f "$root/tests/data/6zu5.cif" ] && gzip -c "$root/tests/data/6zu5.cif" > "$carry/data/6zu5.cif.gz"
+
+pa_dir=${PERF_ANALYZER_DIR:-$HOME/.cache/protattn/perf_analyzer}
+if [ -x "$pa_dir/perf_analyzer.bin" ]; then
+  cp "$pa_dir/perf_analyzer.bin" "$carry/pa/"
+  cudart=$(python3 -c "import nvidia.cuda_runtime as m, os; print(os.path.join(list(m.__path__)[0], 'lib', 'libcudart.so.12'))" 2>/dev/null || true)
+  [ -f "$cudart" ] && cp -L "$cudart" "$carry/pa/"
+  b64=$(ldd "$pa_dir/perf_analyzer.bin" | awk '/libb64/ { print $3 }')
+  [ -n "$b64" ] && cp -L "$b64" "$carry/pa/"
+else
+  echo "build-carry: no perf_analyzer in $pa_dir (scripts/setup-server.sh installs it): serving runs without it" >&2
+fi
+
+tar -C "$carry" -czf "$carry/lib.tar.gz" lib && rm -rf "$carry/lib"
+if [ -n "$(ls -A "$carry/pa")" ]; then tar -C "$carry" -czf "$carry/pa.tar.gz" pa; fi
+rm -rf "$carry/pa"
+
 dirty=""; [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty="-dirty"
-echo "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty" >"$root/.carry/COMMIT"
-du -sh "$root/.carry/bin"
+echo "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty" >"$carry/COMMIT"
+du -sh "$carry"/* | sed 's/^/build-carry: /'
+total=$(du -sbc "$carry" | tail -1 | cut -f1)
+[ "$total" -le $((64 * 1024 * 1024)) ] || echo "build-carry: .carry is $((total / 1048576)) MiB, over the device tool's 64 MiB" >&2

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# On the lent GPU machine: unpacks what scripts/build-carry.sh staged in .carry and runs
+# scripts/gpu-bench.sh with it, results under $OUT. Arguments are VAR=value settings passed on
+# (ENGINES=fused,grouped, ENCODER=only, DIST=only, SERVE=0, ...).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+[ -x .carry/bin/protattn ] || { echo "gpu-carry-run: .carry/bin/protattn missing (run scripts/build-carry.sh and carry .carry)" >&2; exit 2; }
+for t in lib pa; do [ -f ".carry/$t.tar.gz" ] && tar -C .carry -xzf ".carry/$t.tar.gz"; done
+mkdir -p tests/data
+cp .carry/data/*.pdb tests/data/ 2>/dev/null
+[ -f .carry/data/6zu5.cif.gz ] && gunzip -c .carry/data/6zu5.cif.gz > tests/data/6zu5.cif
+export LD_LIBRARY_PATH="$root/.carry/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -x .carry/pa/perf_analyzer.bin ]; then
+  cat > .carry/pa/perf_analyzer <<SH
+#!/bin/sh
+LD_LIBRARY_PATH="$root/.carry/pa:\$LD_LIBRARY_PATH" exec "$root/.carry/pa/perf_analyzer.bin" "\$@"
+SH
+  chmod +x .carry/pa/perf_analyzer
+  export PERF_ANALYZER="$root/.carry/pa/perf_analyzer"
+fi
+echo "gpu-carry-run: binaries of $(cat .carry/COMMIT 2>/dev/null || echo unknown)"
+for kv in "$@"; do export "$kv"; done
+OUT=${OUT:-$root/out} bash scripts/gpu-bench.sh .carry/bin
