@@ -20,7 +20,7 @@ mkdir -p "$out"
 find_bin() { for c in "$bin/$1" "$root/build/tools/$1" "$root/build/tests/$1"; do [ -x "$c" ] && { echo "$c"; return; }; done; }
 protattn=$(find_bin protattn); gtests=$(find_bin protattn_gpu_tests)
 [ -n "$protattn" ] || { echo "gpu-bench: no protattn binary (give BIN_DIR)" >&2; exit 1; }
-workloads=${WORKLOADS:-w1,w1alt,w1b,w2,w2d128,1m}
+workloads=${WORKLOADS:-w1,w1alt,w1b,w2,w2d128,w4,1m}
 engines=${ENGINES:-fused}
 structures=${STRUCTURES-$( [ -f "$root/tests/data/6zu5.cif" ] && echo "$root/tests/data/6zu5.cif")}
 export PROTATTN_TEST_DATA="$root/tests/data"

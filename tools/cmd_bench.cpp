@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,36 @@ BlockLayout globule_layout(std::size_t n, float cutoff, MaskMode mask) {
   return build_cutoff_layout(s.xyz.data(), s.size(), opt);
 }
 
+// W4 of DESIGN.md, the serving mix: this many globules of kW4MinAtoms..kW4MaxAtoms atoms (sizes
+// seeded), one ragged batch.
+constexpr int kW4Structures = 32;
+constexpr int kW4MinAtoms = 1000, kW4MaxAtoms = 20000;
+
+// One layout holding a ragged batch block-diagonally, each structure padded to whole tiles (the
+// padding rows repeat the structure's last atom): the same kept blocks as the batch, for peers
+// that take one sequence. Only for export; protattn times the batch itself.
+BlockLayout block_diagonal(const std::vector<BlockLayout>& batch) {
+  const int tile = batch.front().tile;
+  std::vector<float> xyz;
+  std::vector<std::pair<std::int32_t, std::int32_t>> pairs;
+  std::int32_t t0 = 0;
+  for (const BlockLayout& l : batch) {
+    if (l.tile != tile) throw Error("bench: a ragged batch with different tiles cannot be exported as one layout");
+    xyz.insert(xyz.end(), l.coords.begin(), l.coords.end());
+    for (std::int64_t p = l.n; p < static_cast<std::int64_t>(l.n_tiles) * tile; ++p)
+      xyz.insert(xyz.end(), l.coords.end() - 3, l.coords.end());
+    for (std::int32_t r = 0; r < l.n_tiles; ++r)
+      for (auto e = l.row_ptr[r]; e < l.row_ptr[r + 1]; ++e) pairs.emplace_back(t0 + r, t0 + l.col_idx[e]);
+    t0 += l.n_tiles;
+  }
+  LayoutOptions opt;
+  opt.order = Order::file;
+  opt.mask = MaskMode::tiles;
+  opt.tile = tile;
+  opt.count_pairs = false;
+  return build_edges_layout(xyz.data(), xyz.size() / 3, pairs, opt);
+}
+
 // The workloads of DESIGN.md by name.
 Workload make_workload(const std::string& name, MaskMode mask) {
   Workload w;
@@ -79,15 +110,33 @@ Workload make_workload(const std::string& name, MaskMode mask) {
     w.heads = 8;
     w.dim = name == "w2" ? 64 : 128;
     w.note = "100,096-atom globule, Morton, tile-box cutoff 8 A, 8 heads";
+  } else if (name == "w4") {
+    std::mt19937_64 rng(4);
+    std::uniform_int_distribution<int> size(kW4MinAtoms, kW4MaxAtoms);
+    for (int b = 0; b < kW4Structures; ++b) {
+      const auto n = static_cast<std::size_t>(size(rng));
+      const Structure s = make_globule(n, 0.058, 100 + static_cast<std::uint64_t>(b));
+      LayoutOptions opt;
+      opt.order = Order::morton;
+      opt.cutoff = 8.0f;
+      opt.mask = mask;
+      opt.count_pairs = false;
+      opt.threads = 0;
+      w.layouts.push_back(build_cutoff_layout(s.xyz.data(), s.size(), opt));
+    }
+    w.heads = 8;
+    w.note = "serving mix: 32 globules of 1k-20k atoms (seeded sizes), Morton, 8 A, one ragged batch, 8 heads, d=64";
   } else if (name == "1m") {
     w.layouts.push_back(globule_layout(1000000, 8.0f, mask));
     w.heads = 8;
     w.note = "1,000,000-atom globule, Morton, tile-box cutoff 8 A, 8 heads, d=64";
   } else {
-    throw Error("bench: unknown workload '" + name + "' (w1, w1alt, w1b, w2, w2d128, 1m)");
+    throw Error("bench: unknown workload '" + name + "' (w1, w1alt, w1b, w2, w2d128, w4, 1m)");
   }
   w.layout_ms = ms_since(t0);
-  w.order_tile_ms = w.layouts.front().stats.order_ms + w.layouts.front().stats.build_ms;
+  for (const BlockLayout& l : w.layouts) w.order_tile_ms += l.stats.order_ms + l.stats.build_ms;
+  if (w.layouts.size() > 1 && w.layouts.front().nnz() == w.layouts.back().nnz() && w.layouts.front().n == w.layouts.back().n)
+    w.order_tile_ms = w.layouts.front().stats.order_ms + w.layouts.front().stats.build_ms;  // copies of one layout
   return w;
 }
 
@@ -242,8 +291,12 @@ void run_bench(const Options& o) {
   if (!o.export_dir.empty()) {
     for (const Workload& w : work) {
       const std::string dir = (std::filesystem::path(o.export_dir) / w.name).string();
-      export_layout(w.layouts.front(), dir);
-      nlohmann::json run = {{"heads", w.heads}, {"dim", w.dim}, {"batch", w.layouts.size()}, {"dtype", o.dtype}};
+      // Copies of one layout export once with their count; a ragged batch as one block-diagonal layout.
+      bool copies = true;
+      for (const BlockLayout& l : w.layouts)
+        copies = copies && l.n == w.layouts.front().n && l.col_idx == w.layouts.front().col_idx;
+      export_layout(copies ? w.layouts.front() : block_diagonal(w.layouts), dir);
+      nlohmann::json run = {{"heads", w.heads}, {"dim", w.dim}, {"batch", copies ? w.layouts.size() : 1}, {"dtype", o.dtype}};
       std::ofstream(std::filesystem::path(dir) / "bench.json") << run.dump(2) << "\n";
     }
   }
@@ -310,7 +363,7 @@ void add_bench_command(CLI::App& app) {
                                      "warm-up, the L2 flushed before each call; the median is reported. TFLOPS count the\n"
                                      "computed (kept) blocks only: 4 * nnz * 128 * 128 * d * heads / time.");
   cmd->add_option("--engine", opt->engines, "engines to time (cpu, fused, grouped)")->delimiter(',');
-  cmd->add_option("--workload", opt->workloads, "workloads: w1 w1alt w1b w2 w2d128 1m (none: only --structure/--layout)")
+  cmd->add_option("--workload", opt->workloads, "workloads: w1 w1alt w1b w2 w2d128 w4 1m (none: only --structure/--layout)")
       ->delimiter(',');
   cmd->add_option("--structure", opt->structures, "structure files (PDB/mmCIF) to time, cutoff 8 A, Hilbert");
   cmd->add_option("--layout", opt->layout_dirs, "exported layout folders to time");
