@@ -13,7 +13,8 @@
 # same atoms. The weights are seeded random (UNTRAINED): timings only.
 # Environment: PERF_ANALYZER (else PATH or ~/.cache/protattn/perf_analyzer), CONCURRENCY
 # ("1 4 16 64"), WINDOW_MS (3000), LOOP_ITERS (1000), SIZES ("4096 20000"), PORT (18200),
-# THREADS (cpu engine threads, 0 = all).
+# THREADS (cpu engine threads, 0 = all), SERVE_ARGS (more `protattn serve` options, e.g.
+# "--devices 0,0" for two inference threads on one GPU).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:?usage: serve-encoder-bench.sh BIN_DIR OUT [ENGINE]}
@@ -90,7 +91,8 @@ done
 
 echo "== serving: protattn serve --engine $engine, perf_analyzer over gRPC"
 "$protattn" serve --models "$work/models" --engine "$engine" --threads "$threads" --http-port "$port" \
-  --grpc-port $((port + 1)) --log-level warn --max-queue 256 --max-batch-requests 64 --max-batch-atoms 2000000 &
+  --grpc-port $((port + 1)) --log-level warn --max-queue 256 --max-batch-requests 64 --max-batch-atoms 2000000 \
+  ${SERVE_ARGS:-} &
 spid=$!
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null || { echo "server did not become ready" >&2; kill "$spid"; exit 1; }

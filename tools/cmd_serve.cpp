@@ -46,7 +46,8 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--devices", opt->devices,
                   "GPU engines on several GPUs: one inference thread per listed device (e.g. 0,1,2,3), "
-                  "all taking batches from the one queue")
+                  "all taking batches from the one queue; a device listed twice (0,0) gets two threads, "
+                  "so that one batch's host-side plan overlaps another's kernels")
       ->delimiter(',');
   cmd->add_option("--replicas", opt->replicas,
                   "cpu engine: inference threads taking batches from the one queue, each with "
