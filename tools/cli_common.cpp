@@ -4,9 +4,12 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 #include <fmt/format.h>
+
+#include "protattn/half.hpp"
 
 namespace protattn::cli {
 namespace {
@@ -159,6 +162,21 @@ Activity::~Activity() {
   }
   cv_.notify_all();
   thread_.join();
+}
+
+std::vector<std::uint8_t> random_tensor(std::mt19937_64& rng, DType t, std::size_t count) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<std::uint8_t> raw(count * dtype_size(t));
+  for (std::size_t i = 0; i < count; ++i) {
+    const float x = nd(rng);
+    if (t == DType::f32) {
+      std::memcpy(raw.data() + 4 * i, &x, sizeof x);
+    } else {
+      const std::uint16_t h = t == DType::f16 ? float_to_half(x) : float_to_bf16(x);
+      std::memcpy(raw.data() + 2 * i, &h, sizeof h);
+    }
+  }
+  return raw;
 }
 
 }  // namespace protattn::cli

@@ -1,9 +1,11 @@
 // protattn program: helpers shared by the subcommands (sources, layouts, tensors, progress).
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,6 +64,19 @@ NpyArray read_tensor(const std::string& path, DType t, const std::vector<std::in
 
 // Shows "<what> ... 3.2 s" on stderr while a long step runs: only when stderr is a terminal,
 // only after the first second; the line is cleared when the step ends.
+// [heads, n, dim]-shaped N(0, 1) values in dtype `t`, `count` of them drawn in order from `rng`
+// (the seeded inputs of run and dist).
+std::vector<std::uint8_t> random_tensor(std::mt19937_64& rng, DType t, std::size_t count);
+
+// Median of timings (0 for none).
+template <class T>
+double median(std::vector<T> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? static_cast<double>(v[m]) : 0.5 * (static_cast<double>(v[m - 1]) + static_cast<double>(v[m]));
+}
+
 class Activity {
  public:
   explicit Activity(std::string what);

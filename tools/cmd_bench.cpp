@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_common.hpp"
 #include "commands.hpp"
 #include "protattn/engine.hpp"
 #include "protattn/error.hpp"
@@ -140,12 +141,6 @@ Workload make_workload(const std::string& name, MaskMode mask) {
   return w;
 }
 
-double median(std::vector<float> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
 double percentile(std::vector<float> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());

@@ -128,21 +128,6 @@ void write_json(const std::string& path, const json& j) {
   if (!f) throw Error("dist: cannot write " + path);
 }
 
-// [heads, n, dim] N(0, 1) values in `t`.
-std::vector<std::uint8_t> random_tensor(std::mt19937_64& rng, DType t, std::size_t count) {
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<std::uint8_t> raw(count * dtype_size(t));
-  for (std::size_t i = 0; i < count; ++i) {
-    const float x = nd(rng);
-    if (t == DType::f32) {
-      std::memcpy(raw.data() + 4 * i, &x, sizeof x);
-    } else {
-      const std::uint16_t h = t == DType::f16 ? float_to_half(x) : float_to_bf16(x);
-      std::memcpy(raw.data() + 2 * i, &h, sizeof h);
-    }
-  }
-  return raw;
-}
 
 double element(const std::vector<std::uint8_t>& raw, DType t, std::size_t i) {
   if (t == DType::f32) {

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_common.hpp"
 #include "commands.hpp"
 #include "protattn/error.hpp"
 #include "protattn/model.hpp"
@@ -31,12 +32,6 @@ struct EmbedOptions {
   std::string json; // timing as JSON
 };
 
-double median_of(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
@@ -101,16 +96,16 @@ void run_embed(const EmbedOptions& o) {
   }
   fmt::print("engine {}: plan {:.2f} ms (layouts, attention plan, buffers), forward {:.2f} ms for {} structure(s), {} atoms\n",
              enc.engine_name(), plan_ms, run_ms, out.size(), plan->total_n());
-  const double med = median_of(round_ms);
+  const double med = median(round_ms);
   if (o.repeat > 0)
     fmt::print("{} more rounds (plan + forward + fetch): median {:.3f} ms, of which plan {:.3f} ms: {:.1f} structures/s\n",
-               o.repeat, med, median_of(round_plan_ms), med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0);
+               o.repeat, med, median(round_plan_ms), med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0);
   if (!o.json.empty()) {
     nlohmann::json j = {{"engine", enc.engine_name()}, {"model", o.model}, {"files", o.files},
                         {"copies", o.copies}, {"structures", out.size()}, {"atoms", plan->total_n()},
                         {"layers", c.layers}, {"heads", c.heads}, {"dim", c.head_dim}, {"channels", c.channels},
                         {"first_plan_ms", plan_ms}, {"first_forward_ms", run_ms}, {"rounds", o.repeat},
-                        {"round_ms_median", med}, {"round_plan_ms_median", median_of(round_plan_ms)},
+                        {"round_ms_median", med}, {"round_plan_ms_median", median(round_plan_ms)},
                         {"round_ms", round_ms},
                         {"structures_per_s", med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0}};
     std::ofstream f(o.json);

@@ -28,21 +28,6 @@ struct RunOptions {
   float scale = 0;
 };
 
-// [heads, n, dim] N(0, 1) values in dtype `t`, drawn in order from `rng`.
-std::vector<std::uint8_t> random_tensor(std::mt19937_64& rng, DType t, std::size_t count) {
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<std::uint8_t> raw(count * dtype_size(t));
-  for (std::size_t i = 0; i < count; ++i) {
-    const float x = nd(rng);
-    if (t == DType::f32) {
-      std::memcpy(raw.data() + 4 * i, &x, sizeof x);
-    } else {
-      const std::uint16_t h = t == DType::f16 ? float_to_half(x) : float_to_bf16(x);
-      std::memcpy(raw.data() + 2 * i, &h, sizeof h);
-    }
-  }
-  return raw;
-}
 
 // Moves the rows of a [heads, n, row_bytes] tensor between file order and layout order:
 // layout position p holds file atom perm[p].
