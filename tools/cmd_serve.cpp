@@ -64,8 +64,9 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--batch-wait", opt->batch_wait,
                   "arrivals: the oldest request waits for company only while others are being "
-                  "received and prepared; full: it always waits --max-queue-delay-ms (as Triton does)")
-      ->check(CLI::IsMember({"arrivals", "full"}))->capture_default_str();
+                  "received and prepared; full: it always waits --max-queue-delay-ms (as Triton does); "
+                  "auto: arrivals on the cpu engine (batching saves it nothing), full on a GPU")
+      ->check(CLI::IsMember({"auto", "arrivals", "full"}))->capture_default_str();
   cmd->add_option("--max-queue", opt->max_queue,
                   "requests waiting for the engine; more are refused at once (HTTP 503, gRPC UNAVAILABLE)")
       ->check(CLI::PositiveNumber)->capture_default_str();

@@ -25,8 +25,8 @@ void check_options(const Options& o) {
   if (o.max_batch_atoms < 1 || o.max_batch_requests < 1) throw Error("batch limits must be >= 1");
   if (o.max_queue < 1) throw Error("--max-queue must be >= 1");
   if (o.replicas < 1) throw Error("--replicas must be >= 1");
-  if (o.batch_wait != "arrivals" && o.batch_wait != "full")
-    throw Error("--batch-wait must be 'arrivals' or 'full', got '" + o.batch_wait + "'");
+  if (o.batch_wait != "auto" && o.batch_wait != "arrivals" && o.batch_wait != "full")
+    throw Error("--batch-wait must be 'auto', 'arrivals' or 'full', got '" + o.batch_wait + "'");
   if (o.replicas > 1 && o.engine != "cpu")
     throw Error("--replicas is for the cpu engine; a GPU engine takes --devices (one inference thread per GPU)");
   if (!o.devices.empty() && o.engine == "cpu")

@@ -25,7 +25,9 @@ BatchOptions batch_options(const Options& o) {
   b.max_batch_atoms = o.max_batch_atoms;
   b.max_batch_requests = o.max_batch_requests;
   b.max_queue_delay_ms = o.max_queue_delay_ms;
-  b.wait_full_delay = o.batch_wait == "full";
+  // The cpu engine does the same work batched or not, so waiting for company only adds latency;
+  // a GPU engine amortises launches and plans over a batch, so it waits the whole delay.
+  b.wait_full_delay = o.batch_wait == "full" || (o.batch_wait == "auto" && o.engine != "cpu");
   b.max_queue = o.max_queue;
   return b;
 }
