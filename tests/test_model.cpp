@@ -272,6 +272,17 @@ TEST_F(ModelTest, LayoutBuiltByTheCallerGivesTheSameEmbedding) {
   }
 }
 
+TEST_F(ModelTest, LayoutsBuiltOnSeveralThreadsChangeNothing) {
+  // 48 structures (ubiquitin and crambin alternating, ~36k atoms): plan() shares the layouts out
+  // over threads by atoms; the embeddings must be those of a one-thread encoder, bit for bit.
+  const Inputs a = read_inputs("1ubq.pdb"), b = read_inputs("1ejg.pdb");
+  std::vector<AtomInput> batch;
+  for (int i = 0; i < 48; ++i) batch.push_back(i % 2 ? b.input() : a.input());
+  AtomEncoder one(init_model(small_config(), 5), "cpu", EngineOptions{1, 0});
+  AtomEncoder three(init_model(small_config(), 5), "cpu", EngineOptions{3, 0});
+  EXPECT_EQ(three.forward(batch), one.forward(batch));
+}
+
 TEST_F(ModelTest, ForwardAnswersInInputOrder) {
   // Reversing the atoms of the input reverses the embedding rows. Mask atoms makes the model
   // independent of the order up to float32 summation order (bound: 4 fp16 ulps at |x| < 8).

@@ -119,6 +119,7 @@ class AtomEncoder {
 
  private:
   std::unique_ptr<Backend> backend_;
+  int layout_threads_ = 0;  // threads that build a batch's layouts in plan() (EngineOptions::threads)
 };
 
 }  // namespace protattn

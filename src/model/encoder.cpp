@@ -2,13 +2,18 @@
 #include <limits>
 #include <string>
 
+#include "layout/detail.hpp"
 #include "model/backend.hpp"
 #include "protattn/error.hpp"
 #include "protattn/structure.hpp"
 
 namespace protattn {
+namespace {
+// Atoms per thread below which building a batch's layouts on more threads does not pay.
+constexpr std::size_t kAtomsPerLayoutThread = 16384;
+}  // namespace
 
-AtomEncoder::AtomEncoder(Model model, const std::string& engine, const EngineOptions& opt) {
+AtomEncoder::AtomEncoder(Model model, const std::string& engine, const EngineOptions& opt) : layout_threads_(opt.threads) {
   validate_config(model.config);
   for (const auto& [name, shape] : expected_tensors(model.config)) {
     const Tensor& t = model.at(name);
@@ -35,9 +40,7 @@ bool AtomEncoder::on_device() const { return backend_->engine().on_device(); }
 std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& batch) {
   if (batch.empty()) throw Error("atom_encoder: empty batch");
   const LayoutOptions opt = layout_options(config());
-  std::vector<BlockLayout> layouts;
   std::vector<std::int64_t> offsets{0};
-  layouts.reserve(batch.size());
   for (std::size_t b = 0; b < batch.size(); ++b) {
     const AtomInput& in = batch[b];
     const std::string what = "atom_encoder: structure " + std::to_string(b);
@@ -57,15 +60,37 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
           l.order != opt.order || l.builder != "cutoff")
         throw Error(what + ": the layout given was not built by layout_options(config) for its " + std::to_string(n) +
                     " atoms (n " + std::to_string(l.n) + ", tile " + std::to_string(l.tile) + ", builder " + l.builder + ")");
-      layouts.push_back(l);
-    } else {
-      layouts.push_back(build_cutoff_layout(in.coords.data(), n, opt));
     }
     offsets.push_back(offsets.back() + static_cast<std::int64_t>(n));
   }
   if (offsets.back() > std::numeric_limits<std::int32_t>::max())
     throw Error("atom_encoder: the batch holds " + std::to_string(offsets.back()) + " atoms (most: " +
                 std::to_string(std::numeric_limits<std::int32_t>::max()) + "); split it");
+  // The layouts the caller did not give, built on several threads (each alone: the same layouts
+  // whatever the count), structures shared out by atoms.
+  std::vector<BlockLayout> layouts(batch.size());
+  const int parts = detail::resolve_threads(layout_threads_, static_cast<std::size_t>(offsets.back()), kAtomsPerLayoutThread);
+  std::vector<std::size_t> first(static_cast<std::size_t>(parts) + 1, batch.size());
+  for (int p = 0, b = 0; p < parts; ++p) {
+    const std::int64_t goal = offsets.back() * p / parts;
+    while (static_cast<std::size_t>(b) < batch.size() && offsets[static_cast<std::size_t>(b)] < goal) ++b;
+    first[static_cast<std::size_t>(p)] = static_cast<std::size_t>(b);
+  }
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
+  detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
+    for (std::size_t p = p0; p < p1; ++p) {
+      try {
+        for (std::size_t b = first[p]; b < first[p + 1]; ++b) {
+          const AtomInput& in = batch[b];
+          layouts[b] = in.layout ? *in.layout : build_cutoff_layout(in.coords.data(), in.elements.size(), opt);
+        }
+      } catch (...) {
+        errors[p] = std::current_exception();
+      }
+    }
+  });
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
   return backend_->make_plan(std::move(layouts), std::move(offsets), batch);
 }
 
