@@ -20,9 +20,8 @@ using Rows = std::vector<std::vector<std::int32_t>>;  // kept columns of each ti
 constexpr int kWindowQueries = 32;       // AF3: 32 queries per window
 constexpr int kWindowKeys = 128;         // ... attend 128 keys centred on the window
 constexpr std::size_t kTileCellsPerTile = 8;  // grid size bound for the tile cell lists
-constexpr double kKnnAtomsPerCell = 0.2;
-constexpr std::size_t kAtomsPerThread = 65536;  // layout work per thread below which threads do not pay
-constexpr std::size_t kTilesPerThread = 512;  // knn grid: about k/5 atoms per cell (bounding-box estimate)
+constexpr double kKnnAtomsPerCell = 0.2;  // knn grid: about k/5 atoms per cell (bounding-box estimate)
+constexpr std::size_t kTilesPerThread = 512;  // tile rows per thread below which threads do not pay
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -45,7 +44,7 @@ BlockLayout begin_layout(const char* builder, const float* xyz, std::size_t n, c
   const auto t0 = Clock::now();
   l.perm = spatial_order(xyz, n, order, opt.threads);
   l.coords.resize(3 * n);
-  detail::parallel_chunks(n, detail::resolve_threads(opt.threads, n, kAtomsPerThread), [&](int, std::size_t b, std::size_t e) {
+  detail::parallel_chunks(n, detail::resolve_threads(opt.threads, n, detail::kLayoutAtomsPerThread), [&](int, std::size_t b, std::size_t e) {
     for (std::size_t p = b; p < e; ++p)
       for (int c = 0; c < 3; ++c) l.coords[3 * p + c] = xyz[3 * static_cast<std::size_t>(l.perm[p]) + c];
   });

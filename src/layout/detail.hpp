@@ -1,10 +1,10 @@
 // Layout internals: bounding boxes, uniform cell grids and O(N) neighbour counting.
 #pragma once
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <thread>
 #include <vector>
+
+#include "common/parallel.hpp"
 
 namespace protattn {
 struct BlockLayout;
@@ -52,32 +52,6 @@ CellList bucket_points(const Grid& g, const float* xyz, std::size_t n);
 // Ordered atom pairs (i, j), i != j, with float squared distance <= cutoff^2, both directions
 // counted. Cell lists of side >= cutoff, half shell of neighbour cells: O(N) at fixed density.
 std::int64_t count_pairs_within(const float* xyz, std::size_t n, float cutoff);
-
-// Threads to use for `threads` as the options give it (0: all cores), at most one per `grain`
-// items of the `n` to share out, at least 1.
-inline int resolve_threads(int threads, std::size_t n, std::size_t grain) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const std::size_t by_size = std::max<std::size_t>(1, n / std::max<std::size_t>(1, grain));
-  return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), by_size));
-}
-
-// Calls fn(part, begin, end) for `parts` contiguous chunks of [0, n), part 0 on the calling
-// thread. Chunks depend only on n and parts.
-template <class F>
-void parallel_chunks(std::size_t n, int parts, F&& fn) {
-  if (parts <= 1) {
-    fn(0, std::size_t{0}, n);
-    return;
-  }
-  const std::size_t chunk = (n + static_cast<std::size_t>(parts) - 1) / static_cast<std::size_t>(parts);
-  std::vector<std::thread> pool;
-  for (int p = 1; p < parts; ++p) {
-    const std::size_t b = std::min(n, static_cast<std::size_t>(p) * chunk), e = std::min(n, b + chunk);
-    pool.emplace_back([&fn, p, b, e] { fn(p, b, e); });
-  }
-  fn(0, std::size_t{0}, std::min(n, chunk));
-  for (auto& t : pool) t.join();
-}
 
 // Sets stats.atoms, tiles, nnz, density and pairs_computed from the blocks.
 void fill_basic_stats(BlockLayout& l);

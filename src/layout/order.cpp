@@ -15,7 +15,6 @@ namespace {
 constexpr int kKeyBits = 21;                             // bits per axis: 63-bit keys
 constexpr std::uint32_t kGridMax = (1u << kKeyBits) - 1;  // largest quantised coordinate
 constexpr int kRadixBits = 11;
-constexpr std::size_t kAtomsPerThread = 65536;  // below this per thread, threads cost more than they save
 constexpr std::size_t kRadixBuckets = std::size_t{1} << kRadixBits;
 constexpr int kRadixPasses = (3 * kKeyBits + kRadixBits - 1) / kRadixBits;
 
@@ -215,7 +214,7 @@ std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order o
     const double q = (double{xyz[3 * i + c]} - lo[c]) * scale;
     return static_cast<std::uint32_t>(std::min<double>(q, kGridMax));
   };
-  const int parts = detail::resolve_threads(threads, n, kAtomsPerThread);
+  const int parts = detail::resolve_threads(threads, n, detail::kLayoutAtomsPerThread);
   std::vector<std::uint64_t> keys(n);
   static const HilbertTable table;
   detail::parallel_chunks(n, parts, [&](int, std::size_t b, std::size_t e) {

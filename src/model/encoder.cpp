@@ -2,7 +2,7 @@
 #include <limits>
 #include <string>
 
-#include "layout/detail.hpp"
+#include "common/parallel.hpp"
 #include "model/backend.hpp"
 #include "protattn/error.hpp"
 #include "protattn/structure.hpp"

@@ -1,9 +1,8 @@
 // A small parallel-for over row ranges for the CPU forward (private).
 #pragma once
-#include <algorithm>
 #include <cstdint>
-#include <thread>
-#include <vector>
+
+#include "common/parallel.hpp"
 
 namespace protattn::model {
 
@@ -11,21 +10,10 @@ namespace protattn::model {
 // concurrency). Chunks depend only on n and threads, so results are deterministic.
 template <typename F>
 void parallel_rows(std::int64_t n, int threads, F&& f) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const std::int64_t parts = std::max<std::int64_t>(1, std::min<std::int64_t>(threads, n));
-  if (parts == 1) {
-    f(std::int64_t{0}, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<std::size_t>(parts - 1));
-  const std::int64_t chunk = (n + parts - 1) / parts;
-  for (std::int64_t p = 1; p < parts; ++p) {
-    const std::int64_t b = std::min(n, p * chunk), e = std::min(n, b + chunk);
-    pool.emplace_back([&f, b, e] { f(b, e); });
-  }
-  f(std::int64_t{0}, std::min(n, chunk));
-  for (auto& t : pool) t.join();
+  const auto rows = static_cast<std::size_t>(n);
+  detail::parallel_chunks(rows, detail::resolve_threads(threads, rows, 1), [&f](int, std::size_t b, std::size_t e) {
+    f(static_cast<std::int64_t>(b), static_cast<std::int64_t>(e));
+  });
 }
 
 }  // namespace protattn::model

@@ -1,0 +1,39 @@
+// Small fork-join helpers shared by the library's threaded loops (private).
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <thread>
+#include <vector>
+
+namespace protattn::detail {
+
+// Threads to use for `threads` as options give it (0 or less: all cores), at most one per
+// `grain` items of the `n` to share out, at least 1.
+inline int resolve_threads(int threads, std::size_t n, std::size_t grain) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const std::size_t by_size = std::max<std::size_t>(1, n / std::max<std::size_t>(1, grain));
+  return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), by_size));
+}
+
+// Calls fn(part, begin, end) for `parts` contiguous chunks of [0, n), part 0 on the calling
+// thread. Chunks depend only on n and parts, so results that depend on them are deterministic.
+template <class F>
+void parallel_chunks(std::size_t n, int parts, F&& fn) {
+  if (parts <= 1) {
+    fn(0, std::size_t{0}, n);
+    return;
+  }
+  const std::size_t chunk = (n + static_cast<std::size_t>(parts) - 1) / static_cast<std::size_t>(parts);
+  std::vector<std::thread> pool;
+  for (int p = 1; p < parts; ++p) {
+    const std::size_t b = std::min(n, static_cast<std::size_t>(p) * chunk), e = std::min(n, b + chunk);
+    pool.emplace_back([&fn, p, b, e] { fn(p, b, e); });
+  }
+  fn(0, std::size_t{0}, std::min(n, chunk));
+  for (auto& t : pool) t.join();
+}
+
+// Below this many atoms per thread, ordering and layout passes lose more to threads than they gain.
+inline constexpr std::size_t kLayoutAtomsPerThread = 65536;
+
+}  // namespace protattn::detail
