@@ -57,7 +57,7 @@ void unpack(const std::vector<T>& packed, std::vector<T>& dst, int heads, std::i
 }  // namespace
 
 Batcher::Batcher(BatchOptions opt, Metrics& metrics) : opt_(std::move(opt)), metrics_(metrics) {
-  if (opt_.devices.empty()) opt_.devices.push_back(0);
+  if (opt_.devices.empty()) throw Error("batcher: no inference device");
 }
 
 Batcher::~Batcher() { stop(); }
@@ -66,6 +66,7 @@ void Batcher::start(const std::vector<ModelSpec>& models) {
   std::vector<std::promise<std::string>> ready(opt_.devices.size());
   std::vector<std::future<std::string>> started;
   for (auto& r : ready) started.push_back(r.get_future());
+  metrics_.set_workers(static_cast<int>(opt_.devices.size()));  // before any batch can run
   for (std::size_t w = 0; w < opt_.devices.size(); ++w) {
     states_.push_back(std::make_unique<EngineState>());
     states_.back()->worker = static_cast<int>(w);
@@ -109,7 +110,6 @@ void Batcher::start(const std::vector<ModelSpec>& models) {
     engine_name_ = name;
   }
   metrics_.set_engine(engine_name());
-  metrics_.set_workers(static_cast<int>(opt_.devices.size()));
 }
 
 std::string Batcher::engine_name() const {

@@ -18,7 +18,7 @@ namespace protattn::server {
 struct BatchOptions {
   std::string engine = "cpu";
   int engine_threads = 0;
-  std::vector<int> devices{0};  // one inference thread (and engine) per entry
+  std::vector<int> devices{0};  // one inference thread (and engine) per entry; at least one
   std::int64_t max_batch_atoms = 65536;
   int max_batch_requests = 64;
   double max_queue_delay_ms = 2.0;

@@ -115,10 +115,8 @@ void Metrics::batch_done(const std::string& model, int requests, std::int64_t at
                          double compute_s, const std::vector<double>& queue_s, int worker) {
   std::lock_guard<std::mutex> lock(m_);
   ++batches_;
-  if (worker >= 0) {
-    if (static_cast<std::size_t>(worker) >= worker_batches_.size()) worker_batches_.resize(worker + 1, 0);
+  if (worker >= 0 && static_cast<std::size_t>(worker) < worker_batches_.size())
     ++worker_batches_[static_cast<std::size_t>(worker)];
-  }
   compute_total_ += compute_s;
   batch_requests_.observe(requests);
   batch_atoms_.observe(static_cast<double>(atoms));
@@ -146,7 +144,7 @@ void Metrics::set_device_memory(int device, std::int64_t b) {
 
 void Metrics::set_workers(int n) {
   std::lock_guard<std::mutex> lock(m_);
-  if (n > 0 && static_cast<std::size_t>(n) > worker_batches_.size()) worker_batches_.resize(static_cast<std::size_t>(n), 0);
+  worker_batches_.assign(static_cast<std::size_t>(std::max(n, 1)), 0);
 }
 
 void Metrics::set_engine(const std::string& name) {

@@ -71,6 +71,14 @@ class SignalMask {
 
 }  // namespace
 
+std::vector<int> inference_devices(const Options& opt) {
+  if (!opt.devices.empty()) return opt.devices;
+  if (opt.engine != "cpu") return {opt.device};
+  std::vector<int> replicas(static_cast<std::size_t>(opt.replicas));
+  for (int r = 0; r < opt.replicas; ++r) replicas[static_cast<std::size_t>(r)] = r;
+  return replicas;
+}
+
 int grpc_thread_budget(const Options& opt) {
   if (opt.grpc_threads > 0) return opt.grpc_threads;
   return opt.max_queue + opt.max_batch_requests + 16;
@@ -109,9 +117,8 @@ int run(const Options& opt) {
   log_event(LogLevel::info, "ready",
             {{"host", opt.host}, {"http_port", http_port}, {"grpc_port", grpc_port},
              {"engine", svc.engine_name()}, {"models", names},
-             {"inference_threads", opt.devices.empty() ? opt.replicas : static_cast<int>(opt.devices.size())},
-             {"devices", opt.engine == "cpu" ? nlohmann::json::array()
-                                             : nlohmann::json(opt.devices.empty() ? std::vector<int>{opt.device} : opt.devices)},
+             {"inference_threads", inference_devices(opt).size()},
+             {"devices", opt.engine == "cpu" ? nlohmann::json::array() : nlohmann::json(inference_devices(opt))},
              {"max_batch_atoms", opt.max_batch_atoms}, {"max_queue_delay_ms", opt.max_queue_delay_ms},
              {"max_queue", opt.max_queue}, {"api_key", !opt.api_key.empty()}});
 

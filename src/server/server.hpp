@@ -42,6 +42,10 @@ struct Options {
 // (0 after a clean drain); never calls exit(). Throws protattn::Error on a bad configuration.
 int run(const Options& opt);
 
+// The device of each inference thread `opt` asks for: --devices as given; else one per cpu
+// replica (numbered 0..N-1, which the cpu engine ignores), or the one --device of a GPU engine.
+std::vector<int> inference_devices(const Options& opt);
+
 // The gRPC thread budget `opt` asks for: grpc_threads, or when 0 enough for every call the
 // batcher can hold (max_queue waiting + max_batch_requests running) plus health and metadata.
 int grpc_thread_budget(const Options& opt);

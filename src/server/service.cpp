@@ -15,13 +15,7 @@ BatchOptions batch_options(const Options& o) {
   BatchOptions b;
   b.engine = o.engine;
   b.engine_threads = o.engine_threads;
-  b.devices.clear();
-  if (!o.devices.empty()) {
-    b.devices = o.devices;
-  } else {
-    // cpu replicas are numbered 0..N-1 (the cpu engine ignores the ordinal)
-    for (int r = 0; r < o.replicas; ++r) b.devices.push_back(o.engine == "cpu" ? r : o.device);
-  }
+  b.devices = inference_devices(o);
   b.max_batch_atoms = o.max_batch_atoms;
   b.max_batch_requests = o.max_batch_requests;
   b.max_queue_delay_ms = o.max_queue_delay_ms;
