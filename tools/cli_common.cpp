@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <utility>
 
 #include <fmt/format.h>
@@ -177,6 +178,22 @@ std::vector<std::uint8_t> random_tensor(std::mt19937_64& rng, DType t, std::size
     }
   }
   return raw;
+}
+
+BlockLayout globule_layout(std::size_t n, float cutoff, MaskMode mask, std::uint64_t seed) {
+  const Structure s = make_globule(n, kGlobuleDensity, seed);
+  LayoutOptions opt;
+  opt.order = Order::morton;
+  opt.cutoff = cutoff;
+  opt.mask = mask;
+  opt.count_pairs = false;
+  opt.threads = 0;
+  return build_cutoff_layout(s.xyz.data(), s.size(), opt);
+}
+
+void write_json(const std::string& path, const nlohmann::json& j, const std::string& what) {
+  std::ofstream f(path);
+  if (!(f << j.dump(2) << "\n")) throw Error(what + ": cannot write " + path);
 }
 
 }  // namespace protattn::cli

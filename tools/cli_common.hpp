@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "protattn/engine.hpp"
 #include "protattn/error.hpp"
@@ -64,6 +65,15 @@ NpyArray read_tensor(const std::string& path, DType t, const std::vector<std::in
 
 // Shows "<what> ... 3.2 s" on stderr while a long step runs: only when stderr is a terminal,
 // only after the first second; the line is cleared when the step ends.
+// DESIGN.md's W2 globule and the 1M-atom globule.
+inline constexpr std::size_t kW2Atoms = 100096, k1MAtoms = 1000000;
+// The cutoff layout of a seeded synthetic globule of n atoms at protein density, in Morton order
+// (the globules of bench and dist), built on all cores (the same layout whatever the count).
+BlockLayout globule_layout(std::size_t n, float cutoff, MaskMode mask, std::uint64_t seed = 1);
+
+// Writes `j`, indented, to `path`; throws Error "<what>: cannot write <path>" when it cannot.
+void write_json(const std::string& path, const nlohmann::json& j, const std::string& what);
+
 // [heads, n, dim]-shaped N(0, 1) values in dtype `t`, `count` of them drawn in order from `rng`
 // (the seeded inputs of run and dist).
 std::vector<std::uint8_t> random_tensor(std::mt19937_64& rng, DType t, std::size_t count);

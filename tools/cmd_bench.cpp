@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -50,17 +49,6 @@ double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-BlockLayout globule_layout(std::size_t n, float cutoff, MaskMode mask) {
-  const Structure s = make_globule(n, 0.058, 1);
-  LayoutOptions opt;
-  opt.order = Order::morton;
-  opt.cutoff = cutoff;
-  opt.mask = mask;
-  opt.count_pairs = false;
-  opt.threads = 0;  // all cores: the layout is the same, order_tile_ms says how long it takes
-  return build_cutoff_layout(s.xyz.data(), s.size(), opt);
-}
-
 // W4 of DESIGN.md, the serving mix: this many globules of kW4MinAtoms..kW4MaxAtoms atoms (sizes
 // seeded), one ragged batch.
 constexpr int kW4Structures = 32;
@@ -91,6 +79,14 @@ BlockLayout block_diagonal(const std::vector<BlockLayout>& batch) {
   return build_edges_layout(xyz.data(), xyz.size() / 3, pairs, opt);
 }
 
+// Whether a batch holds copies of one layout (W1b, --batch): timed as it is, but built and
+// exported once.
+bool copies_of_one(const std::vector<BlockLayout>& batch) {
+  for (const BlockLayout& l : batch)
+    if (l.n != batch.front().n || l.col_idx != batch.front().col_idx) return false;
+  return true;
+}
+
 // The workloads of DESIGN.md by name.
 Workload make_workload(const std::string& name, MaskMode mask) {
   Workload w;
@@ -107,7 +103,7 @@ Workload make_workload(const std::string& name, MaskMode mask) {
     w.layouts.assign(64, l);
     w.note = "64 structures of the W1 pattern in one ragged batch, 1 head, d=64";
   } else if (name == "w2" || name == "w2d128") {
-    w.layouts.push_back(globule_layout(100096, 8.0f, mask));
+    w.layouts.push_back(globule_layout(kW2Atoms, 8.0f, mask));
     w.heads = 8;
     w.dim = name == "w2" ? 64 : 128;
     w.note = "100,096-atom globule, Morton, tile-box cutoff 8 A, 8 heads";
@@ -116,28 +112,23 @@ Workload make_workload(const std::string& name, MaskMode mask) {
     std::uniform_int_distribution<int> size(kW4MinAtoms, kW4MaxAtoms);
     for (int b = 0; b < kW4Structures; ++b) {
       const auto n = static_cast<std::size_t>(size(rng));
-      const Structure s = make_globule(n, 0.058, 100 + static_cast<std::uint64_t>(b));
-      LayoutOptions opt;
-      opt.order = Order::morton;
-      opt.cutoff = 8.0f;
-      opt.mask = mask;
-      opt.count_pairs = false;
-      opt.threads = 0;
-      w.layouts.push_back(build_cutoff_layout(s.xyz.data(), s.size(), opt));
+      w.layouts.push_back(globule_layout(n, 8.0f, mask, 100 + static_cast<std::uint64_t>(b)));
     }
     w.heads = 8;
     w.note = "serving mix: 32 globules of 1k-20k atoms (seeded sizes), Morton, 8 A, one ragged batch, 8 heads, d=64";
   } else if (name == "1m") {
-    w.layouts.push_back(globule_layout(1000000, 8.0f, mask));
+    w.layouts.push_back(globule_layout(k1MAtoms, 8.0f, mask));
     w.heads = 8;
     w.note = "1,000,000-atom globule, Morton, tile-box cutoff 8 A, 8 heads, d=64";
   } else {
     throw Error("bench: unknown workload '" + name + "' (w1, w1alt, w1b, w2, w2d128, w4, 1m)");
   }
   w.layout_ms = ms_since(t0);
-  for (const BlockLayout& l : w.layouts) w.order_tile_ms += l.stats.order_ms + l.stats.build_ms;
-  if (w.layouts.size() > 1 && w.layouts.front().nnz() == w.layouts.back().nnz() && w.layouts.front().n == w.layouts.back().n)
-    w.order_tile_ms = w.layouts.front().stats.order_ms + w.layouts.front().stats.build_ms;  // copies of one layout
+  const bool copies = copies_of_one(w.layouts);  // built once
+  for (const BlockLayout& l : w.layouts) {
+    w.order_tile_ms += l.stats.order_ms + l.stats.build_ms;
+    if (copies) break;
+  }
   return w;
 }
 
@@ -287,12 +278,10 @@ void run_bench(const Options& o) {
     for (const Workload& w : work) {
       const std::string dir = (std::filesystem::path(o.export_dir) / w.name).string();
       // Copies of one layout export once with their count; a ragged batch as one block-diagonal layout.
-      bool copies = true;
-      for (const BlockLayout& l : w.layouts)
-        copies = copies && l.n == w.layouts.front().n && l.col_idx == w.layouts.front().col_idx;
+      const bool copies = copies_of_one(w.layouts);
       export_layout(copies ? w.layouts.front() : block_diagonal(w.layouts), dir);
       nlohmann::json run = {{"heads", w.heads}, {"dim", w.dim}, {"batch", copies ? w.layouts.size() : 1}, {"dtype", o.dtype}};
-      std::ofstream(std::filesystem::path(dir) / "bench.json") << run.dump(2) << "\n";
+      write_json((std::filesystem::path(dir) / "bench.json").string(), run, "bench");
     }
   }
 
@@ -341,11 +330,7 @@ void run_bench(const Options& o) {
       results.push_back(std::move(r));
     }
   }
-  if (!o.json_out.empty()) {
-    std::ofstream f(o.json_out);
-    if (!f) throw Error("bench: cannot write " + o.json_out);
-    f << nlohmann::json{{"env", env}, {"results", results}}.dump(2) << "\n";
-  }
+  if (!o.json_out.empty()) write_json(o.json_out, nlohmann::json{{"env", env}, {"results", results}}, "bench");
 }
 
 }  // namespace

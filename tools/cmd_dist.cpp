@@ -31,8 +31,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 constexpr double kBytesPerMiB = 1024.0 * 1024.0;
-constexpr std::size_t kW2Atoms = 100096, k1MAtoms = 1000000;  // DESIGN.md's W2 and the 1M globule
-constexpr double kGlobuleDensity = 0.058;
 
 struct DistOptions {
   std::string mode = "heads", workload = "w2", engine, dtype = "fp16", mask = "tiles", json_out, rendezvous;
@@ -49,13 +47,7 @@ BlockLayout load_workload(const DistOptions& o) {
   const MaskMode mask = parse_mask(o.mask);
   if (o.workload == "w2" || o.workload == "1m") {
     const Activity a("building the " + o.workload + " globule layout");
-    const Structure s = make_globule(o.workload == "w2" ? kW2Atoms : k1MAtoms, kGlobuleDensity, 1);
-    LayoutOptions opt;
-    opt.order = Order::morton;
-    opt.cutoff = o.cutoff;
-    opt.mask = mask;
-    opt.count_pairs = false;
-    return build_cutoff_layout(s.xyz.data(), s.size(), opt);
+    return globule_layout(o.workload == "w2" ? kW2Atoms : k1MAtoms, o.cutoff, mask);
   }
   std::error_code ec;
   if (fs::is_directory(o.workload, ec)) return load_layout(o.workload);
@@ -119,13 +111,6 @@ json describe_plan(const BlockLayout& l, const DistOptions& o, dist::Mode mode, 
   j["allgather_bytes"] = all;
   j["plan_ms"] = sp->plan_ms;
   return j;
-}
-
-void write_json(const std::string& path, const json& j) {
-  if (path.empty()) return;
-  std::ofstream f(path);
-  f << j.dump(2) << "\n";
-  if (!f) throw Error("dist: cannot write " + path);
 }
 
 
@@ -325,7 +310,7 @@ void run_dist(const DistOptions& o) {
     else run_gpu(o, mode, l, me, j);
 #endif
   }
-  if (reports) write_json(o.json_out, j);
+  if (reports && !o.json_out.empty()) write_json(o.json_out, j, "dist");
 }
 
 }  // namespace

@@ -1,7 +1,6 @@
 // protattn embed: structure files in, atom_encoder embeddings (fp16 .npy, file atom order) out.
 #include <algorithm>
 #include <chrono>
-#include <fstream>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -32,12 +31,10 @@ struct EmbedOptions {
   std::string json; // timing as JSON
 };
 
-
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 void run_embed(const EmbedOptions& o) {
   const bool single = o.files.size() == 1;
-  // The embeddings written are those of the first copy of each structure.
   if (single && o.out.empty()) throw Error("embed: give --out FILE.npy");
   if (!single && o.out_dir.empty()) throw Error("embed: several structures need --out-dir DIR (one <name>.npy each)");
   if (!single && (!o.save_inputs.empty() || !o.export_layout.empty()))
@@ -87,6 +84,7 @@ void run_embed(const EmbedOptions& o) {
   }
 
   if (!o.out_dir.empty()) std::filesystem::create_directories(o.out_dir);
+  // The embeddings written are those of the first copy of each structure.
   for (std::size_t b = 0; b < structures.size(); ++b) {
     const std::int64_t n = static_cast<std::int64_t>(structures[b].size());
     const std::string path = single ? o.out : (std::filesystem::path(o.out_dir) / (std::filesystem::path(o.files[b]).stem().string() + ".npy")).string();
@@ -96,20 +94,20 @@ void run_embed(const EmbedOptions& o) {
   }
   fmt::print("engine {}: plan {:.2f} ms (layouts, attention plan, buffers), forward {:.2f} ms for {} structure(s), {} atoms\n",
              enc.engine_name(), plan_ms, run_ms, out.size(), plan->total_n());
-  const double med = median(round_ms);
+  const double med = median(round_ms), plan_med = median(round_plan_ms);
+  const double per_s = med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0;
   if (o.repeat > 0)
     fmt::print("{} more rounds (plan + forward + fetch): median {:.3f} ms, of which plan {:.3f} ms: {:.1f} structures/s\n",
-               o.repeat, med, median(round_plan_ms), med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0);
+               o.repeat, med, plan_med, per_s);
   if (!o.json.empty()) {
     nlohmann::json j = {{"engine", enc.engine_name()}, {"model", o.model}, {"files", o.files},
                         {"copies", o.copies}, {"structures", out.size()}, {"atoms", plan->total_n()},
                         {"layers", c.layers}, {"heads", c.heads}, {"dim", c.head_dim}, {"channels", c.channels},
                         {"first_plan_ms", plan_ms}, {"first_forward_ms", run_ms}, {"rounds", o.repeat},
-                        {"round_ms_median", med}, {"round_plan_ms_median", median(round_plan_ms)},
+                        {"round_ms_median", med}, {"round_plan_ms_median", plan_med},
                         {"round_ms", round_ms},
-                        {"structures_per_s", med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0}};
-    std::ofstream f(o.json);
-    if (!(f << j.dump(2) << "\n")) throw Error("embed: cannot write " + o.json);
+                        {"structures_per_s", per_s}};
+    write_json(o.json, j, "embed");
   }
   if (!o.save_inputs.empty()) {
     std::filesystem::create_directories(o.save_inputs);
