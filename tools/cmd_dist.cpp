@@ -113,7 +113,6 @@ json describe_plan(const BlockLayout& l, const DistOptions& o, dist::Mode mode, 
   return j;
 }
 
-
 double element(const std::vector<std::uint8_t>& raw, DType t, std::size_t i) {
   if (t == DType::f32) {
     float f;
