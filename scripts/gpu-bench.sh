@@ -52,7 +52,7 @@ run_dist() {
     for run in "heads w2 50" "spatial w2 50" "spatial 1m 20"; do
       set -- $run
       echo "-- dist --gpus $g --mode $1 --workload $2"
-      timeout 900 "$protattn" dist --gpus "$g" --mode "$1" --workload "$2" --heads 8 --dim 64 --iters "$3" --check \
+      timeout "${DIST_TIMEOUT:-240}" "$protattn" dist --gpus "$g" --mode "$1" --workload "$2" --heads 8 --dim 64 --iters "$3" --check \
         --json "$out/dist_$1_$2_g$g.json" 2>&1 | tail -12 || status=1
     done
     g=$((g * 2))

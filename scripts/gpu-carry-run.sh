@@ -21,4 +21,11 @@ SH
 fi
 echo "gpu-carry-run: binaries of $(cat .carry/COMMIT 2>/dev/null || echo unknown)"
 for kv in "$@"; do export "$kv"; done
-OUT=${OUT:-$root/out} bash scripts/gpu-bench.sh .carry/bin
+out=${OUT:-$root/out}
+OUT=$out bash scripts/gpu-bench.sh .carry/bin
+status=$?
+# The device tool returns at most 8 files from $OUT: everything goes back as one archive.
+if [ -d "$out" ] && [ -n "$(ls -A "$out")" ]; then
+  tar -C "$out" -czf /tmp/results.tar.gz . && find "$out" -mindepth 1 -delete && mv /tmp/results.tar.gz "$out/"
+fi
+exit $status
