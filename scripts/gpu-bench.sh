@@ -30,21 +30,20 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,po
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
 
 status=0
+export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off: it can take a shared host's GPUs down
+if [ -z "${PROTATTN_NCCL_LIB:-}" ]; then  # PyTorch's NCCL when the toolkit has none
+  nccl_lib=$(python3 -c "import nvidia.nccl as m, os; print(os.path.join(list(m.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+  [ -f "$nccl_lib" ] && export PROTATTN_NCCL_LIB=$nccl_lib
+fi
 
 # Several GPUs through NCCL: head-parallel on W2 and spatial on W2 and the 1M-atom globule, on
 # 1, 2, 4, ... GPUs, each checked on rank 0 against one GPU (which also gives the scaling
 # baseline); JSON per run in $out/dist_*.json, then a table.
 run_dist() {
-  export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off: it can take a shared host's GPUs down
   local gpus=${DIST_GPUS:-$(nvidia-smi -L | grep -c '^GPU')}
-  if [ -z "${PROTATTN_NCCL_LIB:-}" ]; then  # PyTorch's NCCL when the toolkit has none
-    local lib
-    lib=$(python3 -c "import nvidia.nccl as m, os; print(os.path.join(list(m.__path__)[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
-    [ -f "$lib" ] && export PROTATTN_NCCL_LIB=$lib
-  fi
   echo "== dist: $gpus GPU(s), ${PROTATTN_NCCL_LIB:-libnccl.so.2 on the loader path}"
-  if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ]; then
-    "$gtests" --gtest_brief=1 --gtest_filter='DistGpu*' 2>&1 | tee "$out/dist_gpu_tests.log" | tail -20
+  if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ] && [ "${DIST:-0}" = only ]; then  # else with the GPU tests
+    timeout "${TEST_TIMEOUT:-300}" "$gtests" --gtest_filter='DistGpu*' 2>&1 | tee "$out/dist_gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -20
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   fi
   local g=1
@@ -86,8 +85,10 @@ fi
 
 if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ]; then
   echo "== GPU tests"
-  "$gtests" --gtest_brief=1 2>&1 | tee "$out/gpu_tests.log" | tail -40
+  # Every test's start and end go to the log (a hang shows where); failures and the summary here.
+  timeout "${TEST_TIMEOUT:-300}" "$gtests" 2>&1 | tee "$out/gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -40
   status=${PIPESTATUS[0]}
+  [ "$status" = 124 ] && echo "gpu-bench: the GPU tests ran past ${TEST_TIMEOUT:-300} s; the last started: $(grep '^\[ RUN' "$out/gpu_tests.log" | tail -1)"
 fi
 
 echo "== protattn bench ($engines on $workloads)"

@@ -22,7 +22,8 @@ fi
 echo "gpu-carry-run: binaries of $(cat .carry/COMMIT 2>/dev/null || echo unknown)"
 for kv in "$@"; do export "$kv"; done
 out=${OUT:-$root/out}
-OUT=$out bash scripts/gpu-bench.sh .carry/bin
+# Ends inside the device tool's 10-minute limit, so that the archive below is still made.
+OUT=$out timeout "${RUN_LIMIT_S:-560}" bash scripts/gpu-bench.sh .carry/bin
 status=$?
 # The device tool returns at most 8 files from $OUT: everything goes back as one archive.
 if [ -d "$out" ] && [ -n "$(ls -A "$out")" ]; then
