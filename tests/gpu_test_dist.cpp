@@ -65,7 +65,7 @@ struct RankResult {
   std::int64_t lse_inf_mismatch = -1, differing = -1, received = -1;
 };
 constexpr const char* kRankOut = "PROTATTN_DIST_TEST_OUT";  // where rank 0 writes its RankResult
-constexpr const char* kRankCase = "PROTATTN_DIST_TEST_CASE";  // "<mode> <mask> <atoms>"
+constexpr const char* kRankCase = "PROTATTN_DIST_TEST_CASE";  // "<mode> <mask> <atoms> <tag>"
 
 void write_result(const std::string& path, const dist::GpuReport& rep) {
   bool split = rep.single_splits > 0;
@@ -92,13 +92,15 @@ RankResult read_result(const std::string& path) {
 // Starts `world` copies of this test binary running DistGpuRank.Run (rank r on device r) and
 // returns rank 0's result.
 RankResult run_group(dist::Mode mode, MaskMode mask, std::int64_t atoms, int world) {
+  static int groups = 0;
   const fs::path self = fs::read_symlink("/proc/self/exe");
   const fs::path out = fs::temp_directory_path() / ("protattn-gpu-test-dist-" + std::to_string(::getpid()) + ".txt");
   fs::remove(out);
   dist::spawn_ranks({self.string(), "--gtest_filter=DistGpuRank.Run", "--gtest_brief=1"}, world,
                     {std::string(kRankOut) + "=" + out.string(),
+                     // The tag names the rendezvous file: the same in every rank of one group only.
                      std::string(kRankCase) + "=" + dist::to_string(mode) + " " + to_string(mask) + " " +
-                         std::to_string(atoms),
+                         std::to_string(atoms) + " many-" + std::to_string(::getpid()) + "-" + std::to_string(++groups),
                      "NCCL_NVLS_ENABLE=0"});
   RankResult r = read_result(out.string());
   fs::remove(out);
@@ -147,14 +149,16 @@ TEST(DistGpuRank, Run) {
   const char* what = std::getenv(kRankCase);
   if (!out || !what) GTEST_SKIP() << "a rank of DistGpu.SeveralGpusMatchOneGpu, started by it";
   std::istringstream in(what);
-  std::string mode, mask;
+  std::string mode, mask, tag;
   std::int64_t atoms = 0;
-  in >> mode >> mask >> atoms;
+  in >> mode >> mask >> atoms >> tag;
   ASSERT_TRUE(in) << what;
   const BlockLayout l = test::globule_layout(atoms, parse_mask(mask));
   const dist::RankInfo me = dist::rank_from_env();
   ASSERT_TRUE(me.from_env);
-  const dist::GpuReport rep = dist::run_nccl(l, options(dist::parse_mode(mode), "many"), me);
+  dist::GpuOptions o = options(dist::parse_mode(mode), "many");
+  o.run_tag = tag;
+  const dist::GpuReport rep = dist::run_nccl(l, o, me);
   if (me.rank == 0) write_result(out, rep);
 }
 
