@@ -11,7 +11,8 @@
 # Several GPUs (docs/dist.md): DIST=1 adds `protattn dist` runs after the rest, DIST=only runs them
 # alone (on nvidia-h200-x2 / -x4); DIST_GPUS (default: every GPU) caps the GPU counts tried.
 # atom_encoder serving (issue 6, scripts/serve-encoder-bench.sh, needs PERF_ANALYZER): ENCODER=1
-# adds it after the rest, ENCODER=only runs it alone (about 4 minutes; results in $OUT/encoder).
+# adds it after the rest, ENCODER=only runs it alone (about 4 minutes; results in $OUT/encoder;
+# TESTS_FIRST=1 runs the GPU tests before it; ENCODER_ALT_ARGS adds a second server configuration).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -69,12 +70,47 @@ for r in sorted(rows):
     print(f"{r[0]:8} {r[1]:8} {r[2]:4d} {r[3]:9.3f} {r[4]:9.3f} {100 * r[5]:5.1f}% {r[6]:9.1f} {r[7]:11.1f} {r[8]:8.1e} {r[9]}")
 PY
 }
+# The GPU test suite. Every test's start and end go to the log (a hang shows where); failures and
+# the summary are printed. When tests fail, they run again with the device-memory cache off
+# (PROTATTN_DEVICE_CACHE=0); if they pass then, the cache is what broke them: the rest of the run
+# goes without it, and the log says so.
+run_gpu_tests() {
+  echo "== GPU tests"
+  timeout "${TEST_TIMEOUT:-300}" "$gtests" 2>&1 | tee "$out/gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -40
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] && return
+  status=1
+  [ "$rc" = 124 ] && echo "gpu-bench: the GPU tests ran past ${TEST_TIMEOUT:-300} s; the last started: $(grep '^\[ RUN' "$out/gpu_tests.log" | tail -1)"
+  local failed
+  failed=$(grep '^\[  FAILED  \] [A-Za-z]' "$out/gpu_tests.log" | awk '{print $4}' | sort -u | paste -sd: -)
+  if [ -n "$failed" ] && [ "${PROTATTN_DEVICE_CACHE:-1}" != 0 ]; then
+    echo "== GPU tests that failed, again with PROTATTN_DEVICE_CACHE=0: $failed"
+    if PROTATTN_DEVICE_CACHE=0 timeout "${TEST_TIMEOUT:-300}" "$gtests" --gtest_filter="$failed" > "$out/gpu_tests_nocache.log" 2>&1; then
+      echo "gpu-bench: they pass without the device-memory cache: the rest of this run goes without it"
+      export PROTATTN_DEVICE_CACHE=0
+    else
+      grep -v '^\[ *\(RUN\|OK\) ' "$out/gpu_tests_nocache.log" | tail -10
+    fi
+  fi
+}
 run_encoder() {
   echo "== atom_encoder serving (scripts/serve-encoder-bench.sh, fused)"
   PERF_ANALYZER=${PERF_ANALYZER:-} bash "$root/scripts/serve-encoder-bench.sh" "$(dirname "$protattn")" "$out/encoder" fused \
     || status=1
+  # A second configuration of the server (ENCODER_ALT_ARGS, e.g. "--devices 0,0": two inference
+  # threads on one GPU), ENCODER_ALT_MODELS on ENCODER_ALT_SIZES atoms at ENCODER_ALT_CONCURRENCY,
+  # without the loop.
+  if [ -n "${ENCODER_ALT_ARGS:-}" ]; then
+    echo "== atom_encoder serving, serve $ENCODER_ALT_ARGS"
+    SERVE_ARGS="$ENCODER_ALT_ARGS" SIZES="${ENCODER_ALT_SIZES:-4096}" CONCURRENCY="${ENCODER_ALT_CONCURRENCY:-16 64 128}" \
+      MODELS="${ENCODER_ALT_MODELS:-encoder_w1}" \
+      LOOP_ITERS=0 PERF_ANALYZER=${PERF_ANALYZER:-} \
+      bash "$root/scripts/serve-encoder-bench.sh" "$(dirname "$protattn")" "$out/encoder_alt" fused || status=1
+  fi
 }
 if [ "${ENCODER:-0}" = only ]; then
+  # The tests first (TESTS_FIRST=1): they check the binaries the serving numbers come from.
+  [ "${TESTS_FIRST:-0}" = 1 ] && [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ] && run_gpu_tests
   run_encoder
   exit $status
 fi
@@ -84,11 +120,7 @@ if [ "${DIST:-0}" = only ]; then
 fi
 
 if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ]; then
-  echo "== GPU tests"
-  # Every test's start and end go to the log (a hang shows where); failures and the summary here.
-  timeout "${TEST_TIMEOUT:-300}" "$gtests" 2>&1 | tee "$out/gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -40
-  status=${PIPESTATUS[0]}
-  [ "$status" = 124 ] && echo "gpu-bench: the GPU tests ran past ${TEST_TIMEOUT:-300} s; the last started: $(grep '^\[ RUN' "$out/gpu_tests.log" | tail -1)"
+  run_gpu_tests
 fi
 
 echo "== protattn bench ($engines on $workloads)"

@@ -12,9 +12,10 @@
 # default selection: heavy atoms, no waters), written as PDB files so that every tool reads the
 # same atoms. The weights are seeded random (UNTRAINED): timings only.
 # Environment: PERF_ANALYZER (else PATH or ~/.cache/protattn/perf_analyzer), CONCURRENCY
-# ("1 4 16 64"), WINDOW_MS (3000), LOOP_ITERS (1000), SIZES ("4096 20000"), PORT (18200),
-# THREADS (cpu engine threads, 0 = all), SERVE_ARGS (more `protattn serve` options, e.g.
-# "--devices 0,0" for two inference threads on one GPU).
+# ("1 4 16 64"), WINDOW_MS (3000), LOOP_ITERS (1000; 0: no loop), SIZES ("4096 20000"),
+# MODELS ("encoder_w1 atom_encoder"), PORT (18200), THREADS (cpu engine threads, 0 = all),
+# SERVE_ARGS (more `protattn serve` options, e.g. "--devices 0,0" for two inference threads on one
+# GPU).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:?usage: serve-encoder-bench.sh BIN_DIR OUT [ENGINE]}
@@ -28,6 +29,7 @@ conc=${CONCURRENCY:-1 4 16 64}
 window=${WINDOW_MS:-3000}
 iters=${LOOP_ITERS:-1000}
 sizes=${SIZES:-4096 20000}
+models=${MODELS:-encoder_w1 atom_encoder}
 port=${PORT:-18200}
 threads=${THREADS:-0}
 mkdir -p "$out"
@@ -78,7 +80,7 @@ done
 "$protattn" init-model "$work/models/encoder_w1/model.safetensors" --layers 1 --heads 1 --dim 64 --channels 64 > /dev/null || exit 1
 
 echo "== offline batched forwards (protattn embed --copies C --repeat R)"
-for m in encoder_w1 atom_encoder; do
+for m in $models; do
   for n in $sizes; do
     for c in $conc; do
       rounds=20; [ "$engine" = cpu ] && rounds=2
@@ -96,7 +98,7 @@ echo "== serving: protattn serve --engine $engine, perf_analyzer over gRPC"
 spid=$!
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null || { echo "server did not become ready" >&2; kill "$spid"; exit 1; }
-for m in encoder_w1 atom_encoder; do
+for m in $models; do
   for n in $sizes; do
     for c in $conc; do
       echo "-- $m, $n atoms, concurrency $c"
@@ -109,19 +111,19 @@ for m in encoder_w1 atom_encoder; do
 done
 curl -s "http://127.0.0.1:$port/metrics" > "$out/encoder_metrics.txt"
 
-echo "== protattn loop: $iters iterations, one client, 4,096 atoms, the demo model"
-if echo " $sizes " | grep -q " 4096 "; then
+if [ "$iters" -gt 0 ] && echo " $sizes " | grep -q " 4096 "; then
+  echo "== protattn loop: $iters iterations, one client, 4,096 atoms, the demo model"
   "$protattn" loop --server "http://127.0.0.1:$port" --model atom_encoder --iterations "$iters" \
     --structure "$work/s4096.pdb" > "$out/loop.txt" 2>&1 || status=1
   cat "$out/loop.txt"
 fi
 kill -TERM "$spid"; wait "$spid" || status=1
 
-python3 - "$out" "$engine" "$conc" "$sizes" <<'PY' || status=1
+python3 - "$out" "$engine" "$conc" "$sizes" "$models" <<'PY' || status=1
 import csv, glob, json, os, re, sys
-out, engine, conc, sizes = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+out, engine, conc, sizes, models = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5].split()
 rows = []
-for m in ("encoder_w1", "atom_encoder"):
+for m in models:
     for n in sizes:
         for c in conc:
             r = {"model": m, "atoms": int(n), "concurrency": int(c)}

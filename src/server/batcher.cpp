@@ -21,6 +21,14 @@ struct Batcher::EngineState {
   int worker = 0, device = 0;
   std::unique_ptr<Engine> engine;
   std::map<const ModelSpec*, std::unique_ptr<AtomEncoder>> encoders;  // one per atom_encoder model
+  // The worker's own CUDA stream (non-blocking) for atom_encoder batches, so that workers sharing a
+  // GPU overlap one's host plan and copies with another's kernels; null on the CPU.
+  void* stream = nullptr;
+  ~EngineState() {
+#ifdef PROTATTN_HAVE_CUDA
+    if (stream) cudaStreamDestroy(static_cast<cudaStream_t>(stream));
+#endif
+  }
   // Packed buffers, grown as needed and kept between batches.
   std::vector<std::uint16_t> q, k, v, o;
   std::vector<float> lse;
@@ -83,6 +91,15 @@ void Batcher::start(const std::vector<ModelSpec>& models) {
         for (const ModelSpec& m : models)
           if (m.is_encoder())
             st.encoders[&m] = std::make_unique<AtomEncoder>(Model(*m.encoder), opt_.engine, eo);
+#ifdef PROTATTN_HAVE_CUDA
+        if (st.engine->on_device()) {
+          cudaStream_t stream = nullptr;
+          if (cudaSetDevice(st.device) != cudaSuccess ||
+              cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess)
+            throw Error("serve: cannot create a CUDA stream on device " + std::to_string(st.device));
+          st.stream = stream;
+        }
+#endif
         ready[w].set_value(st.engine->name());
       } catch (...) {
         ready[w].set_exception(std::current_exception());
@@ -290,7 +307,7 @@ void Batcher::run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& b
   Status status;
   try {
     if (first.model->is_encoder())
-      run_encoder_batch(*state.encoders.at(first.model), batch);
+      run_encoder_batch(*state.encoders.at(first.model), batch, state.stream);
     else
       run_attention(state, batch);
   } catch (const Error& e) {

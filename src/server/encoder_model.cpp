@@ -72,13 +72,13 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
   return job;
 }
 
-void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch) {
+void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch, void* stream) {
   std::vector<AtomInput> inputs;
   inputs.reserve(batch.size());
   for (const auto& j : batch) inputs.push_back({j->coords, j->elements, &j->layout});
   auto plan = encoder.plan(inputs);
-  encoder.run(*plan);
-  std::vector<Embedding> out = encoder.fetch(*plan);
+  encoder.run(*plan, stream);
+  std::vector<Embedding> out = encoder.fetch(*plan, stream);
   for (std::size_t b = 0; b < batch.size(); ++b) batch[b]->embedding = std::move(out[b]);
 }
 

@@ -19,7 +19,7 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
 
 // One forward of the whole batch (plan, run, fetch) on the inference thread; fills each job's
 // embedding. Throws what AtomEncoder throws.
-void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch);
+void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch, void* stream = nullptr);
 
 // EMBEDDING FP16 [N, C], request atom order.
 std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted);

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/common/bench_support.hpp"
+#include "cuda/common/device_buffer.hpp"
 #include "cuda/common/cuda_check.hpp"
 
 namespace protattn::cuda {
@@ -93,6 +94,7 @@ std::vector<float> time_device(const std::function<void(void* stream)>& fn, int 
 }
 
 std::size_t device_memory_used() {
+  trim_device_caches();  // freed blocks kept for reuse are not in use
   std::size_t free_b = 0, total_b = 0;
   PROTATTN_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   return total_b - free_b;

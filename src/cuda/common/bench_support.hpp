@@ -36,7 +36,7 @@ class DeviceArray {
 // flush_l2. Returns the per-call times in milliseconds.
 std::vector<float> time_device(const std::function<void(void* stream)>& fn, int warmup, int iters, bool flush_l2);
 
-// Bytes of device memory in use (cudaMemGetInfo).
+// Bytes of device memory in use (cudaMemGetInfo, after freeing the blocks cached for reuse).
 std::size_t device_memory_used();
 
 }  // namespace protattn::cuda

@@ -155,6 +155,7 @@ std::unique_ptr<Plan> GroupedEngine::plan(const std::vector<const BlockLayout*>&
                           (kBlockElems * (sizeof(float) + esize) + opart_elems * sizeof(float) + kPointerArrays * sizeof(void*)) +
                       (padded ? 3.0 * shape.heads * padded_rows * shape.dim * esize : 0.0);
   std::size_t free_bytes = 0, total_bytes = 0;
+  cuda::trim_device_caches();  // blocks cached for reuse count as free here
   PROTATTN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   if (need > static_cast<double>(free_bytes))
     throw Error("grouped engine: the plan needs " + gib(need) + " of device memory (S, P and P V partials for " +
