@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# On the lent GPU machine: where the GPU time of one atom_encoder forward goes, kernel by kernel,
+# with Nsight Compute (ncu, installed there) timing each kernel once (no clock control, no other
+# counters). Prints a table per model (total time per kernel name, calls, share) and writes the
+# raw CSV under $OUT.
+#   bash scripts/gpu-profile.sh [BIN_DIR]    (default .carry/bin after scripts/gpu-carry-run.sh's
+#                                             unpacking, else build/tools)
+# Environment: COPIES (64: structures per batch), STRUCTURE (tests/data/2hhb.pdb).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-}
+[ -z "$bin" ] && { [ -x "$root/.carry/bin/protattn" ] && bin=$root/.carry/bin || bin=$root/build/tools; }
+protattn=$bin/protattn
+out=${OUT:-$root/out}
+mkdir -p "$out"
+if [ -f "$root/.carry/lib.tar.gz" ] && [ ! -d "$root/.carry/lib" ]; then tar -C "$root/.carry" -xzf "$root/.carry/lib.tar.gz"; fi
+export LD_LIBRARY_PATH="$root/.carry/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+[ -x "$ncu" ] || { echo "gpu-profile: no ncu" >&2; exit 2; }
+structure=${STRUCTURE:-$root/tests/data/2hhb.pdb}
+[ -f "$structure" ] || structure=$root/.carry/data/2hhb.pdb
+copies=${COPIES:-64}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+status=0
+"$protattn" init-model "$work/demo.safetensors" > /dev/null || exit 1
+"$protattn" init-model "$work/w1.safetensors" --layers 1 --heads 1 --dim 64 --channels 64 > /dev/null || exit 1
+summarize() {
+  python3 - "$1" <<'PY' || status=1
+import csv, sys, collections
+rows = [l for l in open(sys.argv[1]) if l.startswith('"')]
+t = collections.defaultdict(float); n = collections.Counter()
+for r in csv.DictReader(rows):
+    if r.get("Metric Name") != "gpu__time_duration.sum":
+        continue
+    name = r["Kernel Name"].split("(")[0].split("<")[0][:60]
+    t[name] += float(r["Metric Value"]) / 1e3  # ns -> us
+    n[name] += 1
+total = sum(t.values())
+print(f"{'kernel':60} {'calls':>5} {'us':>10} {'share':>6}")
+for k, v in sorted(t.items(), key=lambda kv: -kv[1]):
+    print(f"{k:60} {n[k]:5d} {v:10.1f} {100 * v / total:5.1f}%")
+print(f"{'all kernels':60} {sum(n.values()):5d} {total:10.1f}")
+PY
+}
+for m in w1 demo; do
+  echo "== ncu: protattn embed $(basename "$structure") --copies $copies, model $m (plan, one forward, fetch; then one more round)"
+  "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    "$protattn" embed "$structure" --model "$work/$m.safetensors" --engine fused --out "$work/x.npy" \
+    --copies "$copies" --repeat 1 > "$out/ncu_$m.csv" 2> "$work/ncu.err" || { tail -5 "$work/ncu.err"; status=1; }
+  summarize "$out/ncu_$m.csv"
+done
+echo "== ncu: protattn bench --engine fused --workload w1 (the first 8 kernels)"
+"$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-units base --launch-count 8 \
+  "$protattn" bench --engine fused --workload w1 > "$out/ncu_bench_w1.csv" 2> "$work/ncu.err" || { tail -5 "$work/ncu.err"; status=1; }
+summarize "$out/ncu_bench_w1.csv"
+exit $status
