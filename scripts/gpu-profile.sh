@@ -34,7 +34,7 @@ for r in csv.DictReader(rows):
     if r.get("Metric Name") != "gpu__time_duration.sum":
         continue
     name = r["Kernel Name"].split("(")[0].split("<")[0][:60]
-    t[name] += float(r["Metric Value"]) / 1e3  # ns -> us
+    t[name] += float(r["Metric Value"].replace(",", "")) / 1e3  # ns -> us (thousands separated)
     n[name] += 1
 total = sum(t.values())
 print(f"{'kernel':60} {'calls':>5} {'us':>10} {'share':>6}")

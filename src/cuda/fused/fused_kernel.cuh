@@ -118,7 +118,18 @@ struct QueryPos {
   float x, y, z;
 };
 
-// The mask rule of mask_allows(), with the same float arithmetic (no fused multiply-add).
+// Mask `atoms` for key j at (kx, ky, kz): the rule of mask_allows(), with the same float
+// arithmetic (no fused multiply-add).
+__device__ __forceinline__ bool allowed_atoms(const StructDesc& sd, const QueryPos& qp, int j, float kx, float ky,
+                                              float kz) {
+  if (j >= sd.n || qp.row >= sd.n) return false;
+  if (j == qp.row) return true;
+  const float dx = __fsub_rn(qp.x, kx), dy = __fsub_rn(qp.y, ky), dz = __fsub_rn(qp.z, kz);
+  const float d2 = __fadd_rn(__fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy)), __fmul_rn(dz, dz));
+  return d2 <= sd.cutoff2;
+}
+
+// The mask rule of mask_allows() for any mode, key coordinates read from `coords`.
 __device__ __forceinline__ bool allowed(const StructDesc& sd, const float* coords, const QueryPos& qp, int j) {
   if (j >= sd.n || qp.row >= sd.n) return false;
   if (sd.mask == kMaskTiles) return true;
@@ -126,11 +137,8 @@ __device__ __forceinline__ bool allowed(const StructDesc& sd, const float* coord
     const int centre = (qp.row / 32) * 32 + 16;
     return j >= centre - 64 && j < centre + 64;
   }
-  if (j == qp.row) return true;
   const float* c = coords + (sd.offset + j) * 3;
-  const float dx = __fsub_rn(qp.x, c[0]), dy = __fsub_rn(qp.y, c[1]), dz = __fsub_rn(qp.z, c[2]);
-  const float d2 = __fadd_rn(__fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy)), __fmul_rn(dz, dz));
-  return d2 <= sd.cutoff2;
+  return allowed_atoms(sd, qp, j, c[0], c[1], c[2]);
 }
 
 // 2^x on the special-function unit (flush-to-zero; 2^-inf = 0).
@@ -192,7 +200,11 @@ template <typename T, int D>
 struct FusedKernel {
   static constexpr int kQBytes = SwizzledTile<D>::kBytes;
   static constexpr int kStageBytes = 2 * SwizzledTile<D>::kBytes;  // K and V
-  static constexpr int kSmemBytes = kQBytes + 2 * kStageBytes;
+  static constexpr int kSmemBytes = kQBytes + 2 * kStageBytes;  // the mma.sync back end
+  // The wgmma back end adds, for mask `atoms`, the key tile's coordinates (one float4 per key) in
+  // two stages like K and V, read from shared memory instead of global memory per score.
+  static constexpr int kKeyXyzBytes = kTile * static_cast<int>(sizeof(float4));
+  static constexpr int kSmemBytesWgmma = kSmemBytes + 2 * kKeyXyzBytes;
   static constexpr int kMinBlocks = D <= 64 ? 2 : 1;
   static constexpr int kKSteps = D / 16;          // k16 steps of Q K^T
   static constexpr int kOAcc = D / 2;             // O accumulators per thread (16 x D per warp)
@@ -269,12 +281,28 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     }
   }
 
+  // Key coordinates of a tile into stage `stage` (mask `atoms`, wgmma back end): plain loads and
+  // stores, visible after the __syncthreads that also waits for the tile's K and V.
+  auto* key_xyz = reinterpret_cast<float4*>(smem + K_::kQBytes + 2 * K_::kStageBytes);
+  const bool atoms_mask = kWgmma && sd.mask == kMaskAtoms;
+  const auto load_key_xyz = [&](int stage, int kt) {
+    if (!atoms_mask || tid >= kTile) return;
+    const int j = kt * kTile + tid;
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (j < sd.n) {
+      const float* c = p.coords + (sd.offset + j) * 3;
+      v = make_float4(c[0], c[1], c[2], 0.0f);
+    }
+    key_xyz[stage * kTile + tid] = v;
+  };
+
   const int n_kv = item.e_end - item.e_begin;
   load_tile<D>(s_q, qg, row0, sd.n, tid);
   if (n_kv > 0) {
     const int kt = p.col_idx[item.e_begin];
     load_tile<D>(s_stage0, kg, kt * kTile, sd.n, tid);
     load_tile<D>(s_stage0 + Tile::kBytes, vg, kt * kTile, sd.n, tid);
+    load_key_xyz(0, kt);
   }
   cp_async_commit();
 
@@ -294,6 +322,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
       const std::uint32_t st = s_stage0 + ((it + 1) & 1) * K_::kStageBytes;
       load_tile<D>(st, kg, kt_next * kTile, sd.n, tid);
       load_tile<D>(st + Tile::kBytes, vg, kt_next * kTile, sd.n, tid);
+      load_key_xyz((it + 1) & 1, kt_next);  // that stage was last read before the loop's end barrier
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -335,7 +364,22 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
         sm90::wait<0>();
         // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
         // folds into one FFMA before each exp2.
-        if (masked) {
+        if (masked && atoms_mask) {
+          // Element 4 nt + 2 r + c: row r of the thread's two, key nt * 8 + 2 t + c of the half.
+          const float4* kxyz = key_xyz + (it & 1) * kTile + half * kKeyChunk;
+#pragma unroll
+          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int jl = nt * 8 + 2 * t + c;
+              const int j = kt * kTile + half * kKeyChunk + jl;
+              const float4 kc = kxyz[jl];
+#pragma unroll
+              for (int r = 0; r < 2; ++r)
+                if (!allowed_atoms(sd, qpos[r], j, kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
+            }
+          }
+        } else if (masked) {
 #pragma unroll
           for (int i = 0; i < K_::kSAcc; ++i) {
             const int j = kt * kTile + half * kKeyChunk + (i / 4) * 8 + 2 * t + (i & 1);

@@ -31,11 +31,20 @@ auto attention_kernel() {
   return &fused_attention_kernel<T, D, false>;
 }
 
+// Dynamic shared memory of the back end attention_kernel<T, D>() picks.
+template <typename T, int D>
+int attention_smem_bytes() {
+  if constexpr (D == 64 || D == 128) {
+    if (use_wgmma()) return FusedKernel<T, D>::kSmemBytesWgmma;
+  }
+  return FusedKernel<T, D>::kSmemBytes;
+}
+
 template <typename T, int D>
 static void set_smem_limit_once() {
   static const bool done = [] {
     PROTATTN_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T, D>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             FusedKernel<T, D>::kSmemBytes));
+                                             attention_smem_bytes<T, D>()));
     return true;
   }();
   (void)done;
@@ -45,7 +54,7 @@ template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream) {
   set_smem_limit_once<T, D>();
   if (p.n_items > 0) {
-    attention_kernel<T, D>()<<<p.n_items, kThreads, FusedKernel<T, D>::kSmemBytes, stream>>>(p);
+    attention_kernel<T, D>()<<<p.n_items, kThreads, attention_smem_bytes<T, D>(), stream>>>(p);
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
   if (p.n_combines > 0) {
@@ -59,7 +68,7 @@ int fused_blocks_per_sm() {
   set_smem_limit_once<T, D>();
   int blocks = 0;
   PROTATTN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_kernel<T, D>(), kThreads,
-                                                                    FusedKernel<T, D>::kSmemBytes));
+                                                                    attention_smem_bytes<T, D>()));
   return blocks > 0 ? blocks : 1;
 }
 
