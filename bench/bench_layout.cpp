@@ -15,6 +15,7 @@ constexpr std::size_t kW2Atoms = 100'096;  // DESIGN.md W2
 constexpr double kW2Density = 0.058;       // atoms per cubic Angstrom
 constexpr float kW2Cutoff = 8.0f;
 constexpr std::size_t kSmokeAtoms = 5'000;
+constexpr std::size_t k1MAtoms = 1'000'000;
 constexpr Order kOrders[] = {Order::file, Order::morton, Order::hilbert};
 
 const Structure& w2_globule() {
@@ -86,6 +87,24 @@ void BM_w2_cutoff_layout_counted(benchmark::State& state) {
 }
 BENCHMARK(BM_w2_cutoff_layout_counted)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond);
 
+// The 1,000,000-atom globule of issue 3 (Morton, 8 A, pair count off) on state.range(0) layout
+// threads (0: all cores): the layout must build well under the attention time.
+void BM_1m_cutoff_layout(benchmark::State& state) {
+  static const Structure s = make_globule(k1MAtoms, kW2Density);
+  LayoutOptions opt;
+  opt.order = Order::morton;
+  opt.cutoff = kW2Cutoff;
+  opt.count_pairs = false;
+  opt.threads = static_cast<int>(state.range(0));
+  BlockLayout l;
+  for (auto _ : state) {
+    l = build_cutoff_layout(s.xyz.data(), s.size(), opt);
+    benchmark::DoNotOptimize(l.col_idx.data());
+  }
+  report(state, l);
+}
+BENCHMARK(BM_1m_cutoff_layout)->Arg(1)->Arg(2)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_w2_spatial_order(benchmark::State& state) {
   const Structure& s = w2_globule();
   const Order order = kOrders[state.range(0)];
@@ -96,6 +115,17 @@ void BM_w2_spatial_order(benchmark::State& state) {
   state.SetLabel(to_string(order));
 }
 BENCHMARK(BM_w2_spatial_order)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond);
+
+// Spatial order alone on one thread: a W1-sized globule (4,096 atoms, the atom_encoder's size)
+// and the 1M globule.
+void BM_spatial_order_size(benchmark::State& state) {
+  const Structure s = make_globule(static_cast<std::size_t>(state.range(0)), kW2Density);
+  for (auto _ : state) {
+    auto perm = spatial_order(s.xyz.data(), s.size(), Order::morton, 1);
+    benchmark::DoNotOptimize(perm.data());
+  }
+}
+BENCHMARK(BM_spatial_order_size)->Arg(4096)->Arg(k1MAtoms)->Unit(benchmark::kMicrosecond);
 
 void BM_w2_knn_layout(benchmark::State& state) {
   const Structure& s = w2_globule();

@@ -145,6 +145,51 @@ TEST(SpatialOrder, TiesKeepFileOrderAndFileIsIdentity) {
   EXPECT_EQ(spatial_order(same.data(), 10, Order::hilbert), spatial_order(same.data(), 10, Order::file));
 }
 
+// Large inputs take the bucketed sort (from 2^18 atoms): the order must be exactly a stable sort
+// by the Morton key as its definition gives it (21 bits per axis on the cube of the largest
+// bounding-box side, x in the top bit of each triple), ties in file order, for any thread count.
+TEST(SpatialOrder, LargeInputsAreStablySortedByTheMortonKey) {
+  const std::size_t n = (std::size_t{1} << 18) + 12345;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> cell(0, 40);
+  std::vector<float> xyz(3 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool crowd = i % 3 == 0;  // a third of the atoms on one point: one big bucket of ties
+    for (int c = 0; c < 3; ++c) xyz[3 * i + c] = crowd ? 17.0f : static_cast<float>(cell(rng)) * 0.75f - 3.0f;
+  }
+  float lo[3], hi[3];
+  for (int c = 0; c < 3; ++c) {
+    lo[c] = hi[c] = xyz[static_cast<std::size_t>(c)];
+    for (std::size_t i = 0; i < n; ++i) {
+      lo[c] = std::min(lo[c], xyz[3 * i + c]);
+      hi[c] = std::max(hi[c], xyz[3 * i + c]);
+    }
+  }
+  const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
+  const double grid_max = (1 << 21) - 1;
+  std::vector<std::uint64_t> key(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint64_t q[3];
+    for (int c = 0; c < 3; ++c)
+      q[c] = static_cast<std::uint64_t>(std::min((double{xyz[3 * i + c]} - lo[c]) * (grid_max / extent), grid_max));
+    std::uint64_t k = 0;
+    for (int b = 20; b >= 0; --b) k = (k << 3) | (((q[0] >> b) & 1) << 2) | (((q[1] >> b) & 1) << 1) | ((q[2] >> b) & 1);
+    key[i] = k;
+  }
+  std::vector<std::int32_t> expected(n);
+  std::iota(expected.begin(), expected.end(), 0);
+  std::stable_sort(expected.begin(), expected.end(), [&](std::int32_t a, std::int32_t b) { return key[a] < key[b]; });
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE(threads);
+    EXPECT_EQ(spatial_order(xyz.data(), n, Order::morton, threads), expected);
+  }
+  const auto hilbert = spatial_order(xyz.data(), n, Order::hilbert, 1);
+  EXPECT_EQ(spatial_order(xyz.data(), n, Order::hilbert, 3), hilbert);
+  std::vector<std::int32_t> sorted(hilbert);
+  std::sort(sorted.begin(), sorted.end());
+  for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(sorted[i], static_cast<std::int32_t>(i));
+}
+
 TEST(CutoffLayout, CompleteAndExactAgainstBruteForce) {
   struct Case {
     std::string name;
@@ -292,6 +337,32 @@ TEST(CutoffLayout, RejectsBadInput) {
   auto bad = s.xyz;
   bad[7] = std::nanf("");
   EXPECT_THROW(build_cutoff_layout(bad.data(), s.size(), opt), Error);
+}
+
+// Bad coordinates are checked on several threads in large inputs: the error still names the
+// first bad atom, whatever the thread count.
+TEST(CutoffLayout, BadCoordinatesNamedAlikeOnAnyThreadCount) {
+  const Structure s = make_globule(200'000, 0.058, 3);
+  auto bad = s.xyz;
+  bad[3 * 180'000 + 1] = 2e5f;              // absurd, later
+  bad[3 * 150'000 + 2] = std::nanf("");    // non-finite, first
+  for (int threads : {1, 4}) {
+    SCOPED_TRACE(threads);
+    LayoutOptions opt;
+    opt.threads = threads;
+    try {
+      build_cutoff_layout(bad.data(), s.size(), opt);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("atom 150000 has a non-finite coordinate"));
+    }
+    try {
+      spatial_order(bad.data(), s.size(), Order::hilbert, threads);
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("atom 150000 has a non-finite coordinate"));
+    }
+  }
 }
 
 TEST(CutoffLayout, SingleAtomAndCountOff) {

@@ -33,7 +33,7 @@ BlockLayout begin_layout(const char* builder, const float* xyz, std::size_t n, c
   const std::string what = std::string("build_") + builder + "_layout";
   if (n == 0) throw Error(what + ": no atoms");
   if (opt.tile <= 0) throw Error(what + ": tile must be positive, got " + std::to_string(opt.tile));
-  validate_coords(xyz, n, what);
+  detail::validate_coords_parallel(xyz, n, what, detail::resolve_threads(opt.threads, n, detail::kLayoutAtomsPerThread));
   BlockLayout l;
   l.builder = builder;
   l.n = static_cast<std::int32_t>(n);

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/parallel.hpp"
@@ -17,6 +18,11 @@ namespace protattn::detail {
 inline constexpr double kCutoffSlack = 1e-5;
 
 void bounding_box(const float* xyz, std::size_t n, float lo[3], float hi[3]);
+// The same box from `parts` threads (min and max do not depend on the order: same result).
+void bounding_box_parallel(const float* xyz, std::size_t n, float lo[3], float hi[3], int parts);
+// validate_coords() on `parts` threads: the same checks, and the same error (with the first bad
+// atom) when one fails.
+void validate_coords_parallel(const float* xyz, std::size_t n, const std::string& what, int parts);
 
 struct Box {
   float lo[3], hi[3];

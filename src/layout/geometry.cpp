@@ -4,6 +4,7 @@
 
 #include "layout/detail.hpp"
 #include "protattn/error.hpp"
+#include "protattn/structure.hpp"
 
 namespace protattn::detail {
 namespace {
@@ -19,6 +20,42 @@ void bounding_box(const float* xyz, std::size_t n, float lo[3], float hi[3]) {
       lo[c] = std::min(lo[c], xyz[3 * i + c]);
       hi[c] = std::max(hi[c], xyz[3 * i + c]);
     }
+}
+
+void bounding_box_parallel(const float* xyz, std::size_t n, float lo[3], float hi[3], int parts) {
+  if (parts <= 1 || n < static_cast<std::size_t>(parts)) {
+    bounding_box(xyz, n, lo, hi);
+    return;
+  }
+  std::vector<Box> part(static_cast<std::size_t>(parts));
+  parallel_chunks(n, parts, [&](int t, std::size_t b, std::size_t e) {
+    bounding_box(xyz + 3 * b, e - b, part[static_cast<std::size_t>(t)].lo, part[static_cast<std::size_t>(t)].hi);
+  });
+  for (int c = 0; c < 3; ++c) {
+    lo[c] = part[0].lo[c];
+    hi[c] = part[0].hi[c];
+    for (const Box& p : part) {
+      lo[c] = std::min(lo[c], p.lo[c]);
+      hi[c] = std::max(hi[c], p.hi[c]);
+    }
+  }
+}
+
+void validate_coords_parallel(const float* xyz, std::size_t n, const std::string& what, int parts) {
+  if (parts <= 1 || n > kMaxAtoms || (n > 0 && xyz == nullptr)) {
+    validate_coords(xyz, n, what);
+    return;
+  }
+  std::vector<char> bad(static_cast<std::size_t>(parts), 0);
+  parallel_chunks(n, parts, [&](int t, std::size_t b, std::size_t e) {
+    for (std::size_t i = 3 * b; i < 3 * e; ++i)
+      if (!std::isfinite(xyz[i]) || std::fabs(xyz[i]) > kMaxAbsCoord) {
+        bad[static_cast<std::size_t>(t)] = 1;
+        return;
+      }
+  });
+  for (char b : bad)
+    if (b) validate_coords(xyz, n, what);  // throws, naming the first bad atom
 }
 
 std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile, int threads) {

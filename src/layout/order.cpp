@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <memory>
 #include <numeric>
 
 #include "layout/detail.hpp"
@@ -14,9 +15,6 @@ namespace {
 
 constexpr int kKeyBits = 21;                             // bits per axis: 63-bit keys
 constexpr std::uint32_t kGridMax = (1u << kKeyBits) - 1;  // largest quantised coordinate
-constexpr int kRadixBits = 11;
-constexpr std::size_t kRadixBuckets = std::size_t{1} << kRadixBits;
-constexpr int kRadixPasses = (3 * kKeyBits + kRadixBits - 1) / kRadixBits;
 
 // Spreads the low 21 bits of v so that bit b moves to bit 3b.
 std::uint64_t spread3(std::uint64_t v) {
@@ -94,15 +92,22 @@ class HilbertTable {
   std::array<std::array<std::uint16_t, 8>, kMaxStates> entry_{};
 };
 
-// Stable LSD radix sort of (key, index) pairs by key; passes whose digit is constant are skipped.
-void radix_sort(std::vector<std::uint64_t>& keys, std::vector<std::int32_t>& idx) {
-  const std::size_t n = keys.size();
-  std::vector<std::uint64_t> keys2(n);
-  std::vector<std::int32_t> idx2(n);
+// Below kBucketSortMinAtoms the keys fit in cache and a plain stable LSD radix sort (11-bit
+// digits, passes whose digit is constant skipped) is the fastest; above, sort_keys_bucketed.
+// Both give the same order. The pairs start in (keys, idx) and move between them and (keys2,
+// idx2) each pass; returns whether they end in the second pair. One thread: all digits are
+// counted in one read.
+constexpr std::size_t kBucketSortMinAtoms = std::size_t{1} << 18;
+constexpr int kRadixBits = 11;
+constexpr std::size_t kRadixBuckets = std::size_t{1} << kRadixBits;
+constexpr int kRadixPasses = (3 * kKeyBits + kRadixBits - 1) / kRadixBits;
+
+bool radix_sort(std::uint64_t* keys, std::int32_t* idx, std::uint64_t* keys2, std::int32_t* idx2, std::size_t n) {
   std::vector<std::array<std::uint32_t, kRadixBuckets>> hist(kRadixPasses);
   for (auto& h : hist) h.fill(0);
-  for (std::uint64_t k : keys)
-    for (int p = 0; p < kRadixPasses; ++p) ++hist[p][(k >> (p * kRadixBits)) & (kRadixBuckets - 1)];
+  for (std::size_t i = 0; i < n; ++i)
+    for (int p = 0; p < kRadixPasses; ++p) ++hist[p][(keys[i] >> (p * kRadixBits)) & (kRadixBuckets - 1)];
+  bool swapped = false;
   for (int p = 0; p < kRadixPasses; ++p) {
     auto& h = hist[p];
     if (std::any_of(h.begin(), h.end(), [n](std::uint32_t c) { return c == n; })) continue;
@@ -118,19 +123,20 @@ void radix_sort(std::vector<std::uint64_t>& keys, std::vector<std::int32_t>& idx
       keys2[pos] = keys[i];
       idx2[pos] = idx[i];
     }
-    keys.swap(keys2);
-    idx.swap(idx2);
+    std::swap(keys, keys2);
+    std::swap(idx, idx2);
+    swapped = !swapped;
   }
+  return swapped;
 }
 
-// The same stable LSD sort on `parts` threads: per pass, each thread counts the digits of its
-// chunk, the offsets run bucket by bucket and, within a bucket, thread by thread (so equal
-// digits keep their order), and each thread scatters its chunk. Same result as radix_sort.
-void radix_sort_parallel(std::vector<std::uint64_t>& keys, std::vector<std::int32_t>& idx, int parts) {
-  const std::size_t n = keys.size();
-  std::vector<std::uint64_t> keys2(n);
-  std::vector<std::int32_t> idx2(n);
+// The same LSD sort on `parts` threads: per pass, each thread counts the digits of its chunk,
+// the offsets run bucket by bucket and, within a bucket, thread by thread (so equal digits keep
+// their order), and each thread scatters its chunk.
+bool radix_sort_parallel(std::uint64_t* keys, std::int32_t* idx, std::uint64_t* keys2, std::int32_t* idx2, std::size_t n,
+                         int parts) {
   std::vector<std::array<std::uint32_t, kRadixBuckets>> count(static_cast<std::size_t>(parts));
+  bool swapped = false;
   for (int p = 0; p < kRadixPasses; ++p) {
     const int shift = p * kRadixBits;
     detail::parallel_chunks(n, parts, [&](int t, std::size_t b, std::size_t e) {
@@ -159,9 +165,113 @@ void radix_sort_parallel(std::vector<std::uint64_t>& keys, std::vector<std::int3
         idx2[pos] = idx[i];
       }
     });
-    keys.swap(keys2);
-    idx.swap(idx2);
+    std::swap(keys, keys2);
+    std::swap(idx, idx2);
+    swapped = !swapped;
   }
+  return swapped;
+}
+
+// The large sort: stable by key (equal keys keep file order), in two steps that keep the work in
+// cache. One pass scatters the pairs into buckets by the key's top kTopBits bits (per thread:
+// count, offsets bucket by bucket then thread by thread, scatter); then each bucket is sorted on
+// its own by the remaining bits (insertion sort when short, else LSD with 8-bit digits, passes
+// whose digit is constant in the bucket skipped), the buckets shared out among the threads.
+// The result is the same for any thread count, and the same as the LSD sort's.
+constexpr int kTopBits = 11;  // 2,048 buckets: about 500 atoms each at a million
+constexpr std::size_t kTopBuckets = std::size_t{1} << kTopBits;
+constexpr int kLowBits = 8;
+constexpr std::size_t kLowBuckets = std::size_t{1} << kLowBits;
+constexpr std::size_t kInsertionMax = 192;  // buckets up to this size: insertion sort
+
+// Sorts (keys, idx)[0, n) stably by their low `bits` bits, using (keys2, idx2) as scratch;
+// writes the sorted indices to out.
+void sort_bucket(std::uint64_t* keys, std::int32_t* idx, std::uint64_t* keys2, std::int32_t* idx2, std::size_t n,
+                 int bits, std::int32_t* out) {
+  if (n <= kInsertionMax) {
+    for (std::size_t i = 1; i < n; ++i) {
+      const std::uint64_t k = keys[i];
+      const std::int32_t v = idx[i];
+      std::size_t j = i;
+      for (; j > 0 && keys[j - 1] > k; --j) {  // strictly greater: stable
+        keys[j] = keys[j - 1];
+        idx[j] = idx[j - 1];
+      }
+      keys[j] = k;
+      idx[j] = v;
+    }
+    std::copy(idx, idx + n, out);
+    return;
+  }
+  std::array<std::uint32_t, kLowBuckets> h;
+  for (int p = 0; p * kLowBits < bits; ++p) {
+    const int shift = p * kLowBits;
+    h.fill(0);
+    for (std::size_t i = 0; i < n; ++i) ++h[(keys[i] >> shift) & (kLowBuckets - 1)];
+    if (std::any_of(h.begin(), h.end(), [n](std::uint32_t c) { return c == n; })) continue;
+    std::uint32_t sum = 0;
+    for (auto& c : h) {
+      const std::uint32_t v = c;
+      c = sum;
+      sum += v;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t pos = h[(keys[i] >> shift) & (kLowBuckets - 1)]++;
+      keys2[pos] = keys[i];
+      idx2[pos] = idx[i];
+    }
+    std::swap(keys, keys2);
+    std::swap(idx, idx2);
+  }
+  if (idx != out) std::copy(idx, idx + n, out);
+}
+
+// Sorts n (key, index) pairs, the keys in keys and the indices 0..n-1 in perm, on `parts` threads;
+// perm ends sorted. keys2 and idx2 are scratch of n each; keys is overwritten.
+void sort_keys_bucketed(std::uint64_t* keys, std::int32_t* perm, std::uint64_t* keys2, std::int32_t* idx2, std::size_t n,
+                        int parts) {
+  constexpr int shift = 3 * kKeyBits - kTopBits;
+  constexpr std::size_t buckets = kTopBuckets;
+  std::vector<std::array<std::uint32_t, kTopBuckets>> count(static_cast<std::size_t>(parts));
+  detail::parallel_chunks(n, parts, [&](int t, std::size_t b, std::size_t e) {
+    auto& c = count[static_cast<std::size_t>(t)];
+    c.fill(0);
+    for (std::size_t i = b; i < e; ++i) ++c[keys[i] >> shift];
+  });
+  std::vector<std::uint32_t> bucket_begin(buckets + 1);
+  std::uint32_t sum = 0;
+  for (std::size_t d = 0; d < buckets; ++d) {
+    bucket_begin[d] = sum;
+    for (auto& c : count) {
+      const std::uint32_t v = c[d];
+      c[d] = sum;
+      sum += v;
+    }
+  }
+  bucket_begin[buckets] = sum;
+  detail::parallel_chunks(n, parts, [&](int t, std::size_t b, std::size_t e) {
+    auto& c = count[static_cast<std::size_t>(t)];
+    for (std::size_t i = b; i < e; ++i) {
+      const std::uint32_t pos = c[keys[i] >> shift]++;
+      keys2[pos] = keys[i];
+      idx2[pos] = perm[i];
+    }
+  });
+  // Buckets to threads: contiguous bucket ranges of about n / parts atoms each.
+  std::vector<std::size_t> first(static_cast<std::size_t>(parts) + 1, buckets);
+  first[0] = 0;
+  for (int p = 1, d = 0; p < parts; ++p) {
+    const std::size_t goal = n * static_cast<std::size_t>(p) / static_cast<std::size_t>(parts);
+    while (static_cast<std::size_t>(d) < buckets && bucket_begin[static_cast<std::size_t>(d)] < goal) ++d;
+    first[static_cast<std::size_t>(p)] = static_cast<std::size_t>(d);
+  }
+  detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
+    for (std::size_t p = p0; p < p1; ++p)
+      for (std::size_t d = first[p]; d < first[p + 1]; ++d) {
+        const std::size_t b = bucket_begin[d], e = bucket_begin[d + 1];
+        sort_bucket(keys2 + b, idx2 + b, keys + b, perm + b, e - b, shift, perm + b);
+      }
+  });
 }
 
 }  // namespace
@@ -202,22 +312,28 @@ std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order o
   if (n > kMaxAtoms)
     throw Error("spatial_order: " + std::to_string(n) + " atoms, more than the limit of " +
                 std::to_string(kMaxAtoms));
+  const int parts = detail::resolve_threads(threads, n, detail::kLayoutAtomsPerThread);
   std::vector<std::int32_t> perm(n);
-  std::iota(perm.begin(), perm.end(), 0);
-  if (order == Order::file || n < 2) return perm;
-  validate_coords(xyz, n, "spatial_order");  // keys need finite coordinates
+  if (order == Order::file || n < 2) {
+    std::iota(perm.begin(), perm.end(), 0);
+    return perm;
+  }
+  detail::validate_coords_parallel(xyz, n, "spatial_order", parts);  // keys need finite coordinates
   float lo[3], hi[3];
-  detail::bounding_box(xyz, n, lo, hi);
+  detail::bounding_box_parallel(xyz, n, lo, hi, parts);
   const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
   const double scale = extent > 0 ? kGridMax / extent : 0.0;
   auto quant = [&](std::size_t i, int c) {
     const double q = (double{xyz[3 * i + c]} - lo[c]) * scale;
     return static_cast<std::uint32_t>(std::min<double>(q, kGridMax));
   };
-  const int parts = detail::resolve_threads(threads, n, detail::kLayoutAtomsPerThread);
-  std::vector<std::uint64_t> keys(n);
+  // Sort buffers left uninitialised: the key pass and the sort's scatters write them on the
+  // threads, not one thread zero-filling 20 bytes per atom first.
+  std::unique_ptr<std::uint64_t[]> keys(new std::uint64_t[n]), keys2(new std::uint64_t[n]);
+  std::unique_ptr<std::int32_t[]> idx2(new std::int32_t[n]);
   static const HilbertTable table;
   detail::parallel_chunks(n, parts, [&](int, std::size_t b, std::size_t e) {
+    for (std::size_t i = b; i < e; ++i) perm[i] = static_cast<std::int32_t>(i);
     if (order == Order::morton) {
       for (std::size_t i = b; i < e; ++i)
         keys[i] = (spread3(quant(i, 0)) << 2) | (spread3(quant(i, 1)) << 1) | spread3(quant(i, 2));
@@ -225,10 +341,13 @@ std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order o
       for (std::size_t i = b; i < e; ++i) keys[i] = table.key(quant(i, 0), quant(i, 1), quant(i, 2));
     }
   });
-  if (parts > 1)
-    radix_sort_parallel(keys, perm, parts);
-  else
-    radix_sort(keys, perm);
+  if (n >= kBucketSortMinAtoms) {
+    sort_keys_bucketed(keys.get(), perm.data(), keys2.get(), idx2.get(), n, parts);
+    return perm;
+  }
+  const bool in_second = parts > 1 ? radix_sort_parallel(keys.get(), perm.data(), keys2.get(), idx2.get(), n, parts)
+                                   : radix_sort(keys.get(), perm.data(), keys2.get(), idx2.get(), n);
+  if (in_second) std::copy(idx2.get(), idx2.get() + n, perm.begin());
   return perm;
 }
 
