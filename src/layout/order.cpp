@@ -102,6 +102,27 @@ constexpr int kRadixBits = 11;
 constexpr std::size_t kRadixBuckets = std::size_t{1} << kRadixBits;
 constexpr int kRadixPasses = (3 * kKeyBits + kRadixBits - 1) / kRadixBits;
 
+// One stable counting pass on the digit at `shift` (B buckets), h holding the digit counts of
+// (keys, idx)[0, n): false, and nothing moved, when every key has the same digit; else the pairs
+// are scattered into (keys2, idx2) in digit order.
+template <std::size_t B>
+bool scatter_pass(std::array<std::uint32_t, B>& h, int shift, const std::uint64_t* keys, const std::int32_t* idx,
+                  std::uint64_t* keys2, std::int32_t* idx2, std::size_t n) {
+  if (std::any_of(h.begin(), h.end(), [n](std::uint32_t c) { return c == n; })) return false;
+  std::uint32_t sum = 0;
+  for (auto& c : h) {
+    const std::uint32_t v = c;
+    c = sum;
+    sum += v;
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t pos = h[(keys[i] >> shift) & (B - 1)]++;
+    keys2[pos] = keys[i];
+    idx2[pos] = idx[i];
+  }
+  return true;
+}
+
 bool radix_sort(std::uint64_t* keys, std::int32_t* idx, std::uint64_t* keys2, std::int32_t* idx2, std::size_t n) {
   std::vector<std::array<std::uint32_t, kRadixBuckets>> hist(kRadixPasses);
   for (auto& h : hist) h.fill(0);
@@ -109,20 +130,7 @@ bool radix_sort(std::uint64_t* keys, std::int32_t* idx, std::uint64_t* keys2, st
     for (int p = 0; p < kRadixPasses; ++p) ++hist[p][(keys[i] >> (p * kRadixBits)) & (kRadixBuckets - 1)];
   bool swapped = false;
   for (int p = 0; p < kRadixPasses; ++p) {
-    auto& h = hist[p];
-    if (std::any_of(h.begin(), h.end(), [n](std::uint32_t c) { return c == n; })) continue;
-    std::uint32_t sum = 0;
-    for (auto& c : h) {
-      const std::uint32_t v = c;
-      c = sum;
-      sum += v;
-    }
-    const int shift = p * kRadixBits;
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::uint32_t pos = h[(keys[i] >> shift) & (kRadixBuckets - 1)]++;
-      keys2[pos] = keys[i];
-      idx2[pos] = idx[i];
-    }
+    if (!scatter_pass(hist[p], p * kRadixBits, keys, idx, keys2, idx2, n)) continue;
     std::swap(keys, keys2);
     std::swap(idx, idx2);
     swapped = !swapped;
@@ -208,18 +216,7 @@ void sort_bucket(std::uint64_t* keys, std::int32_t* idx, std::uint64_t* keys2, s
     const int shift = p * kLowBits;
     h.fill(0);
     for (std::size_t i = 0; i < n; ++i) ++h[(keys[i] >> shift) & (kLowBuckets - 1)];
-    if (std::any_of(h.begin(), h.end(), [n](std::uint32_t c) { return c == n; })) continue;
-    std::uint32_t sum = 0;
-    for (auto& c : h) {
-      const std::uint32_t v = c;
-      c = sum;
-      sum += v;
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::uint32_t pos = h[(keys[i] >> shift) & (kLowBuckets - 1)]++;
-      keys2[pos] = keys[i];
-      idx2[pos] = idx[i];
-    }
+    if (!scatter_pass(h, shift, keys, idx, keys2, idx2, n)) continue;
     std::swap(keys, keys2);
     std::swap(idx, idx2);
   }
