@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "protattn/half.hpp"
 #include "protattn/layout.hpp"
 
 namespace protattn {
@@ -13,6 +14,22 @@ enum class DType { f32, f16, bf16 };
 std::size_t dtype_size(DType);
 const char* to_string(DType);
 DType parse_dtype(const std::string&);  // "fp32"/"f32", "fp16"/"f16", "bf16"; throws Error
+
+// Element i of a tensor of element type T as float (fp16 and bf16 convert exactly).
+template <DType T>
+inline float element_as_float(const void* base, std::size_t i) {
+  if constexpr (T == DType::f32) return static_cast<const float*>(base)[i];
+  else if constexpr (T == DType::f16) return half_to_float(static_cast<const std::uint16_t*>(base)[i]);
+  else return bf16_to_float(static_cast<const std::uint16_t*>(base)[i]);
+}
+inline float element_as_float(const void* base, DType t, std::size_t i) {
+  switch (t) {
+    case DType::f32: return element_as_float<DType::f32>(base, i);
+    case DType::f16: return element_as_float<DType::f16>(base, i);
+    case DType::bf16: break;
+  }
+  return element_as_float<DType::bf16>(base, i);
+}
 
 struct ProblemShape {
   int heads = 1;

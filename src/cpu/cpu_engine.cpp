@@ -39,13 +39,6 @@ class CpuPlan final : public Plan {
 };
 
 template <DType T>
-inline float load(const void* base, std::size_t idx) {
-  if constexpr (T == DType::f32) return static_cast<const float*>(base)[idx];
-  else if constexpr (T == DType::f16) return half_to_float(static_cast<const std::uint16_t*>(base)[idx]);
-  else return bf16_to_float(static_cast<const std::uint16_t*>(base)[idx]);
-}
-
-template <DType T>
 inline void store(void* base, std::size_t idx, double x) {
   const float f = static_cast<float>(x);
   if constexpr (T == DType::f32) static_cast<float*>(base)[idx] = f;
@@ -126,7 +119,7 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
 
   for (int i = 0; i < rows; ++i) {
     const std::size_t src = static_cast<std::size_t>(head_row0 + row0 + i) * dim;
-    for (int c = 0; c < dim; ++c) sc.q[static_cast<std::size_t>(i) * dim + c] = load<T>(args.q, src + c);
+    for (int c = 0; c < dim; ++c) sc.q[static_cast<std::size_t>(i) * dim + c] = element_as_float<T>(args.q, src + c);
   }
   std::fill(sc.acc.begin(), sc.acc.begin() + static_cast<std::size_t>(rows) * dim, 0.0);
   std::fill(sc.m.begin(), sc.m.begin() + rows, kNegInf);
@@ -138,8 +131,8 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
     for (int j = 0; j < cols; ++j) {
       const std::size_t src = static_cast<std::size_t>(head_row0 + col0 + j) * dim;
       for (int c = 0; c < dim; ++c) {
-        sc.kt[static_cast<std::size_t>(c) * tile + j] = load<T>(args.k, src + c);
-        sc.v[static_cast<std::size_t>(j) * dim + c] = load<T>(args.v, src + c);
+        sc.kt[static_cast<std::size_t>(c) * tile + j] = element_as_float<T>(args.k, src + c);
+        sc.v[static_cast<std::size_t>(j) * dim + c] = element_as_float<T>(args.v, src + c);
       }
     }
     kern.score(sc.q.data(), sc.kt.data(), sc.s.data(), rows, cols, dim, tile);

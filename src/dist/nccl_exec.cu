@@ -138,8 +138,6 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
-float to_float(std::uint16_t x, DType t) { return t == DType::f16 ? half_to_float(x) : bf16_to_float(x); }
-
 // Compares the gathered result with the one-GPU result, on the host.
 void compare(GpuReport& rep, const cuda::DeviceBuffer& o, const cuda::DeviceBuffer& lse, const cuda::DeviceBuffer& ref_o,
              const cuda::DeviceBuffer& ref_lse, DType dtype) {
@@ -151,7 +149,7 @@ void compare(GpuReport& rep, const cuda::DeviceBuffer& o, const cuda::DeviceBuff
   PROTATTN_CUDA_CHECK(cudaMemcpy(lb.data(), ref_lse.get(), ref_lse.bytes(), cudaMemcpyDeviceToHost));
   double peak = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    const double x = to_float(a[i], dtype), y = to_float(b[i], dtype);
+    const double x = element_as_float(a.data(), dtype, i), y = element_as_float(b.data(), dtype, i);
     peak = std::max(peak, std::fabs(y));
     rep.max_abs_o = std::max(rep.max_abs_o, std::fabs(x - y));
     if (a[i] != b[i]) ++rep.differing;

@@ -13,13 +13,7 @@ namespace protattn::test {
 
 std::vector<float> to_float(const void* data, DType dtype, std::int64_t count) {
   std::vector<float> out(static_cast<std::size_t>(count));
-  if (dtype == DType::f32) {
-    std::memcpy(out.data(), data, out.size() * sizeof(float));
-    return out;
-  }
-  const auto* h = static_cast<const std::uint16_t*>(data);
-  for (std::int64_t i = 0; i < count; ++i)
-    out[i] = dtype == DType::f16 ? half_to_float(h[i]) : bf16_to_float(h[i]);
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = element_as_float(data, dtype, i);
   return out;
 }
 
