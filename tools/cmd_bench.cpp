@@ -34,8 +34,6 @@
 namespace protattn::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 struct Workload {
   std::string name;
   std::vector<BlockLayout> layouts;  // one per structure of the batch
@@ -44,10 +42,6 @@ struct Workload {
   double layout_ms = 0;      // synthetic workloads: making the atoms (or tile pattern) and the layout
   double order_tile_ms = 0;  // the layout alone: spatial order + tile pairs (layout stats), first layout
 };
-
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
 
 // W4 of DESIGN.md, the serving mix: this many globules of kW4MinAtoms..kW4MaxAtoms atoms (sizes
 // seeded), one ragged batch.

@@ -19,8 +19,6 @@
 namespace protattn::cli {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 struct EmbedOptions {
   std::vector<std::string> files;
   std::string model, engine = "cpu", out, out_dir, save_inputs, export_layout;
@@ -30,8 +28,6 @@ struct EmbedOptions {
   int repeat = 0;   // timed rounds after the first (plan + run + fetch each, as a server batch)
   std::string json; // timing as JSON
 };
-
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 void run_embed(const EmbedOptions& o) {
   const bool single = o.files.size() == 1;

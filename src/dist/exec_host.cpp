@@ -1,19 +1,19 @@
 // protattn dist: the CPU executor. P simulated ranks in one process run the plan's data path
 // step by step as the NCCL executor does (pack, exchange, unpack, compute, gather), memcpy
 // standing in for ncclSend / ncclRecv, so the data path is tested without GPUs.
-#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "common/timing.hpp"
 #include "protattn/dist.hpp"
 #include "protattn/error.hpp"
 
 namespace protattn::dist {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
+using detail::Clock;
+using detail::ms_since;
 
 using Bytes = std::vector<std::uint8_t>;
 

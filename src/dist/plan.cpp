@@ -1,10 +1,10 @@
 // protattn dist: head and spatial plans, the halo sets, the sub-layouts and the per-step copies.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "common/timing.hpp"
 #include "protattn/dist.hpp"
 #include "protattn/error.hpp"
 
@@ -157,7 +157,7 @@ std::int64_t SpatialPlan::allgather_atoms() const {
 }
 
 SpatialPlan plan_spatial(const BlockLayout& l, int ranks, const CostModel& cm) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = detail::Clock::now();
   validate_layout(l);
   SpatialPlan p;
   p.ranks = ranks;
@@ -205,7 +205,7 @@ SpatialPlan plan_spatial(const BlockLayout& l, int ranks, const CostModel& cm) {
   // Send lists mirror the receive lists: what peer q receives from r, r sends to q (peers ascending).
   for (int q = 0; q < ranks; ++q)
     for (const PeerTiles& pt : p.rank[q].recv) p.rank[pt.peer].send.push_back({q, pt.tiles, pt.atoms});
-  p.plan_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  p.plan_ms = detail::ms_since(t0);
   return p;
 }
 

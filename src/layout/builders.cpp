@@ -1,10 +1,10 @@
 // Layout builders: cutoff (tile cell lists), k nearest neighbours, AF3 windows, dense, edges, W1.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <queue>
 
+#include "common/timing.hpp"
 #include "layout/detail.hpp"
 #include "protattn/error.hpp"
 #include "protattn/layout.hpp"
@@ -14,7 +14,8 @@
 namespace protattn {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using detail::Clock;
+using detail::ms_since;
 using Rows = std::vector<std::vector<std::int32_t>>;  // kept columns of each tile row
 
 constexpr int kWindowQueries = 32;       // AF3: 32 queries per window
@@ -22,10 +23,6 @@ constexpr int kWindowKeys = 128;         // ... attend 128 keys centred on the w
 constexpr std::size_t kTileCellsPerTile = 8;  // grid size bound for the tile cell lists
 constexpr double kKnnAtomsPerCell = 0.2;  // knn grid: about k/5 atoms per cell (bounding-box estimate)
 constexpr std::size_t kTilesPerThread = 512;  // tile rows per thread below which threads do not pay
-
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
 
 // Checks the arguments, orders the atoms and gathers their coordinates in the new order.
 BlockLayout begin_layout(const char* builder, const float* xyz, std::size_t n, const LayoutOptions& opt,
