@@ -2,6 +2,7 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <thread>
 #include <vector>
 
@@ -31,6 +32,23 @@ void parallel_chunks(std::size_t n, int parts, F&& fn) {
   }
   fn(0, std::size_t{0}, std::min(n, chunk));
   for (auto& t : pool) t.join();
+}
+
+// Cuts items [0, m) into `parts` contiguous ranges of about equal weight, given prefix[i] = the
+// weight of items [0, i) (m + 1 non-negative, non-decreasing entries): range p is
+// [first[p], first[p + 1]), first[p] being the first item whose prefix reaches total * p / parts.
+template <typename T>
+std::vector<std::size_t> weighted_ranges(const T* prefix, std::size_t m, int parts) {
+  std::vector<std::size_t> first(static_cast<std::size_t>(parts) + 1, m);
+  first[0] = 0;
+  const auto total = static_cast<std::uint64_t>(prefix[m]);
+  std::size_t i = 0;
+  for (int p = 1; p < parts; ++p) {
+    const std::uint64_t goal = total * static_cast<std::uint64_t>(p) / static_cast<std::uint64_t>(parts);
+    while (i < m && static_cast<std::uint64_t>(prefix[i]) < goal) ++i;
+    first[static_cast<std::size_t>(p)] = i;
+  }
+  return first;
 }
 
 // Below this many atoms per thread, ordering and layout passes lose more to threads than they gain.

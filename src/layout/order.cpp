@@ -255,13 +255,7 @@ void sort_keys_bucketed(std::uint64_t* keys, std::int32_t* perm, std::uint64_t* 
     }
   });
   // Buckets to threads: contiguous bucket ranges of about n / parts atoms each.
-  std::vector<std::size_t> first(static_cast<std::size_t>(parts) + 1, buckets);
-  first[0] = 0;
-  for (int p = 1, d = 0; p < parts; ++p) {
-    const std::size_t goal = n * static_cast<std::size_t>(p) / static_cast<std::size_t>(parts);
-    while (static_cast<std::size_t>(d) < buckets && bucket_begin[static_cast<std::size_t>(d)] < goal) ++d;
-    first[static_cast<std::size_t>(p)] = static_cast<std::size_t>(d);
-  }
+  const std::vector<std::size_t> first = detail::weighted_ranges(bucket_begin.data(), buckets, parts);
   detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
     for (std::size_t p = p0; p < p1; ++p)
       for (std::size_t d = first[p]; d < first[p + 1]; ++d) {

@@ -70,12 +70,7 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
   // whatever the count), structures shared out by atoms.
   std::vector<BlockLayout> layouts(batch.size());
   const int parts = detail::resolve_threads(layout_threads_, static_cast<std::size_t>(offsets.back()), kAtomsPerLayoutThread);
-  std::vector<std::size_t> first(static_cast<std::size_t>(parts) + 1, batch.size());
-  for (int p = 0, b = 0; p < parts; ++p) {
-    const std::int64_t goal = offsets.back() * p / parts;
-    while (static_cast<std::size_t>(b) < batch.size() && offsets[static_cast<std::size_t>(b)] < goal) ++b;
-    first[static_cast<std::size_t>(p)] = static_cast<std::size_t>(b);
-  }
+  const std::vector<std::size_t> first = detail::weighted_ranges(offsets.data(), batch.size(), parts);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
   detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
     for (std::size_t p = p0; p < p1; ++p) {
