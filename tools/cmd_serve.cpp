@@ -59,8 +59,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-batch-requests", opt->max_batch_requests, "requests of one batch")
       ->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--max-queue-delay-ms", opt->max_queue_delay_ms,
-                  "how long the oldest queued request waits for others to batch with, while other requests "
-                  "are being received and prepared (when none is, it runs at once; 0: never waits)")
+                  "how long the oldest queued request waits for others to batch with at most (--batch-wait "
+                  "says whether it stops early when no other request is being received; 0: never waits)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--batch-wait", opt->batch_wait,
                   "arrivals: the oldest request waits for company only while others are being "

@@ -39,7 +39,7 @@ BlockLayout begin_layout(const char* builder, const float* xyz, std::size_t n, c
   l.order = order;
   l.mask = opt.mask;
   const auto t0 = Clock::now();
-  l.perm = spatial_order(xyz, n, order, opt.threads);
+  l.perm = detail::spatial_order_unchecked(xyz, n, order, opt.threads);  // validated above
   l.coords.resize(3 * n);
   detail::parallel_chunks(n, detail::resolve_threads(opt.threads, n, detail::kLayoutAtomsPerThread), [&](int, std::size_t b, std::size_t e) {
     for (std::size_t p = b; p < e; ++p)

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/parallel.hpp"
+#include "protattn/layout.hpp"
 
 namespace protattn {
 struct BlockLayout;
@@ -20,6 +21,8 @@ inline constexpr double kCutoffSlack = 1e-5;
 void bounding_box(const float* xyz, std::size_t n, float lo[3], float hi[3]);
 // The same box from `parts` threads (min and max do not depend on the order: same result).
 void bounding_box_parallel(const float* xyz, std::size_t n, float lo[3], float hi[3], int parts);
+// spatial_order() for coordinates already validated (at most kMaxAtoms, all finite and sane).
+std::vector<std::int32_t> spatial_order_unchecked(const float* xyz, std::size_t n, Order order, int threads);
 // validate_coords() on `parts` threads: the same checks, and the same error (with the first bad
 // atom) when one fails.
 void validate_coords_parallel(const float* xyz, std::size_t n, const std::string& what, int parts);

@@ -303,13 +303,19 @@ std::vector<std::int32_t> spatial_order(const float* xyz, std::size_t n, Order o
   if (n > kMaxAtoms)
     throw Error("spatial_order: " + std::to_string(n) + " atoms, more than the limit of " +
                 std::to_string(kMaxAtoms));
+  if (order != Order::file && n >= 2)  // keys need finite coordinates
+    detail::validate_coords_parallel(xyz, n, "spatial_order",
+                                     detail::resolve_threads(threads, n, detail::kLayoutAtomsPerThread));
+  return detail::spatial_order_unchecked(xyz, n, order, threads);
+}
+
+std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std::size_t n, Order order, int threads) {
   const int parts = detail::resolve_threads(threads, n, detail::kLayoutAtomsPerThread);
   std::vector<std::int32_t> perm(n);
   if (order == Order::file || n < 2) {
     std::iota(perm.begin(), perm.end(), 0);
     return perm;
   }
-  detail::validate_coords_parallel(xyz, n, "spatial_order", parts);  // keys need finite coordinates
   float lo[3], hi[3];
   detail::bounding_box_parallel(xyz, n, lo, hi, parts);
   const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
