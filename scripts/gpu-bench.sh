@@ -13,6 +13,7 @@
 # atom_encoder serving (issue 6, scripts/serve-encoder-bench.sh, needs PERF_ANALYZER): ENCODER=1
 # adds it after the rest, ENCODER=only runs it alone (about 4 minutes; results in $OUT/encoder;
 # TESTS_FIRST=1 runs the GPU tests before it; ENCODER_ALT_ARGS adds a second server configuration).
+# PROFILE=1 adds scripts/gpu-profile.sh (Nsight Compute, results in $OUT/prof), PROFILE=only runs it alone.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -108,6 +109,15 @@ run_encoder() {
       bash "$root/scripts/serve-encoder-bench.sh" "$(dirname "$protattn")" "$out/encoder_alt" fused || status=1
   fi
 }
+# Nsight Compute: GPU time per kernel of one encoder forward and of W1 (scripts/gpu-profile.sh).
+run_profile() {
+  echo "== profile (scripts/gpu-profile.sh)"
+  OUT="$out/prof" bash "$root/scripts/gpu-profile.sh" "$(dirname "$protattn")" || status=1
+}
+if [ "${PROFILE:-0}" = only ]; then
+  run_profile
+  exit $status
+fi
 if [ "${ENCODER:-0}" = only ]; then
   # The tests first (TESTS_FIRST=1): they check the binaries the serving numbers come from.
   [ "${TESTS_FIRST:-0}" = 1 ] && [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ] && run_gpu_tests
@@ -179,4 +189,5 @@ python3 "$root/bench/report.py" "$out/bench.json" "$out/peers.json" --out "$out/
   --meta "commit=$commit" "nvidia_driver=$driver" || status=1
 [ "${ENCODER:-0}" = 1 ] && run_encoder
 [ "${DIST:-0}" = 1 ] && run_dist
+[ "${PROFILE:-0}" = 1 ] && run_profile
 exit $status

@@ -3,22 +3,19 @@
 # with Nsight Compute (ncu, installed there) timing each kernel once (no clock control, no other
 # counters). Prints a table per model (total time per kernel name, calls, share) and writes the
 # raw CSV under $OUT.
-#   bash scripts/gpu-profile.sh [BIN_DIR]    (default .carry/bin after scripts/gpu-carry-run.sh's
-#                                             unpacking, else build/tools)
+#   bash scripts/gpu-profile.sh [BIN_DIR]    (default build/tools)
+# With binaries staged by scripts/build-carry.sh, run it through `bash scripts/gpu-carry-run.sh
+# PROFILE=only`, which unpacks their libraries and the structures first.
 # Environment: COPIES (64: structures per batch), STRUCTURE (tests/data/2hhb.pdb).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${1:-}
-[ -z "$bin" ] && { [ -x "$root/.carry/bin/protattn" ] && bin=$root/.carry/bin || bin=$root/build/tools; }
-protattn=$bin/protattn
+protattn=${1:-$root/build/tools}/protattn
+[ -x "$protattn" ] || { echo "gpu-profile: no $protattn" >&2; exit 2; }
 out=${OUT:-$root/out}
 mkdir -p "$out"
-if [ -f "$root/.carry/lib.tar.gz" ] && [ ! -d "$root/.carry/lib" ]; then tar -C "$root/.carry" -xzf "$root/.carry/lib.tar.gz"; fi
-export LD_LIBRARY_PATH="$root/.carry/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 [ -x "$ncu" ] || { echo "gpu-profile: no ncu" >&2; exit 2; }
 structure=${STRUCTURE:-$root/tests/data/2hhb.pdb}
-[ -f "$structure" ] || structure=$root/.carry/data/2hhb.pdb
 copies=${COPIES:-64}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
