@@ -68,13 +68,18 @@ void run_embed(const EmbedOptions& o) {
   const double run_ms = ms_since(t1);
   // Timed rounds: what a server does for each batch (plan: layouts, attention plan, buffers;
   // run; fetch), the first call's warm-up left out.
-  std::vector<double> round_ms, round_plan_ms;
+  std::vector<double> round_ms, round_plan_ms, round_forward_ms, round_fetch_ms;
   for (int r = 0; r < o.repeat; ++r) {
     const auto r0 = Clock::now();
     auto p = enc.plan(batch);
     round_plan_ms.push_back(ms_since(r0));
+    const auto r1 = Clock::now();
     enc.run(*p);
+    enc.wait();
+    round_forward_ms.push_back(ms_since(r1));
+    const auto r2 = Clock::now();
     const std::vector<Embedding> again = enc.fetch(*p);
+    round_fetch_ms.push_back(ms_since(r2));
     round_ms.push_back(ms_since(r0));
     if (again != out) throw Error("embed: round " + std::to_string(r + 1) + " gave other embeddings than the first");
   }
@@ -91,16 +96,19 @@ void run_embed(const EmbedOptions& o) {
   fmt::print("engine {}: plan {:.2f} ms (layouts, attention plan, buffers), forward {:.2f} ms for {} structure(s), {} atoms\n",
              enc.engine_name(), plan_ms, run_ms, out.size(), plan->total_n());
   const double med = median(round_ms), plan_med = median(round_plan_ms);
+  const double forward_med = median(round_forward_ms), fetch_med = median(round_fetch_ms);
   const double per_s = med > 0 ? 1e3 * static_cast<double>(out.size()) / med : 0.0;
   if (o.repeat > 0)
-    fmt::print("{} more rounds (plan + forward + fetch): median {:.3f} ms, of which plan {:.3f} ms: {:.1f} structures/s\n",
-               o.repeat, med, plan_med, per_s);
+    fmt::print("{} more rounds (plan + forward + fetch): median {:.3f} ms (plan {:.3f}, forward {:.3f}, fetch {:.3f}): {:.1f} "
+               "structures/s\n",
+               o.repeat, med, plan_med, forward_med, fetch_med, per_s);
   if (!o.json.empty()) {
     nlohmann::json j = {{"engine", enc.engine_name()}, {"model", o.model}, {"files", o.files},
                         {"copies", o.copies}, {"structures", out.size()}, {"atoms", plan->total_n()},
                         {"layers", c.layers}, {"heads", c.heads}, {"dim", c.head_dim}, {"channels", c.channels},
                         {"first_plan_ms", plan_ms}, {"first_forward_ms", run_ms}, {"rounds", o.repeat},
                         {"round_ms_median", med}, {"round_plan_ms_median", plan_med},
+                        {"round_forward_ms_median", forward_med}, {"round_fetch_ms_median", fetch_med},
                         {"round_ms", round_ms},
                         {"structures_per_s", per_s}};
     write_json(o.json, j, "embed");

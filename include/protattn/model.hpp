@@ -110,9 +110,11 @@ class AtomEncoder {
   // layouts and the attention plan and allocates (and, on the GPU, uploads) everything; run()
   // only launches work: on the GPU it is asynchronous on `stream` (a cudaStream_t, null: the
   // default stream), allocates nothing and may be captured in a CUDA graph; on the CPU it is
-  // synchronous. fetch() waits for the stream and returns the embeddings of the last run.
+  // synchronous. fetch() waits for the stream and returns the embeddings of the last run;
+  // wait() only waits for the stream (to time the forward apart from the copy out).
   std::unique_ptr<ForwardPlan> plan(const std::vector<AtomInput>& batch);
   void run(ForwardPlan& plan, void* stream = nullptr);
+  void wait(void* stream = nullptr);
   std::vector<Embedding> fetch(ForwardPlan& plan, void* stream = nullptr);
 
   struct Backend;  // CPU or GPU implementation (private)

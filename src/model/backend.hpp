@@ -16,6 +16,7 @@ struct AtomEncoder::Backend {
   virtual std::unique_ptr<ForwardPlan> make_plan(std::vector<BlockLayout> layouts, std::vector<std::int64_t> offsets,
                                                  const std::vector<AtomInput>& batch) = 0;
   virtual void run(ForwardPlan& plan, void* stream) = 0;
+  virtual void wait(void* stream) = 0;
   virtual std::vector<Embedding> fetch(ForwardPlan& plan, void* stream) = 0;
 };
 

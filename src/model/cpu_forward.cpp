@@ -218,6 +218,8 @@ class CpuBackend final : public AtomEncoder::Backend {
     p.ran = true;
   }
 
+  void wait(void*) override {}  // run() is synchronous
+
   std::vector<Embedding> fetch(ForwardPlan& plan, void*) override {
     auto& p = as_cpu(plan);
     if (!p.ran) throw Error("atom_encoder: fetch before run");

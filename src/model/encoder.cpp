@@ -91,6 +91,8 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
 
 void AtomEncoder::run(ForwardPlan& plan, void* stream) { backend_->run(plan, stream); }
 
+void AtomEncoder::wait(void* stream) { backend_->wait(stream); }
+
 std::vector<Embedding> AtomEncoder::fetch(ForwardPlan& plan, void* stream) { return backend_->fetch(plan, stream); }
 
 std::vector<Embedding> AtomEncoder::forward(const std::vector<AtomInput>& batch) {

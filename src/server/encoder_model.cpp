@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <string>
 
 #include "protattn/error.hpp"
@@ -87,9 +88,9 @@ std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string
   OutputTensor e{"EMBEDDING", "FP16", {job.n, channels}, {}};
   e.data.resize(job.embedding.size() * sizeof(std::uint16_t));
   std::memcpy(e.data.data(), job.embedding.data(), e.data.size());
-  std::vector<OutputTensor> out;
-  // Every requested name is EMBEDDING (prepare_encoder refused others).
-  for (std::size_t i = 0; i < std::max<std::size_t>(wanted.size(), 1); ++i) out.push_back(e);
+  // Every requested name is EMBEDDING (prepare_encoder refused others): copies for all but the last.
+  std::vector<OutputTensor> out(std::max<std::size_t>(wanted.size(), 1) - 1, e);
+  out.push_back(std::move(e));
   return out;
 }
 

@@ -9,6 +9,7 @@
 
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/device_buffer.hpp"
+#include "cuda/common/host_staging.hpp"
 #include "cuda/fused/fused_engine.hpp"
 #include "cuda/fused/fused_launch.hpp"
 #include "engine/factories.hpp"
@@ -166,18 +167,24 @@ class FusedEngine final : public Engine {
                      [](const WorkItem& a, const WorkItem& c) { return a.e_end - a.e_begin > c.e_end - c.e_begin; });
 
     FusedPlan& fp = *plan;
-    fp.col_idx.upload(cols.empty() ? std::vector<std::int32_t>{0} : cols);
-    fp.kind.upload(kinds.empty() ? std::vector<std::uint8_t>{0} : kinds);
+    // At least one element each, so that every pointer the kernel gets is valid.
+    if (cols.empty()) cols.push_back(0);
+    if (kinds.empty()) kinds.push_back(0);
+    std::vector<float> xyz;
+    cuda::Uploads up;
+    up.add(fp.col_idx, cols);
+    up.add(fp.kind, kinds);
     if (any_atoms) {
-      std::vector<float> xyz(static_cast<std::size_t>(total_n) * 3, 0.0f);
+      xyz.assign(static_cast<std::size_t>(total_n) * 3, 0.0f);
       for (std::size_t b = 0; b < layouts.size(); ++b)
         if (layouts[b]->mask == MaskMode::atoms)
           std::copy(layouts[b]->coords.begin(), layouts[b]->coords.end(), xyz.begin() + sds[b].offset * 3);
-      fp.coords.upload(xyz);
+      up.add(fp.coords, xyz);
     }
-    fp.structs.upload(sds);
-    fp.items.upload(items);
-    fp.combines.upload(combines);
+    up.add(fp.structs, sds);
+    up.add(fp.items, items);
+    up.add(fp.combines, combines);
+    up.commit();
     fp.part_o.resize(static_cast<std::size_t>(slots) * kTile * shape.dim * sizeof(float));
     fp.part_ml.resize(static_cast<std::size_t>(slots) * kTile * 2 * sizeof(float));
 

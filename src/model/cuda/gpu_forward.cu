@@ -4,10 +4,12 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <span>
 #include <string>
 
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/device_buffer.hpp"
+#include "cuda/common/host_staging.hpp"
 #include "model/backend.hpp"
 #include "model/cuda/model_kernels.cuh"
 #include "protattn/error.hpp"
@@ -139,8 +141,10 @@ class GpuBackend final : public AtomEncoder::Backend {
         dest[base + i] = static_cast<std::int32_t>(base) + l.perm[i];
       }
     }
-    p->element.upload(element);
-    p->dest.upload(dest);
+    cuda::Uploads up;
+    up.add(p->element, element);
+    up.add(p->dest, dest);
+    up.commit();
     const auto t = static_cast<std::size_t>(T);
     const std::size_t C = c.channels, Q = c.qkv_width(), M = c.mlp_width();
     const std::size_t half = sizeof(__half);
@@ -206,19 +210,24 @@ class GpuBackend final : public AtomEncoder::Backend {
     p.ran = true;
   }
 
+  void wait(void* stream_ptr) override {
+    PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
+    PROTATTN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr)));
+  }
+
   std::vector<Embedding> fetch(ForwardPlan& plan, void* stream_ptr) override {
     GpuPlan& p = as_gpu(plan);
     if (!p.ran) throw Error("atom_encoder: fetch before run");
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
-    PROTATTN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr)));
     const std::size_t C = static_cast<std::size_t>(config_.channels);
     std::vector<Embedding> out(p.layouts.size());
+    std::vector<std::span<std::uint8_t>> pieces(out.size());
     for (std::size_t b = 0; b < out.size(); ++b) {
-      const auto rows = static_cast<std::size_t>(p.offsets[b + 1] - p.offsets[b]);
-      out[b].resize(rows * C);
-      PROTATTN_CUDA_CHECK(cudaMemcpy(out[b].data(), p.out.as<__half>() + static_cast<std::size_t>(p.offsets[b]) * C,
-                                     rows * C * sizeof(__half), cudaMemcpyDeviceToHost));
+      out[b].resize(static_cast<std::size_t>(p.offsets[b + 1] - p.offsets[b]) * C);
+      pieces[b] = {reinterpret_cast<std::uint8_t*>(out[b].data()), out[b].size() * sizeof(std::uint16_t)};
     }
+    // The structures' rows are consecutive in p.out: one staged copy after the forward.
+    cuda::download(p.out.get(), pieces, static_cast<cudaStream_t>(stream_ptr));
     return out;
   }
 

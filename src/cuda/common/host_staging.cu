@@ -1,0 +1,101 @@
+// protattn CUDA: the per-thread page-locked staging buffer and the copies through it.
+#include "cuda/common/host_staging.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "cuda/common/cuda_check.hpp"
+
+namespace protattn::cuda {
+namespace {
+
+struct Staging {
+  std::uint8_t* ptr = nullptr;
+  std::size_t bytes = 0;
+  ~Staging() {
+    if (ptr) cudaFreeHost(ptr);  // at process exit the runtime may already be gone: ignore errors
+  }
+};
+
+thread_local Staging t_staging;
+
+cudaStream_t or_per_thread(cudaStream_t s) { return s ? s : cudaStreamPerThread; }
+
+}  // namespace
+
+std::uint8_t* host_staging(std::size_t bytes, std::size_t& got) {
+  const std::size_t want = std::clamp<std::size_t>(bytes, 1, kStagingMaxBytes);
+  Staging& s = t_staging;
+  if (s.bytes < want) {
+    // Grow to at least twice the old size, so that a rising load reallocates a few times only.
+    const std::size_t grown = std::min(kStagingMaxBytes, std::max(want, 2 * s.bytes));
+    if (s.ptr) PROTATTN_CUDA_CHECK(cudaFreeHost(s.ptr));
+    s.ptr = nullptr;
+    s.bytes = 0;
+    void* p = nullptr;
+    PROTATTN_CUDA_CHECK(cudaHostAlloc(&p, grown, cudaHostAllocPortable));
+    s.ptr = static_cast<std::uint8_t*>(p);
+    s.bytes = grown;
+  }
+  got = s.bytes;
+  return s.ptr;
+}
+
+void Uploads::commit(cudaStream_t stream_in) {
+  const cudaStream_t stream = or_per_thread(stream_in);
+  std::size_t total = 0;
+  for (const Part& p : parts_) total += p.bytes;
+  if (total == 0) return;
+  std::size_t cap = 0;
+  std::uint8_t* stage = host_staging(total, cap);
+  std::size_t used = 0;
+  for (const Part& p : parts_) {
+    for (std::size_t done = 0; done < p.bytes;) {
+      if (used == cap) {  // full: wait for its copies before packing it again
+        PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+        used = 0;
+      }
+      const std::size_t k = std::min(p.bytes - done, cap - used);
+      std::memcpy(stage + used, p.src + done, k);
+      PROTATTN_CUDA_CHECK(cudaMemcpyAsync(p.dst + done, stage + used, k, cudaMemcpyHostToDevice, stream));
+      used += k;
+      done += k;
+    }
+  }
+  PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+  parts_.clear();
+}
+
+void download(const void* src_v, std::span<const std::span<std::uint8_t>> pieces, cudaStream_t stream) {
+  std::size_t total = 0;
+  for (const auto& p : pieces) total += p.size();
+  if (total == 0) {
+    PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return;
+  }
+  std::size_t cap = 0;
+  std::uint8_t* stage = host_staging(total, cap);
+  const auto* src = static_cast<const std::uint8_t*>(src_v);
+  std::size_t piece = 0, in_piece = 0;  // where the next staged byte goes
+  while (pieces[piece].empty()) ++piece;
+  for (std::size_t off = 0; off < total;) {
+    const std::size_t k = std::min(cap, total - off);
+    PROTATTN_CUDA_CHECK(cudaMemcpyAsync(stage, src + off, k, cudaMemcpyDeviceToHost, stream));
+    PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (std::size_t used = 0; used < k;) {
+      const std::span<std::uint8_t> dst = pieces[piece];
+      const std::size_t n = std::min(dst.size() - in_piece, k - used);
+      std::memcpy(dst.data() + in_piece, stage + used, n);
+      used += n;
+      in_piece += n;
+      if (in_piece == dst.size()) {
+        ++piece;
+        in_piece = 0;
+        while (piece < pieces.size() && pieces[piece].empty()) ++piece;
+      }
+    }
+    off += k;
+  }
+}
+
+}  // namespace protattn::cuda

@@ -1,0 +1,55 @@
+// protattn CUDA: copies between host and device through a page-locked staging buffer.
+//
+// A copy from or to pageable host memory goes through the driver's own bounce buffer, one
+// synchronous piece at a time; on the lent machines that ran at about 1.2 GB/s (issue 6). Copies
+// from page-locked memory are DMA at the link's rate and can be asynchronous. Each thread that
+// copies gets one page-locked buffer, grown to what it needs up to kStagingMaxBytes and reused;
+// larger transfers go through it in pieces.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "cuda/common/device_buffer.hpp"
+
+namespace protattn::cuda {
+
+// Most bytes one thread's staging buffer holds.
+inline constexpr std::size_t kStagingMaxBytes = std::size_t{64} << 20;
+
+// This thread's page-locked buffer of at least min(bytes, kStagingMaxBytes) bytes; its size is
+// returned in `got`. Valid until this thread's next call (the caller waits for its copies first);
+// freed when the thread ends.
+std::uint8_t* host_staging(std::size_t bytes, std::size_t& got);
+
+// Host-to-device uploads of one plan, staged together: add() sizes each destination buffer (on
+// the current device) and records its source, which must stay alive until commit(); commit()
+// packs the sources into the staging buffer, issues the copies on `stream` and waits for them.
+class Uploads {
+ public:
+  template <typename T>
+  void add(DeviceBuffer& dst, const std::vector<T>& host) {
+    dst.resize(host.size() * sizeof(T));
+    if (dst.bytes()) parts_.push_back({static_cast<std::uint8_t*>(dst.get()), reinterpret_cast<const std::uint8_t*>(host.data()), dst.bytes()});
+  }
+  // Null stream: this thread's default stream (cudaStreamPerThread).
+  void commit(cudaStream_t stream = nullptr);
+
+ private:
+  struct Part {
+    std::uint8_t* dst;
+    const std::uint8_t* src;
+    std::size_t bytes;
+  };
+  std::vector<Part> parts_;
+};
+
+// Device-to-host: `pieces` are consecutive ranges of `src` (device), each copied to its own host
+// span, in order, after the work already queued on `stream` (null: the legacy default stream);
+// returns when all have arrived.
+void download(const void* src, std::span<const std::span<std::uint8_t>> pieces, cudaStream_t stream);
+
+}  // namespace protattn::cuda
