@@ -65,7 +65,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--batch-wait", opt->batch_wait,
                   "arrivals: the oldest request waits for company only while others are being "
                   "received and prepared; full: it always waits --max-queue-delay-ms (as Triton does); "
-                  "auto: arrivals on the cpu engine (batching saves it nothing), full on a GPU")
+                  "auto: arrivals, which served as fast as full or faster on the cpu engine and on an H200 "
+                  "(bench/results/2026-11-30-h200-ebddb29)")
       ->check(CLI::IsMember({"auto", "arrivals", "full"}))->capture_default_str();
   cmd->add_option("--max-queue", opt->max_queue,
                   "requests waiting for the engine; more are refused at once (HTTP 503, gRPC UNAVAILABLE)")

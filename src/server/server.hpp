@@ -26,7 +26,7 @@ struct Options {
   int max_batch_requests = 64;            // requests of one batch
   double max_queue_delay_ms = 2.0;        // the oldest request waits at most this for company
   std::string batch_wait = "auto";        // arrivals: wait only while requests are being prepared;
-                                          // full: always; auto: arrivals on the cpu engine, else full
+                                          // full: always; auto: arrivals (measured best on CPU and GPU)
   int max_queue = 64;                     // requests waiting for the engine; past it: 503
   std::int64_t max_request_atoms = 100000;
   int max_heads = 64;

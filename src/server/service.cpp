@@ -19,9 +19,11 @@ BatchOptions batch_options(const Options& o) {
   b.max_batch_atoms = o.max_batch_atoms;
   b.max_batch_requests = o.max_batch_requests;
   b.max_queue_delay_ms = o.max_queue_delay_ms;
-  // The cpu engine does the same work batched or not, so waiting for company only adds latency;
-  // a GPU engine amortises launches and plans over a batch, so it waits the whole delay.
-  b.wait_full_delay = o.batch_wait == "full" || (o.batch_wait == "auto" && o.engine != "cpu");
+  // auto is arrivals on every engine. The cpu engine does the same work batched or not; on an
+  // H200 (bench/results/2026-11-30-h200-ebddb29) arrivals served atom_encoder as fast as full at
+  // 16 and 64 requests in flight and 1.4-2.4x faster at 1 and 4, where a lone request otherwise
+  // waits out the whole delay.
+  b.wait_full_delay = o.batch_wait == "full";
   b.max_queue = o.max_queue;
   return b;
 }
