@@ -12,7 +12,7 @@
 # alone (on nvidia-h200-x2 / -x4); DIST_GPUS (default: every GPU) caps the GPU counts tried.
 # atom_encoder serving (issue 6, scripts/serve-encoder-bench.sh, needs PERF_ANALYZER): ENCODER=1
 # adds it after the rest, ENCODER=only runs it alone (about 4 minutes; results in $OUT/encoder;
-# TESTS_FIRST=1 runs the GPU tests before it; ENCODER_ALT_ARGS adds a second server configuration).
+# TESTS_FIRST=1 runs the GPU tests before it; ENCODER_ALT_ARGS adds server configurations, ';' between).
 # PROFILE=1 adds scripts/gpu-profile.sh (Nsight Compute, results in $OUT/prof), PROFILE=only runs it alone.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -98,15 +98,21 @@ run_encoder() {
   echo "== atom_encoder serving (scripts/serve-encoder-bench.sh, fused)"
   PERF_ANALYZER=${PERF_ANALYZER:-} bash "$root/scripts/serve-encoder-bench.sh" "$(dirname "$protattn")" "$out/encoder" fused \
     || status=1
-  # A second configuration of the server (ENCODER_ALT_ARGS, e.g. "--devices 0,0": two inference
-  # threads on one GPU), ENCODER_ALT_MODELS on ENCODER_ALT_SIZES atoms at ENCODER_ALT_CONCURRENCY,
-  # without the loop.
+  # Other configurations of the server (ENCODER_ALT_ARGS, e.g. "--devices 0,0": two inference
+  # threads on one GPU; several separated by ';'), ENCODER_ALT_MODELS on ENCODER_ALT_SIZES atoms at
+  # ENCODER_ALT_CONCURRENCY, without the loop; results in encoder_alt, encoder_alt2, ...
   if [ -n "${ENCODER_ALT_ARGS:-}" ]; then
-    echo "== atom_encoder serving, serve $ENCODER_ALT_ARGS"
-    SERVE_ARGS="$ENCODER_ALT_ARGS" SIZES="${ENCODER_ALT_SIZES:-4096}" CONCURRENCY="${ENCODER_ALT_CONCURRENCY:-16 64 128}" \
-      MODELS="${ENCODER_ALT_MODELS:-encoder_w1}" \
-      LOOP_ITERS=0 PERF_ANALYZER=${PERF_ANALYZER:-} \
-      bash "$root/scripts/serve-encoder-bench.sh" "$(dirname "$protattn")" "$out/encoder_alt" fused || status=1
+    local i=1 alt dir
+    IFS=';' read -ra alts <<< "$ENCODER_ALT_ARGS"
+    for alt in "${alts[@]}"; do
+      dir="$out/encoder_alt"; [ "$i" -gt 1 ] && dir="$out/encoder_alt$i"
+      i=$((i + 1))
+      echo "== atom_encoder serving, serve $alt"
+      SERVE_ARGS="$alt" SIZES="${ENCODER_ALT_SIZES:-4096}" CONCURRENCY="${ENCODER_ALT_CONCURRENCY:-16 64 128}" \
+        MODELS="${ENCODER_ALT_MODELS:-encoder_w1}" \
+        LOOP_ITERS=0 PERF_ANALYZER=${PERF_ANALYZER:-} \
+        bash "$root/scripts/serve-encoder-bench.sh" "$(dirname "$protattn")" "$dir" fused || status=1
+    done
   fi
 }
 # Nsight Compute: GPU time per kernel of one encoder forward and of W1 (scripts/gpu-profile.sh).

@@ -66,34 +66,20 @@ void Uploads::commit(cudaStream_t stream_in) {
   parts_.clear();
 }
 
-void download(const void* src_v, std::span<const std::span<std::uint8_t>> pieces, cudaStream_t stream) {
-  std::size_t total = 0;
-  for (const auto& p : pieces) total += p.size();
-  if (total == 0) {
+void download(const void* src_v, std::size_t bytes, cudaStream_t stream,
+              const std::function<void(std::size_t, const std::uint8_t*, std::size_t)>& consume) {
+  if (bytes == 0) {
     PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
     return;
   }
   std::size_t cap = 0;
-  std::uint8_t* stage = host_staging(total, cap);
+  std::uint8_t* stage = host_staging(bytes, cap);
   const auto* src = static_cast<const std::uint8_t*>(src_v);
-  std::size_t piece = 0, in_piece = 0;  // where the next staged byte goes
-  while (pieces[piece].empty()) ++piece;
-  for (std::size_t off = 0; off < total;) {
-    const std::size_t k = std::min(cap, total - off);
+  for (std::size_t off = 0; off < bytes;) {
+    const std::size_t k = std::min(cap, bytes - off);
     PROTATTN_CUDA_CHECK(cudaMemcpyAsync(stage, src + off, k, cudaMemcpyDeviceToHost, stream));
     PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
-    for (std::size_t used = 0; used < k;) {
-      const std::span<std::uint8_t> dst = pieces[piece];
-      const std::size_t n = std::min(dst.size() - in_piece, k - used);
-      std::memcpy(dst.data() + in_piece, stage + used, n);
-      used += n;
-      in_piece += n;
-      if (in_piece == dst.size()) {
-        ++piece;
-        in_piece = 0;
-        while (piece < pieces.size() && pieces[piece].empty()) ++piece;
-      }
-    }
+    consume(off, stage, k);
     off += k;
   }
 }

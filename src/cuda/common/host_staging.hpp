@@ -10,7 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <span>
+#include <functional>
 #include <vector>
 
 #include "cuda/common/device_buffer.hpp"
@@ -47,9 +47,10 @@ class Uploads {
   std::vector<Part> parts_;
 };
 
-// Device-to-host: `pieces` are consecutive ranges of `src` (device), each copied to its own host
-// span, in order, after the work already queued on `stream` (null: the legacy default stream);
-// returns when all have arrived.
-void download(const void* src, std::span<const std::span<std::uint8_t>> pieces, cudaStream_t stream);
+// Device-to-host: `bytes` from `src` (device), after the work already queued on `stream` (null:
+// the legacy default stream), through the staging buffer in pieces of at most kStagingMaxBytes:
+// consume(offset, data, n) is called for each piece in order, `data` valid during the call only.
+void download(const void* src, std::size_t bytes, cudaStream_t stream,
+              const std::function<void(std::size_t offset, const std::uint8_t* data, std::size_t n)>& consume);
 
 }  // namespace protattn::cuda

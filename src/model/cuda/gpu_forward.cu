@@ -4,9 +4,10 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <span>
+#include <cstring>
 #include <string>
 
+#include "common/parallel.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/device_buffer.hpp"
 #include "cuda/common/host_staging.hpp"
@@ -22,6 +23,8 @@ using cuda::DeviceBuffer;
 
 // cuBLAS workspace per plan (set explicitly so that run() allocates nothing and can be captured).
 constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20;
+// Bytes of embeddings per thread that copies them out in fetch().
+constexpr std::size_t kFetchBytesPerThread = std::size_t{4} << 20;
 // Most blocks an element-wise kernel launches (it strides over the rest).
 constexpr std::int64_t kMaxGridBlocks = std::int64_t{1} << 16;
 
@@ -219,15 +222,33 @@ class GpuBackend final : public AtomEncoder::Backend {
     GpuPlan& p = as_gpu(plan);
     if (!p.ran) throw Error("atom_encoder: fetch before run");
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
-    const std::size_t C = static_cast<std::size_t>(config_.channels);
-    std::vector<Embedding> out(p.layouts.size());
-    std::vector<std::span<std::uint8_t>> pieces(out.size());
-    for (std::size_t b = 0; b < out.size(); ++b) {
-      out[b].resize(static_cast<std::size_t>(p.offsets[b + 1] - p.offsets[b]) * C);
-      pieces[b] = {reinterpret_cast<std::uint8_t*>(out[b].data()), out[b].size() * sizeof(std::uint16_t)};
-    }
-    // The structures' rows are consecutive in p.out: one staged copy after the forward.
-    cuda::download(p.out.get(), pieces, static_cast<cudaStream_t>(stream_ptr));
+    const std::size_t row_bytes = static_cast<std::size_t>(config_.channels) * sizeof(__half);
+    const std::size_t nb = p.layouts.size();
+    const auto total = static_cast<std::size_t>(p.total_n()) * row_bytes;
+    std::vector<Embedding> out(nb);
+    // The structures' rows are consecutive in p.out: staged copies of all of it, each piece
+    // copied out by several threads (one thread writes fresh memory at a few GB/s), the
+    // structures shared out by atoms.
+    const int parts = detail::resolve_threads(0, total, kFetchBytesPerThread);
+    const std::vector<std::size_t> first = detail::weighted_ranges(p.offsets.data(), nb, parts);
+    cuda::download(p.out.get(), total, static_cast<cudaStream_t>(stream_ptr),
+                   [&](std::size_t off, const std::uint8_t* data, std::size_t n) {
+                     detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
+                       for (std::size_t b = first[p0]; b < first[p1]; ++b) {
+                         const std::size_t sb = static_cast<std::size_t>(p.offsets[b]) * row_bytes;
+                         const std::size_t se = static_cast<std::size_t>(p.offsets[b + 1]) * row_bytes;
+                         const std::size_t lo = std::max(sb, off), hi = std::min(se, off + n);
+                         if (lo >= hi) continue;
+                         const auto* from = reinterpret_cast<const std::uint16_t*>(data + (lo - off));
+                         if (lo == sb && hi == se) {
+                           out[b].assign(from, from + (se - sb) / 2);  // whole: no zero-fill first
+                         } else {
+                           out[b].resize((se - sb) / 2);
+                           std::memcpy(reinterpret_cast<std::uint8_t*>(out[b].data()) + (lo - sb), from, hi - lo);
+                         }
+                       }
+                     });
+                   });
     return out;
   }
 
