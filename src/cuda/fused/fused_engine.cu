@@ -23,6 +23,8 @@ namespace {
 
 // Fewest key tiles a split piece gets: below this the combine costs more than it saves.
 constexpr int kMinTilesPerSplit = 2;
+// Most pieces one query tile is split into.
+constexpr int kMaxSplits = 16;
 
 bool dim_compiled(int d) {
   switch (d) {

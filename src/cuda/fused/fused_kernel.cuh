@@ -211,8 +211,6 @@ struct FusedKernel {
   static constexpr int kSAcc = kKeyChunk / 2;     // S accumulators per thread (16 x 64 per warp)
   // The shared-memory tiles are 128-byte rows of 64 columns: head dims are multiples of 64.
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
-  // The in-kernel combine reuses the shared memory for its weights.
-  static_assert(kTile * (kMaxSplits + 1) * static_cast<int>(sizeof(float)) <= kSmemBytes, "combine weights fit");
 };
 
 // The sm_90a wgmma back end exists only where the compiler targets sm_90a.
@@ -243,57 +241,41 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t 
 }
 
 // Combines the partial results of split tile `c` in slot order (deterministic whichever piece
-// finished last) and writes O and LSE, in one block, in two passes through shared memory `coef`
-// (kTile * (kMaxSplits + 1) floats, free once the attention loop is done): thread r < kTile
-// turns row r's (m, l) pairs into one weight per slot and 1 / l; then every thread sums the
-// weighted partials of (row, 4 columns) at a time, the slots' loads independent of each other.
+// finished last) and writes O and LSE: one block, each thread a (row, 4 columns) at a time.
 // Partials are read through L2 (ld.global.cg): other blocks wrote them.
 template <typename T, int D>
-__device__ __forceinline__ void combine_split_tile(const Params& p, int c, int tid, float* coef) {
+__device__ __forceinline__ void combine_split_tile(const Params& p, int c, int tid) {
   constexpr int kQuads = D / 4;
   constexpr std::int64_t kSlotMl = kTile * 2, kSlotO = kTile * D / 4;
-  constexpr int kStride = kMaxSplits + 1;  // per row: kMaxSplits weights, then 1 / l
   const CombineItem ci = p.combines[c];
   const StructDesc sd = p.structs[ci.b];
-  const int rows = min(kTile, sd.n - ci.q_tile * kTile);
-  const std::int64_t slot0 = static_cast<std::int64_t>(ci.slot_begin) * kTile;
   const std::int64_t head_off = static_cast<std::int64_t>(ci.h) * p.head_stride + sd.offset * D;
-  if (tid < rows) {
-    const float* ml = p.part_ml + (slot0 + tid) * 2;
+  for (int i = tid; i < kTile * kQuads; i += kThreads) {
+    const int lrow = i / kQuads, dq = i % kQuads;
+    const int row = ci.q_tile * kTile + lrow;
+    if (row >= sd.n) break;  // rows only grow with i
+    const float* ml = p.part_ml + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * 2;
+    const float4* po = reinterpret_cast<const float4*>(p.part_o + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * D) + dq;
     float mx = -INFINITY;
-#pragma unroll 4
     for (int s = 0; s < ci.n_slots; ++s) mx = fmaxf(mx, __ldcg(ml + s * kSlotMl));
     const float base = mx == -INFINITY ? 0.0f : mx;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float l = 0.0f;
-#pragma unroll 4
     for (int s = 0; s < ci.n_slots; ++s) {
       const float w = fast_exp2(__ldcg(ml + s * kSlotMl) - base);
       l += w * __ldcg(ml + s * kSlotMl + 1);
-      coef[tid * kStride + s] = w;
-    }
-    coef[tid * kStride + kMaxSplits] = l > 0.0f ? 1.0f / l : 0.0f;
-    if (p.lse)
-      p.lse[static_cast<std::int64_t>(ci.h) * p.total_n + sd.offset + ci.q_tile * kTile + tid] =
-          l > 0.0f ? (mx + log2f(l)) * kLn2 : -INFINITY;
-  }
-  __syncthreads();
-  for (int i = tid; i < rows * kQuads; i += kThreads) {
-    const int lrow = i / kQuads, dq = i % kQuads;
-    const float4* po = reinterpret_cast<const float4*>(p.part_o + (slot0 + lrow) * D) + dq;
-    const float* w = coef + lrow * kStride;
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-    for (int s = 0; s < ci.n_slots; ++s) {
       const float4 x = __ldcg(po + s * kSlotO);
-      acc.x += w[s] * x.x;
-      acc.y += w[s] * x.y;
-      acc.z += w[s] * x.z;
-      acc.w += w[s] * x.w;
+      acc.x += w * x.x;
+      acc.y += w * x.y;
+      acc.z += w * x.z;
+      acc.w += w * x.w;
     }
-    const float inv = w[kMaxSplits];
-    T* og = static_cast<T*>(p.o) + head_off + static_cast<std::int64_t>(ci.q_tile * kTile + lrow) * D + dq * 4;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    T* og = static_cast<T*>(p.o) + head_off + static_cast<std::int64_t>(row) * D + dq * 4;
     reinterpret_cast<std::uint32_t*>(og)[0] = ElemTraits<T>::pack(acc.x * inv, acc.y * inv);
     reinterpret_cast<std::uint32_t*>(og)[1] = ElemTraits<T>::pack(acc.z * inv, acc.w * inv);
+    if (p.lse && dq == 0)
+      p.lse[static_cast<std::int64_t>(ci.h) * p.total_n + sd.offset + row] = l > 0.0f ? (mx + log2f(l)) * kLn2 : -INFINITY;
   }
 }
 
@@ -571,8 +553,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     __syncthreads();
     if (s_last) {
       __threadfence();
-      cp_async_wait<0>();  // no copy may still land in the shared memory reused here
-      combine_split_tile<T, D>(p, item.combine, tid, reinterpret_cast<float*>(smem));
+      combine_split_tile<T, D>(p, item.combine, tid);
       if (tid == 0) p.arrivals[item.combine] = 0;  // ready for the next run
     }
   }

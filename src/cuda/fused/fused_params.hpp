@@ -10,8 +10,6 @@ inline constexpr int kTile = 128;
 inline constexpr int kWarps = 8;
 inline constexpr int kThreads = kWarps * 32;
 inline constexpr int kKeyChunk = 64;
-// Most pieces one query tile's key range is split into.
-inline constexpr int kMaxSplits = 16;
 
 // Mask rule of a structure, as mask_allows() defines it.
 enum MaskCode : std::int32_t { kMaskTiles = 0, kMaskAtoms = 1, kMaskWindows = 2 };
