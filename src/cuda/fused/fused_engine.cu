@@ -72,7 +72,7 @@ class FusedPlan final : public Plan {
  public:
   Params params{};
   PlanSummary summary;
-  cuda::DeviceBuffer col_idx, kind, coords, structs, items, combines, part_o, part_ml, arrivals;
+  cuda::DeviceBuffer col_idx, kind, coords, structs, items, combines, part_o, part_ml;
 };
 
 class FusedEngine final : public Engine {
@@ -150,15 +150,14 @@ class FusedEngine final : public Engine {
           const int len = l.row_ptr[r + 1] - l.row_ptr[r];
           const int chunk = std::max(kMinTilesPerSplit, (len + splits - 1) / splits);
           if (splits == 1 || len <= chunk) {
-            items.push_back({static_cast<int>(b), h, r, begin, begin + len, -1, -1, 0});
+            items.push_back({static_cast<int>(b), h, r, begin, begin + len, -1});
             continue;
           }
           const int pieces = (len + chunk - 1) / chunk;
-          const int c = static_cast<int>(combines.size());
           combines.push_back({static_cast<int>(b), h, r, slots, pieces, 0});
           for (int s = 0; s < pieces; ++s) {
             const int e0 = begin + s * chunk, e1 = std::min(begin + len, e0 + chunk);
-            items.push_back({static_cast<int>(b), h, r, e0, e1, slots++, c, 0});
+            items.push_back({static_cast<int>(b), h, r, e0, e1, slots++});
           }
         }
       }
@@ -185,8 +184,6 @@ class FusedEngine final : public Engine {
     up.add(fp.structs, sds);
     up.add(fp.items, items);
     up.add(fp.combines, combines);
-    const std::vector<std::int32_t> arrivals(combines.size(), 0);
-    up.add(fp.arrivals, arrivals);
     up.commit();
     fp.part_o.resize(static_cast<std::size_t>(slots) * kTile * shape.dim * sizeof(float));
     fp.part_ml.resize(static_cast<std::size_t>(slots) * kTile * 2 * sizeof(float));
@@ -205,14 +202,13 @@ class FusedEngine final : public Engine {
     p.scale_log2 = shape.effective_scale() * 1.4426950408889634f;
     p.part_o = fp.part_o.as<float>();
     p.part_ml = fp.part_ml.as<float>();
-    p.arrivals = fp.arrivals.as<std::int32_t>();
 
     fp.summary.items = p.n_items;
     fp.summary.combines = p.n_combines;
     fp.summary.slots = slots;
     fp.summary.blocks_per_sm = bps;
     fp.summary.sms = sms_;
-    for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.structs, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml, &fp.arrivals})
+    for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.structs, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml})
       fp.summary.device_bytes += buf->bytes();
     return plan;
   }

@@ -240,45 +240,6 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t 
 #endif
 }
 
-// Combines the partial results of split tile `c` in slot order (deterministic whichever piece
-// finished last) and writes O and LSE: one block, each thread a (row, 4 columns) at a time.
-// Partials are read through L2 (ld.global.cg): other blocks wrote them.
-template <typename T, int D>
-__device__ __forceinline__ void combine_split_tile(const Params& p, int c, int tid) {
-  constexpr int kQuads = D / 4;
-  constexpr std::int64_t kSlotMl = kTile * 2, kSlotO = kTile * D / 4;
-  const CombineItem ci = p.combines[c];
-  const StructDesc sd = p.structs[ci.b];
-  const std::int64_t head_off = static_cast<std::int64_t>(ci.h) * p.head_stride + sd.offset * D;
-  for (int i = tid; i < kTile * kQuads; i += kThreads) {
-    const int lrow = i / kQuads, dq = i % kQuads;
-    const int row = ci.q_tile * kTile + lrow;
-    if (row >= sd.n) break;  // rows only grow with i
-    const float* ml = p.part_ml + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * 2;
-    const float4* po = reinterpret_cast<const float4*>(p.part_o + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * D) + dq;
-    float mx = -INFINITY;
-    for (int s = 0; s < ci.n_slots; ++s) mx = fmaxf(mx, __ldcg(ml + s * kSlotMl));
-    const float base = mx == -INFINITY ? 0.0f : mx;
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float l = 0.0f;
-    for (int s = 0; s < ci.n_slots; ++s) {
-      const float w = fast_exp2(__ldcg(ml + s * kSlotMl) - base);
-      l += w * __ldcg(ml + s * kSlotMl + 1);
-      const float4 x = __ldcg(po + s * kSlotO);
-      acc.x += w * x.x;
-      acc.y += w * x.y;
-      acc.z += w * x.z;
-      acc.w += w * x.w;
-    }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    T* og = static_cast<T*>(p.o) + head_off + static_cast<std::int64_t>(row) * D + dq * 4;
-    reinterpret_cast<std::uint32_t*>(og)[0] = ElemTraits<T>::pack(acc.x * inv, acc.y * inv);
-    reinterpret_cast<std::uint32_t*>(og)[1] = ElemTraits<T>::pack(acc.z * inv, acc.w * inv);
-    if (p.lse && dq == 0)
-      p.lse[static_cast<std::int64_t>(ci.h) * p.total_n + sd.offset + row] = l > 0.0f ? (mx + log2f(l)) * kLn2 : -INFINITY;
-  }
-}
-
 template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused_attention_kernel(const Params p) {
   using K_ = FusedKernel<T, D>;
@@ -544,20 +505,49 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
         pml[2 * lrow + 1] = l_row[r];
       }
     }
-    // Count this piece in; the last of the tile's pieces combines them (the fence orders this
-    // block's partial before its count, and the counts before the last block's reads).
-    __shared__ int s_last;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) s_last = atomicAdd(p.arrivals + item.combine, 1) == p.combines[item.combine].n_slots - 1;
-    __syncthreads();
-    if (s_last) {
-      __threadfence();
-      combine_split_tile<T, D>(p, item.combine, tid);
-      if (tid == 0) p.arrivals[item.combine] = 0;  // ready for the next run
-    }
   }
   }
+}
+
+// Rows of a split query tile one combine block handles.
+inline constexpr int kCombineRows = 16;
+
+// Combines the partial results of a split query tile in slot order (deterministic).
+// Block (x = CombineItem, y = group of kCombineRows rows); thread = (row, 4-wide column group).
+template <typename T, int D>
+__global__ void __launch_bounds__(kCombineRows * D / 4) fused_combine_kernel(const Params p) {
+  constexpr int kQuads = D / 4;
+  const CombineItem ci = p.combines[blockIdx.x];
+  const StructDesc sd = p.structs[ci.b];
+  const int lrow = blockIdx.y * kCombineRows + threadIdx.x / kQuads, dq = threadIdx.x % kQuads;
+  const int row = ci.q_tile * kTile + lrow;
+  if (row >= sd.n) return;
+  const float* ml = p.part_ml + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * 2;
+  const float4* po = reinterpret_cast<const float4*>(p.part_o + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * D) + dq;
+  constexpr std::int64_t kSlotMl = kTile * 2, kSlotO = kTile * D / 4;
+  float mx = -INFINITY;
+#pragma unroll 8
+  for (int s = 0; s < ci.n_slots; ++s) mx = fmaxf(mx, ml[s * kSlotMl]);
+  const float base = mx == -INFINITY ? 0.0f : mx;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float l = 0.0f;
+#pragma unroll 8
+  for (int s = 0; s < ci.n_slots; ++s) {
+    const float w = fast_exp2(ml[s * kSlotMl] - base);
+    l += w * ml[s * kSlotMl + 1];
+    const float4 x = po[s * kSlotO];
+    acc.x += w * x.x;
+    acc.y += w * x.y;
+    acc.z += w * x.z;
+    acc.w += w * x.w;
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  const std::int64_t head_off = static_cast<std::int64_t>(ci.h) * p.head_stride + sd.offset * D;
+  T* og = static_cast<T*>(p.o) + head_off + static_cast<std::int64_t>(row) * D + dq * 4;
+  reinterpret_cast<std::uint32_t*>(og)[0] = ElemTraits<T>::pack(acc.x * inv, acc.y * inv);
+  reinterpret_cast<std::uint32_t*>(og)[1] = ElemTraits<T>::pack(acc.z * inv, acc.w * inv);
+  if (p.lse && dq == 0)
+    p.lse[static_cast<std::int64_t>(ci.h) * p.total_n + sd.offset + row] = l > 0.0f ? (mx + log2f(l)) * kLn2 : -INFINITY;
 }
 
 }  // namespace protattn::fused

@@ -57,6 +57,10 @@ void launch_fused(const Params& p, cudaStream_t stream) {
     attention_kernel<T, D>()<<<p.n_items, kThreads, attention_smem_bytes<T, D>(), stream>>>(p);
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
+  if (p.n_combines > 0) {
+    fused_combine_kernel<T, D><<<dim3(p.n_combines, kTile / kCombineRows), kCombineRows * D / 4, 0, stream>>>(p);
+    PROTATTN_CUDA_CHECK_LAUNCH();
+  }
 }
 
 template <typename T, int D>

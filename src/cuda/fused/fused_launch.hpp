@@ -6,8 +6,8 @@
 
 namespace protattn::fused {
 
-// Launches the attention kernel over p.n_items work items on `stream` (split tiles are combined
-// inside it). Instantiated once per (T, D) in generated files.
+// Launches the attention kernel over p.n_items work items, then the combine kernel over
+// p.n_combines split tiles, on `stream`. Instantiated once per (T, D) in generated files.
 template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream);
 

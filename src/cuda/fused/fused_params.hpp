@@ -24,10 +24,9 @@ struct StructDesc {
 
 // One block's work: one query tile of one head of one structure, over the kept key tiles
 // [e_begin, e_end) of the packed col_idx. slot < 0: write O/LSE; else write a partial result
-// into workspace slot `slot` of split tile `combine` (key range split; the last of its pieces to
-// finish combines them all, in slot order).
+// into workspace slot `slot` (split key range, combined in a fixed order afterwards).
 struct WorkItem {
-  std::int32_t b, h, q_tile, e_begin, e_end, slot, combine, pad;
+  std::int32_t b, h, q_tile, e_begin, e_end, slot;
 };
 
 // The rows of one query tile split into slots [slot_begin, slot_begin + n_slots).
@@ -53,12 +52,9 @@ struct Params {
   const CombineItem* combines;  // [n_combines]
   std::int32_t n_items, n_combines;
   float scale_log2;             // softmax scale * log2(e)
-  // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32;
-  // pieces of each split tile finished so far [n_combines], zero between runs (the combining
-  // block sets it back).
+  // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;
-  std::int32_t* arrivals;
 };
 
 }  // namespace protattn::fused
