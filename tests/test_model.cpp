@@ -11,6 +11,7 @@
 #include <fstream>
 #include <numeric>
 
+#include "model/half_rows.hpp"
 #include "model/safetensors.hpp"
 #include "protattn/error.hpp"
 #include "protattn/half.hpp"
@@ -228,6 +229,36 @@ TEST_F(ModelTest, Fp16WeightsLoad) {
   const auto& a = m.at("embed.weight").data;
   const auto& r = ref.at("embed.weight").data;
   for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], half_to_float(float_to_half(r[i]))) << i;
+}
+
+// The bulk conversion of the CPU forward's output gives float_to_half's bits: every fp16 value,
+// the midpoints between neighbours (ties to even), both sides of the overflow threshold and of
+// the smallest subnormal, signs, and random floats; n not a multiple of the vector width.
+TEST(HalfRows, BulkConversionMatchesFloatToHalf) {
+  std::vector<float> v;
+  for (std::uint32_t h = 0; h < 0x7c00u; ++h) {
+    const float a = half_to_float(static_cast<std::uint16_t>(h)), b = half_to_float(static_cast<std::uint16_t>(h + 1));
+    for (const float x : {a, 0.5f * (a + b), std::nextafter(0.5f * (a + b), 0.0f), std::nextafter(0.5f * (a + b), 1e9f)}) {
+      v.push_back(x);
+      v.push_back(-x);
+    }
+  }
+  for (const float x : {65504.0f, 65519.9f, 65520.0f, 1e6f, INFINITY, 2.98e-8f, 2.99e-8f, 5.96e-8f, 1e-10f, 0.0f})
+    for (const float s : {1.0f, -1.0f}) v.push_back(s * x);
+  std::uint32_t seed = 12345;
+  for (int i = 0; i < 100000; ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    std::uint32_t bits = seed;
+    if ((bits & 0x7f800000u) == 0x7f800000u) bits &= ~0x00800000u;  // no NaN or infinity here
+    float x;
+    std::memcpy(&x, &bits, 4);
+    v.push_back(x);
+  }
+  v.push_back(1.0f);  // n % 8 != 0
+  ASSERT_NE(v.size() % 8, 0u);
+  std::vector<std::uint16_t> out(v.size());
+  model::floats_to_halves(v.data(), out.data(), v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) ASSERT_EQ(out[i], float_to_half(v[i])) << "value " << v[i] << " at " << i;
 }
 
 TEST_F(ModelTest, ForwardIsDeterministicAndBatchIndependent) {

@@ -1,0 +1,33 @@
+// Bulk float -> fp16 conversion: F16C eight at a time where the CPU has it, else float_to_half.
+#include "model/half_rows.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define PROTATTN_F16C 1
+#endif
+
+#include "protattn/half.hpp"
+
+namespace protattn::model {
+namespace {
+
+#ifdef PROTATTN_F16C
+__attribute__((target("avx,f16c"))) void convert_f16c(const float* in, std::uint16_t* out, std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) out[i] = float_to_half(in[i]);
+}
+#endif
+
+}  // namespace
+
+void floats_to_halves(const float* in, std::uint16_t* out, std::size_t n) {
+#ifdef PROTATTN_F16C
+  static const bool f16c = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  if (f16c) return convert_f16c(in, out, n);
+#endif
+  for (std::size_t i = 0; i < n; ++i) out[i] = float_to_half(in[i]);
+}
+
+}  // namespace protattn::model
