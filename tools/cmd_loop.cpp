@@ -30,8 +30,8 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "model/half_rows.hpp"
 #include "protattn/error.hpp"
-#include "protattn/half.hpp"
 #include "protattn/structure.hpp"
 
 namespace protattn::cli {
@@ -113,17 +113,15 @@ class Client {
       throw Error("loop: unexpected EMBEDDING " + o.dump());
     channels = shape[1];
     out.resize(bytes / 2);
-    const char* p = res->body.data() + hl;
-    for (std::size_t i = 0; i < out.size(); ++i) {
-      std::uint16_t bits;
-      std::memcpy(&bits, p + 2 * i, 2);
-      out[i] = half_to_float(bits);
-    }
+    halves_.resize(bytes / 2);
+    std::memcpy(halves_.data(), res->body.data() + hl, bytes);  // the body gives no alignment
+    model::halves_to_floats(halves_.data(), out.data(), out.size());
   }
 
  private:
   httplib::Client http_;
   std::string path_, head_, body_;
+  std::vector<std::uint16_t> halves_;  // the answer's EMBEDDING bits
   httplib::Headers headers_;
   const std::vector<std::int32_t>& elements_;
 };
@@ -133,13 +131,16 @@ class Client {
 double score(const std::vector<float>& emb, std::int64_t channels) {
   const std::size_t n = emb.size() / static_cast<std::size_t>(channels);
   double total = 0;
+  constexpr std::size_t kLanes = 4;  // independent partial sums: no single chain of additions
+  const auto C = static_cast<std::size_t>(channels);
   for (std::size_t a = 0; a < n; ++a) {
-    double sq = 0;
-    for (std::int64_t c = 0; c < channels; ++c) {
-      const double v = emb[a * static_cast<std::size_t>(channels) + static_cast<std::size_t>(c)];
-      sq += v * v;
-    }
-    total += std::sqrt(sq);
+    const float* e = emb.data() + a * C;
+    double sq[kLanes] = {};
+    std::size_t c = 0;
+    for (; c + kLanes <= C; c += kLanes)
+      for (std::size_t u = 0; u < kLanes; ++u) sq[u] += static_cast<double>(e[c + u]) * e[c + u];
+    for (; c < C; ++c) sq[0] += static_cast<double>(e[c]) * e[c];
+    total += std::sqrt((sq[0] + sq[1]) + (sq[2] + sq[3]));
   }
   return total / static_cast<double>(n);
 }
