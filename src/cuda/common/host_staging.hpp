@@ -1,10 +1,11 @@
 // protattn CUDA: copies between host and device through a page-locked staging buffer.
 //
 // A copy from or to pageable host memory goes through the driver's own bounce buffer, one
-// synchronous piece at a time; on the lent machines that ran at about 1.2 GB/s (issue 6). Copies
-// from page-locked memory are DMA at the link's rate and can be asynchronous. Each thread that
-// copies gets one page-locked buffer, grown to what it needs up to kStagingMaxBytes and reused;
-// larger transfers go through it in pieces.
+// synchronous piece at a time; copies from page-locked memory are DMA at the link's rate, can be
+// asynchronous, and a plan's many small uploads go out together. Each thread that copies gets
+// one page-locked buffer, grown to what it needs up to kStagingMaxBytes and reused; larger
+// transfers go through it in pieces. (On the lent machines the slow part of the encoder's fetch
+// turned out to be first touches of fresh host pages, not the copy: see tools/main.cpp.)
 #pragma once
 #include <cuda_runtime.h>
 
