@@ -15,7 +15,8 @@
 # ("1 4 16 64"), WINDOW_MS (3000), LOOP_ITERS (1000; 0: no loop), SIZES ("4096 20000"),
 # MODELS ("encoder_w1 atom_encoder"), PORT (18200), THREADS (cpu engine threads, 0 = all),
 # SERVE_ARGS (more `protattn serve` options, e.g. "--devices 0,0" for two inference threads on one
-# GPU).
+# GPU). When SERVE_ARGS has --allow-shared-memory, perf_analyzer passes inputs and outputs through
+# system shared memory (--shared-memory system) instead of the gRPC messages.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:?usage: serve-encoder-bench.sh BIN_DIR OUT [ENGINE]}
@@ -102,7 +103,11 @@ for m in $models; do
   for n in $sizes; do
     for c in $conc; do
       echo "-- $m, $n atoms, concurrency $c"
+      shm_args=()  # output region: room for n x 128 fp16 channels (the widest model here)
+      [[ " ${SERVE_ARGS:-} " == *" --allow-shared-memory "* ]] &&
+        shm_args=(--shared-memory system --output-shared-memory-size $((n * 128 * 2)))
       "$pa" -m "$m" -u "127.0.0.1:$((port + 1))" -i grpc --input-data "$work/pa_$n" --concurrency-range "$c:$c" \
+        "${shm_args[@]}" \
         --shape "COORDS:$n,3" --shape "ELEMENTS:$n" --measurement-interval "$window" --max-trials 6 \
         --stability-percentage 30 --percentile 99 -f "$out/pa_${m}_${n}_c$c.csv" > "$work/pa.log" 2>&1 \
         || { tail -3 "$work/pa.log"; status=1; }

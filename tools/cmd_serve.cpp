@@ -62,6 +62,11 @@ void add_serve_command(CLI::App& app) {
                   "how long the oldest queued request waits for others to batch with at most (--batch-wait "
                   "says whether it stops early when no other request is being received; 0: never waits)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_flag("--allow-shared-memory", opt->allow_shared_memory,
+               "let clients on this machine register system shared-memory regions (POSIX shm_open "
+               "names) and pass inputs and outputs through them instead of the message (the "
+               "protocol's system_shared_memory extension; off by default: a client could then make "
+               "the server read and write any shared-memory object it may open)");
   cmd->add_option("--batch-wait", opt->batch_wait,
                   "arrivals: the oldest request waits for company only while others are being "
                   "received and prepared; full: it always waits --max-queue-delay-ms (as Triton does); "

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "shm.hpp"
+
 namespace protattn::server {
 
 using Clock = std::chrono::steady_clock;
@@ -44,6 +46,7 @@ struct OutputTensor {
   std::string datatype;
   std::vector<std::int64_t> shape;
   std::vector<std::uint8_t> data;     // raw little-endian elements, row-major
+  ShmRef shm;                         // region set: written there (data then empty)
 };
 
 // One inference call as both fronts hand it to the service.
@@ -52,6 +55,11 @@ struct InferCall {
   std::string id;                     // the client's id (echoed), may be empty
   std::vector<TensorView> inputs;
   std::vector<std::string> outputs;   // requested outputs; empty: the model's default
+  // Shared memory: where each requested output goes (empty, or one per output: region empty:
+  // in the response), and the spans the inputs read from (kept mapped for the call).
+  std::vector<ShmRef> output_shm;
+  std::vector<ShmSpan> output_spans;
+  std::vector<ShmSpan> input_spans;
   Clock::time_point deadline = Clock::time_point::max();
   std::string protocol;               // "http" or "grpc", for logs
 };

@@ -83,6 +83,7 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     r->set_name(kServerName);
     r->set_version(kServerVersion);
     for (const char* e : {"binary_tensor_data", "model_configuration", "statistics"}) r->add_extensions(e);
+    if (svc_.options().allow_shared_memory) r->add_extensions("system_shared_memory");
     return grpc::Status::OK;
   }
   grpc::Status ModelMetadata(grpc::ServerContext* ctx, const inference::ModelMetadataRequest* q,
@@ -153,6 +154,28 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status SystemSharedMemoryStatus(grpc::ServerContext* ctx, const inference::SystemSharedMemoryStatusRequest* q,
+                                        inference::SystemSharedMemoryStatusResponse* r) override {
+    return shm_call(ctx, [&] {
+      for (const auto& reg : svc_.shm().status(q->name())) {
+        auto& st = (*r->mutable_regions())[reg.name];
+        st.set_name(reg.name);
+        st.set_key(reg.key);
+        st.set_offset(reg.offset);
+        st.set_byte_size(reg.byte_size);
+      }
+    });
+  }
+  grpc::Status SystemSharedMemoryRegister(grpc::ServerContext* ctx, const inference::SystemSharedMemoryRegisterRequest* q,
+                                          inference::SystemSharedMemoryRegisterResponse*) override {
+    return shm_call(ctx, [&] { svc_.shm().add(q->name(), q->key(), q->offset(), q->byte_size()); });
+  }
+  grpc::Status SystemSharedMemoryUnregister(grpc::ServerContext* ctx,
+                                            const inference::SystemSharedMemoryUnregisterRequest* q,
+                                            inference::SystemSharedMemoryUnregisterResponse*) override {
+    return shm_call(ctx, [&] { svc_.shm().remove(q->name()); });
+  }
+
   grpc::Status ModelInfer(grpc::ServerContext* ctx, const inference::ModelInferRequest* q,
                           inference::ModelInferResponse* r) override {
     const auto arrived = Clock::now();
@@ -178,11 +201,19 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     r->set_model_name(m->name);
     r->set_model_version(m->version);
     r->set_id(q->id());
+    // raw_output_contents has one entry per output, an empty one for an output in shared memory
+    // (Triton's C++ client reads an entry for every output).
     for (const auto& t : res.outputs) {
       auto* o = r->add_outputs();
       o->set_name(t.name);
       o->set_datatype(t.datatype);
       for (auto d : t.shape) o->add_shape(d);
+      if (!t.shm.region.empty()) {
+        auto& p = *o->mutable_parameters();
+        p["shared_memory_region"].set_string_param(t.shm.region);
+        p["shared_memory_byte_size"].set_int64_param(t.shm.byte_size);
+        if (t.shm.offset != 0) p["shared_memory_offset"].set_int64_param(t.shm.offset);
+      }
       r->add_raw_output_contents(reinterpret_cast<const char*>(t.data.data()), t.data.size());
     }
     return grpc::Status::OK;
@@ -202,6 +233,43 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     if (svc_.authorized(key)) return grpc::Status::OK;
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                         "missing or wrong API key (metadata authorization: Bearer <key> or x-api-key)");
+  }
+
+  // A shared-memory call: the API key, the --allow-shared-memory switch, errors as statuses.
+  template <typename F>
+  grpc::Status shm_call(grpc::ServerContext* ctx, F&& f) {
+    if (auto st = check_key(ctx); !st.ok()) return st;
+    if (!svc_.options().allow_shared_memory)
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "shared memory is off (serve --allow-shared-memory)");
+    try {
+      f();
+    } catch (const ServeError& e) {
+      return grpc::Status(grpc_code(e.code), e.what());
+    }
+    return grpc::Status::OK;
+  }
+
+  // The shared-memory parameters of a tensor; false when it has none. Both the region and the
+  // byte size are needed, the offset is optional.
+  static bool shm_ref(const google::protobuf::Map<std::string, inference::InferParameter>& params,
+                      const std::string& what, ShmRef& ref) {
+    const auto region = params.find("shared_memory_region");
+    const auto size = params.find("shared_memory_byte_size");
+    const auto offset = params.find("shared_memory_offset");
+    if (region == params.end() && size == params.end() && offset == params.end()) return false;
+    if (region == params.end() || size == params.end())
+      throw invalid(what + ": shared_memory_region and shared_memory_byte_size go together");
+    if (region->second.parameter_choice_case() != inference::InferParameter::kStringParam)
+      throw invalid(what + ": shared_memory_region must be a string");
+    auto int64_of = [&](const inference::InferParameter& p, const char* name) {
+      if (p.parameter_choice_case() != inference::InferParameter::kInt64Param)
+        throw invalid(what + ": " + name + " must be an int64");
+      return p.int64_param();
+    };
+    ref.region = region->second.string_param();
+    ref.byte_size = int64_of(size->second, "shared_memory_byte_size");
+    ref.offset = offset == params.end() ? 0 : int64_of(offset->second, "shared_memory_offset");
+    return true;
   }
 
   grpc::Status lookup(const std::string& name, const std::string& version, const ModelSpec*& m) const {
@@ -231,11 +299,18 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     }
     if (q.inputs_size() == 0) throw ServeError(Code::invalid_argument, "no inputs");
     if (q.inputs_size() > 16) throw ServeError(Code::invalid_argument, "too many inputs");
+    // Inputs in shared memory have no raw_input_contents entry: the others have one each, in order.
+    std::vector<ShmRef> in_shm(static_cast<std::size_t>(q.inputs_size()));
+    int in_message = 0;
+    for (int i = 0; i < q.inputs_size(); ++i)
+      if (!shm_ref(q.inputs(i).parameters(), "input '" + q.inputs(i).name() + "'", in_shm[static_cast<std::size_t>(i)]))
+        ++in_message;
     const bool raw = q.raw_input_contents_size() > 0;
-    if (raw && q.raw_input_contents_size() != q.inputs_size())
+    if (raw && q.raw_input_contents_size() != in_message)
       throw ServeError(Code::invalid_argument, std::to_string(q.raw_input_contents_size()) +
-                                                   " raw_input_contents for " + std::to_string(q.inputs_size()) +
-                                                   " inputs");
+                                                   " raw_input_contents for " + std::to_string(in_message) +
+                                                   " inputs not in shared memory");
+    int raw_index = 0;
     const ModelSpec* m = svc_.find_model(q.model_name());
     decoded.reserve(static_cast<std::size_t>(q.inputs_size()));
     for (int i = 0; i < q.inputs_size(); ++i) {
@@ -247,8 +322,15 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
       if (const TensorSpec* spec = m ? m->input(t.name) : nullptr; spec && spec->datatype != t.datatype)
         throw ServeError(Code::invalid_argument, "input '" + t.name + "': datatype " + t.datatype +
                                                      ", expected " + spec->datatype);
-      if (raw) {
-        const std::string& bytes = q.raw_input_contents(i);
+      if (!in_shm[static_cast<std::size_t>(i)].region.empty()) {
+        if (in.has_contents())
+          throw ServeError(Code::invalid_argument, "input '" + t.name + "': contents and shared memory both given");
+        ShmSpan span = svc_.shm().span(in_shm[static_cast<std::size_t>(i)], "input '" + t.name + "'");
+        t.data = span.data;
+        t.size = span.size;
+        call.input_spans.push_back(std::move(span));
+      } else if (raw) {
+        const std::string& bytes = q.raw_input_contents(raw_index++);
         t.data = reinterpret_cast<const std::uint8_t*>(bytes.data());
         t.size = bytes.size();
       } else if (t.datatype == "INT32" && in.contents().int_contents_size() > 0) {
@@ -267,7 +349,22 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
       }
       call.inputs.push_back(std::move(t));
     }
-    for (const auto& o : q.outputs()) call.outputs.push_back(o.name());
+    bool any_shm = false;
+    for (const auto& o : q.outputs()) {
+      call.outputs.push_back(o.name());
+      ShmRef ref;
+      ShmSpan span;
+      if (shm_ref(o.parameters(), "output '" + o.name() + "'", ref)) {
+        span = svc_.shm().span(ref, "output '" + o.name() + "'");
+        any_shm = true;
+      }
+      call.output_shm.push_back(std::move(ref));
+      call.output_spans.push_back(std::move(span));
+    }
+    if (!any_shm) {
+      call.output_shm.clear();
+      call.output_spans.clear();
+    }
   }
 
   server::Service& svc_;

@@ -228,6 +228,27 @@ struct ParsedHttp {
   bool binary_default = false;
 };
 
+// The shared-memory parameters of a tensor's "parameters" object; false when it has none. The
+// region and the byte size go together, the offset is optional.
+bool json_shm_ref(const json& params, const std::string& what, ShmRef& ref) {
+  if (!params.is_object()) return false;
+  const bool has_region = params.contains("shared_memory_region"), has_size = params.contains("shared_memory_byte_size");
+  if (!has_region && !has_size && !params.contains("shared_memory_offset")) return false;
+  if (!has_region || !has_size)
+    throw ServeError(Code::invalid_argument, what + ": shared_memory_region and shared_memory_byte_size go together");
+  if (!params["shared_memory_region"].is_string())
+    throw ServeError(Code::invalid_argument, what + ": shared_memory_region must be a string");
+  auto integer = [&](const char* name) -> std::int64_t {
+    if (!params.contains(name)) return 0;
+    if (!params[name].is_number_integer()) throw ServeError(Code::invalid_argument, what + ": " + name + " must be an integer");
+    return params[name].get<std::int64_t>();
+  };
+  ref.region = params["shared_memory_region"].get<std::string>();
+  ref.byte_size = integer("shared_memory_byte_size");
+  ref.offset = integer("shared_memory_offset");
+  return true;
+}
+
 void parse_infer(const httplib::Request& req, const Service& svc, const std::string& model_name,
                  ParsedHttp& p) {
   const std::string& body = req.body;
@@ -308,7 +329,15 @@ void parse_infer(const httplib::Request& req, const Service& svc, const std::str
       throw ServeError(Code::invalid_argument, "input '" + t.name + "': shape " + shape_string(t.shape) +
                                                    " is negative or too large");
     const json in_params = in.value("parameters", json::object());
-    if (in_params.is_object() && in_params.contains("binary_data_size")) {
+    ShmRef in_shm;
+    if (json_shm_ref(in_params, "input '" + t.name + "'", in_shm)) {
+      if (in.contains("data") || in_params.contains("binary_data_size"))
+        throw ServeError(Code::invalid_argument, "input '" + t.name + "': data and shared memory both given");
+      ShmSpan span = svc.shm().span(in_shm, "input '" + t.name + "'");
+      t.data = span.data;
+      t.size = span.size;
+      p.call.input_spans.push_back(std::move(span));
+    } else if (in_params.is_object() && in_params.contains("binary_data_size")) {
       const json& s = in_params["binary_data_size"];
       if (!s.is_number_integer() || s.get<std::int64_t>() < 0)
         throw ServeError(Code::invalid_argument, "input '" + t.name + "': bad binary_data_size");
@@ -340,8 +369,18 @@ void parse_infer(const httplib::Request& req, const Service& svc, const std::str
       if (!o.is_object() || !o.contains("name") || !o["name"].is_string())
         throw ServeError(Code::invalid_argument, "each output must be an object with a 'name'");
       p.call.outputs.push_back(o["name"].get<std::string>());
-      p.binary_out.push_back(json_bool_param(o.value("parameters", json::object()), "binary_data",
-                                             p.binary_default));
+      const json o_params = o.value("parameters", json::object());
+      p.binary_out.push_back(json_bool_param(o_params, "binary_data", p.binary_default));
+      ShmRef ref;
+      ShmSpan span;
+      if (json_shm_ref(o_params, "output '" + p.call.outputs.back() + "'", ref))
+        span = svc.shm().span(ref, "output '" + p.call.outputs.back() + "'");
+      p.call.output_shm.push_back(std::move(ref));
+      p.call.output_spans.push_back(std::move(span));
+    }
+    if (std::none_of(p.call.output_spans.begin(), p.call.output_spans.end(), [](const ShmSpan& s) { return s.data != nullptr; })) {
+      p.call.output_shm.clear();
+      p.call.output_spans.clear();
     }
   }
 }
@@ -355,7 +394,10 @@ void send_infer_result(httplib::Response& res, const ParsedHttp& p, const InferR
     const OutputTensor& t = r.outputs[i];
     json o = {{"name", t.name}, {"datatype", t.datatype}, {"shape", t.shape}};
     const bool bin = i < p.binary_out.size() ? p.binary_out[i] : p.binary_default;
-    if (bin) {
+    if (!t.shm.region.empty()) {
+      o["parameters"] = {{"shared_memory_region", t.shm.region}, {"shared_memory_byte_size", t.shm.byte_size}};
+      if (t.shm.offset != 0) o["parameters"]["shared_memory_offset"] = t.shm.offset;
+    } else if (bin) {
       o["parameters"] = {{"binary_data_size", t.data.size()}};
       binary.append(reinterpret_cast<const char*>(t.data.data()), t.data.size());
     } else {
@@ -516,6 +558,53 @@ struct HttpFront::Impl {
     send_infer_result(res, p, r, m->name, m->version);
   }
 
+  // The system shared-memory extension: status, register and unregister (one region or all).
+  void shm_routes() {
+    const std::string all = "/v2/systemsharedmemory", one = R"(/v2/systemsharedmemory/region/([^/]+))";
+    auto guarded = [this](auto f) {
+      return [this, f](const httplib::Request& req, httplib::Response& res) {
+        if (!check_key(req, res)) return;
+        if (!svc.options().allow_shared_memory) {
+          send_error(res, 400, "shared memory is off (serve --allow-shared-memory)");
+          return;
+        }
+        try {
+          f(req, res);
+        } catch (const ServeError& e) {
+          send_error(res, http_status(e.code), e.what());
+        }
+      };
+    };
+    auto status = [this](const std::string& name, httplib::Response& res) {
+      json out = json::array();
+      for (const auto& r : svc.shm().status(name))
+        out.push_back({{"name", r.name}, {"key", r.key}, {"offset", r.offset}, {"byte_size", r.byte_size}});
+      send_json(res, 200, out);
+    };
+    http.Get(all + "/status", guarded([status](const httplib::Request&, httplib::Response& res) { status("", res); }));
+    http.Get(one + "/status",
+             guarded([status](const httplib::Request& req, httplib::Response& res) { status(req.matches[1], res); }));
+    http.Post(one + "/register", guarded([this](const httplib::Request& req, httplib::Response& res) {
+      const json j = json::parse(req.body, nullptr, false);
+      if (j.is_discarded() || !j.is_object() || !j.contains("key") || !j["key"].is_string() ||
+          !j.contains("byte_size") || !j["byte_size"].is_number_unsigned() ||
+          (j.contains("offset") && !j["offset"].is_number_unsigned()))
+        throw ServeError(Code::invalid_argument,
+                         "register: the body must be {\"key\": string, \"offset\": unsigned (optional), \"byte_size\": unsigned}");
+      svc.shm().add(req.matches[1], j["key"].get<std::string>(), j.value("offset", std::uint64_t{0}),
+                    j["byte_size"].get<std::uint64_t>());
+      send_json(res, 200, json::object());
+    }));
+    http.Post(all + "/unregister", guarded([this](const httplib::Request&, httplib::Response& res) {
+      svc.shm().remove("");
+      send_json(res, 200, json::object());
+    }));
+    http.Post(one + "/unregister", guarded([this](const httplib::Request& req, httplib::Response& res) {
+      svc.shm().remove(req.matches[1]);
+      send_json(res, 200, json::object());
+    }));
+  }
+
   void routes() {
     http.Get("/v2/health/live", [this](const httplib::Request&, httplib::Response& res) {
       send_json(res, 200, json{{"live", svc.live()}});
@@ -525,10 +614,11 @@ struct HttpFront::Impl {
     });
     http.Get("/v2", [this](const httplib::Request& req, httplib::Response& res) {
       if (!check_key(req, res)) return;
-      send_json(res, 200, json{{"name", kServerName}, {"version", kServerVersion},
-                               {"extensions", {"binary_tensor_data", "model_configuration",
-                                               "statistics"}}});
+      json ext = {"binary_tensor_data", "model_configuration", "statistics"};
+      if (svc.options().allow_shared_memory) ext.push_back("system_shared_memory");
+      send_json(res, 200, json{{"name", kServerName}, {"version", kServerVersion}, {"extensions", ext}});
     });
+    shm_routes();
     http.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
       if (!check_key(req, res)) return;
       res.set_content(svc.metrics().render(), "text/plain; version=0.0.4; charset=utf-8");

@@ -34,6 +34,7 @@ struct Options {
   std::size_t max_body_bytes = std::size_t{512} << 20;
   double default_timeout_ms = 0;     // deadline of requests that give none (0: none)
   std::string api_key;               // empty: no key; else required but for health endpoints
+  bool allow_shared_memory = false;  // clients may register system shared-memory regions
   std::string log_level = "info";    // debug, info, warn, error, off
 };
 

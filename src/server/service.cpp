@@ -2,6 +2,7 @@
 #include "service.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "encoder_model.hpp"
 #include "log.hpp"
@@ -79,6 +80,28 @@ void Service::record_failure(const std::string& model, const std::string& protoc
              {"outcome", outcome_label(st.code)}, {"error", st.message}});
 }
 
+namespace {
+
+// Outputs requested in shared memory are copied into their regions; the response then carries
+// only their name, type, shape and where they went. (Outputs come in the order requested.)
+void place_in_shared_memory(const InferCall& call, std::vector<OutputTensor>& outputs) {
+  for (std::size_t i = 0; i < outputs.size() && i < call.output_spans.size(); ++i) {
+    const ShmSpan& span = call.output_spans[i];
+    if (!span.data) continue;
+    OutputTensor& t = outputs[i];
+    const ShmRef& ref = call.output_shm[i];
+    if (t.data.size() > span.size)
+      throw invalid("output '" + t.name + "': " + std::to_string(t.data.size()) + " bytes do not fit in the " +
+                    std::to_string(span.size) + " given in shared memory region '" + ref.region + "'");
+    std::memcpy(span.data, t.data.data(), t.data.size());
+    t.shm = ref;
+    t.shm.byte_size = static_cast<std::int64_t>(t.data.size());
+    std::vector<std::uint8_t>().swap(t.data);
+  }
+}
+
+}  // namespace
+
 InferResult Service::infer(const InferCall& call, const std::function<bool()>& client_gone) {
   const auto arrived = Clock::now();
   InferResult res;
@@ -125,9 +148,11 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
       }
     }
     res.status = job->status;
-    if (res.status.ok())
+    if (res.status.ok()) {
       res.outputs = model->is_encoder() ? finish_encoder(*job, call.outputs)
                                         : finish_attention(*job, call.outputs);
+      place_in_shared_memory(call, res.outputs);
+    }
   } catch (const ServeError& e) {
     res.status = {e.code, e.what()};
   } catch (const std::exception& e) {

@@ -35,6 +35,9 @@ class Service {
   bool auth_required() const { return !opt_.api_key.empty(); }
   const Options& options() const { return opt_; }
   Metrics& metrics() { return metrics_; }
+  // Registered system shared-memory regions (used only with Options::allow_shared_memory).
+  ShmRegistry& shm() { return shm_; }
+  const ShmRegistry& shm() const { return shm_; }
   std::string engine_name() const { return batcher_.engine_name(); }
 
   // Runs one request: prepare, queue, wait (polling `client_gone` and the deadline), permute
@@ -49,6 +52,7 @@ class Service {
   Options opt_;
   std::vector<ModelSpec> models_;
   Metrics metrics_;
+  ShmRegistry shm_;
   Batcher batcher_;
   RequestLimits limits_;
   std::atomic<bool> started_{false}, draining_{false};
