@@ -3,7 +3,9 @@
 // Client side of the KServe v2 HTTP protocol with the binary tensor extension (cpp-httplib, one
 // keep-alive connection per loop): the request is a JSON header plus COORDS FP32 [N,3] and
 // ELEMENTS INT32 [N] as raw little-endian bytes (Inference-Header-Content-Length), the answer's
-// EMBEDDING FP16 [N,C] comes back as binary too. Only HTTP: gRPC clients exist elsewhere
+// EMBEDDING FP16 [N,C] comes back as binary too. With --shared-memory (a server on this machine
+// started with --allow-shared-memory) each loop registers one POSIX shared-memory object and the
+// tensors go through it: the messages carry only JSON. Only HTTP: gRPC clients exist elsewhere
 // (tritonclient, perf_analyzer).
 #ifdef PROTATTN_HAVE_SERVER
 
@@ -13,6 +15,10 @@
 #define CPPHTTPLIB_ZLIB_SUPPORT
 #define CPPHTTPLIB_BROTLI_SUPPORT
 #include <httplib.h>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -51,6 +57,7 @@ struct LoopOptions {
   float step = 0.5f;          // Angstrom: each coordinate of the residue's shift is in [-step, step]
   double temperature = 1e-5;  // Metropolis temperature, in score units
   int timeout_s = 60;
+  bool shared_memory = false;  // tensors through a registered shared-memory region
 };
 
 // Atom ranges [first, last) of the residues, in file order (a residue: consecutive atoms of one
@@ -66,10 +73,46 @@ std::vector<std::pair<std::size_t, std::size_t>> residue_ranges(const Structure&
   return out;
 }
 
+// A POSIX shared-memory object this process creates, maps and removes (shm_unlink) when done.
+class SharedObject {
+ public:
+  SharedObject(std::string key, std::size_t bytes) : key_(std::move(key)), bytes_(bytes) {
+    const int fd = shm_open(key_.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0) throw Error("loop: shm_open " + key_ + ": " + std::strerror(errno));
+    if (ftruncate(fd, static_cast<off_t>(bytes_)) != 0) {
+      const int e = errno;
+      close(fd);
+      shm_unlink(key_.c_str());
+      throw Error("loop: sizing " + key_ + ": " + std::strerror(e));
+    }
+    void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    const int e = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+      shm_unlink(key_.c_str());
+      throw Error("loop: mapping " + key_ + ": " + std::strerror(e));
+    }
+    data_ = static_cast<std::uint8_t*>(p);
+  }
+  SharedObject(const SharedObject&) = delete;
+  SharedObject& operator=(const SharedObject&) = delete;
+  ~SharedObject() {
+    munmap(data_, bytes_);
+    shm_unlink(key_.c_str());
+  }
+  std::uint8_t* data() const { return data_; }
+  const std::string& key() const { return key_; }
+
+ private:
+  std::string key_;
+  std::size_t bytes_;
+  std::uint8_t* data_ = nullptr;
+};
+
 // One keep-alive connection to the server and the fixed parts of the request.
 class Client {
  public:
-  Client(const LoopOptions& o, const std::vector<std::int32_t>& elements)
+  Client(const LoopOptions& o, const std::vector<std::int32_t>& elements, std::int64_t channels, int index)
       : http_(o.server), path_("/v2/models/" + o.model + "/infer"), elements_(elements) {
     http_.set_keep_alive(true);
     http_.set_tcp_nodelay(true);
@@ -77,28 +120,74 @@ class Client {
     http_.set_write_timeout(o.timeout_s, 0);
     if (!o.api_key.empty()) headers_.emplace("Authorization", "Bearer " + o.api_key);
     const auto n = static_cast<std::int64_t>(elements.size());
+    const std::int64_t coords_bytes = n * kFloatsPerAtom * 4, elements_bytes = n * 4;
+    if (!o.shared_memory) {
+      head_ = json{{"inputs",
+                    {{{"name", "COORDS"}, {"datatype", "FP32"}, {"shape", {n, kFloatsPerAtom}},
+                      {"parameters", {{"binary_data_size", coords_bytes}}}},
+                     {{"name", "ELEMENTS"}, {"datatype", "INT32"}, {"shape", {n}},
+                      {"parameters", {{"binary_data_size", elements_bytes}}}}}},
+                   {"outputs", {{{"name", "EMBEDDING"}, {"parameters", {{"binary_data", true}}}}}}}
+                  .dump();
+      headers_.emplace(kHeaderLength, std::to_string(head_.size()));
+      return;
+    }
+    // One region per loop: COORDS, then ELEMENTS (written once), then the EMBEDDING.
+    if (channels <= 0) throw Error("loop: the model's metadata gives no EMBEDDING width for --shared-memory");
+    embedding_offset_ = static_cast<std::size_t>(coords_bytes + elements_bytes);
+    const std::size_t bytes = embedding_offset_ + static_cast<std::size_t>(n * channels * 2);
+    region_ = fmt::format("protattn-loop-{}-{}", getpid(), index);
+    shared_ = std::make_unique<SharedObject>("/" + region_, bytes);
+    std::memcpy(shared_->data() + coords_bytes, elements.data(), static_cast<std::size_t>(elements_bytes));
+    post_json("/v2/systemsharedmemory/region/" + region_ + "/register",
+              json{{"key", shared_->key()}, {"offset", 0}, {"byte_size", bytes}}.dump(), "registering shared memory");
+    registered_ = true;
+    auto place = [&](std::int64_t offset, std::int64_t size) {
+      return json{{"shared_memory_region", region_}, {"shared_memory_offset", offset}, {"shared_memory_byte_size", size}};
+    };
     head_ = json{{"inputs",
-                  {{{"name", "COORDS"}, {"datatype", "FP32"}, {"shape", {n, kFloatsPerAtom}},
-                    {"parameters", {{"binary_data_size", n * kFloatsPerAtom * 4}}}},
-                   {{"name", "ELEMENTS"}, {"datatype", "INT32"}, {"shape", {n}},
-                    {"parameters", {{"binary_data_size", n * 4}}}}}},
-                 {"outputs", {{{"name", "EMBEDDING"}, {"parameters", {{"binary_data", true}}}}}}}
+                  {{{"name", "COORDS"}, {"datatype", "FP32"}, {"shape", {n, kFloatsPerAtom}}, {"parameters", place(0, coords_bytes)}},
+                   {{"name", "ELEMENTS"}, {"datatype", "INT32"}, {"shape", {n}}, {"parameters", place(coords_bytes, elements_bytes)}}}},
+                 {"outputs", {{{"name", "EMBEDDING"},
+                               {"parameters", place(static_cast<std::int64_t>(embedding_offset_), n * channels * 2)}}}}}
                 .dump();
-    headers_.emplace(kHeaderLength, std::to_string(head_.size()));
+  }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  ~Client() {
+    if (registered_) {
+      try {
+        http_.Post(("/v2/systemsharedmemory/region/" + region_ + "/unregister").c_str(), headers_, "", "application/json");
+      } catch (...) {
+      }
+    }
   }
 
   // Embedding [n, C] as float, in the request's atom order; throws Error on any failure.
   void embed(const std::vector<float>& xyz, std::vector<float>& out, std::int64_t& channels) {
+    if (shared_) {
+      std::memcpy(shared_->data(), xyz.data(), xyz.size() * sizeof(float));
+      const json h = post_json(path_, head_, "request");
+      const json* o = h.contains("outputs") && h["outputs"].is_array() && !h["outputs"].empty() ? &h["outputs"][0] : nullptr;
+      if (!o || !o->contains("shape") || !o->contains("parameters") ||
+          (*o)["parameters"].value("shared_memory_region", "") != region_)
+        throw Error("loop: answer without EMBEDDING in shared memory: " + h.dump());
+      const auto shape = (*o)["shape"].get<std::vector<std::int64_t>>();
+      if ((*o)["datatype"] != "FP16" || shape.size() != 2 || shape[0] != static_cast<std::int64_t>(elements_.size()))
+        throw Error("loop: unexpected EMBEDDING " + o->dump());
+      channels = shape[1];
+      out.resize(static_cast<std::size_t>(shape[0] * shape[1]));
+      halves_.resize(out.size());
+      std::memcpy(halves_.data(), shared_->data() + embedding_offset_, out.size() * 2);
+      model::halves_to_floats(halves_.data(), out.data(), out.size());
+      return;
+    }
     body_.assign(head_);
     body_.append(reinterpret_cast<const char*>(xyz.data()), xyz.size() * sizeof(float));
     body_.append(reinterpret_cast<const char*>(elements_.data()), elements_.size() * sizeof(std::int32_t));
     auto res = http_.Post(path_.c_str(), headers_, body_, "application/octet-stream");
     if (!res) throw Error("loop: request failed: " + httplib::to_string(res.error()));
-    if (res->status != 200) {
-      const json e = json::parse(res->body, nullptr, false);
-      throw Error(fmt::format("loop: server answered {}: {}", res->status,
-                              e.is_object() && e.contains("error") ? e["error"].get<std::string>() : res->body));
-    }
+    if (res->status != 200) throw Error(answer_error(*res));
     const std::string hl_text = res->get_header_value(kHeaderLength);
     const std::size_t hl = hl_text.empty() ? 0 : std::stoull(hl_text);
     const json h = json::parse(res->body.begin(), res->body.begin() + static_cast<std::ptrdiff_t>(std::min(hl, res->body.size())),
@@ -119,11 +208,31 @@ class Client {
   }
 
  private:
+  static std::string answer_error(const httplib::Response& res) {
+    const json e = json::parse(res.body, nullptr, false);
+    return fmt::format("loop: server answered {}: {}", res.status,
+                       e.is_object() && e.contains("error") ? e["error"].get<std::string>() : res.body);
+  }
+  // POSTs a JSON body, returns the JSON answer; throws Error (naming `what`) on any failure.
+  json post_json(const std::string& path, const std::string& body, const char* what) {
+    auto res = http_.Post(path.c_str(), headers_, body, "application/json");
+    if (!res) throw Error(std::string("loop: ") + what + " failed: " + httplib::to_string(res.error()));
+    if (res->status != 200) throw Error(answer_error(*res));
+    json j = json::parse(res->body, nullptr, false);
+    if (j.is_discarded()) throw Error(std::string("loop: ") + what + ": the answer is not JSON");
+    return j;
+  }
+
+ private:
   httplib::Client http_;
   std::string path_, head_, body_;
   std::vector<std::uint16_t> halves_;  // the answer's EMBEDDING bits
   httplib::Headers headers_;
   const std::vector<std::int32_t>& elements_;
+  std::unique_ptr<SharedObject> shared_;  // --shared-memory: this loop's region
+  std::string region_;
+  std::size_t embedding_offset_ = 0;
+  bool registered_ = false;
 };
 
 // The score of a hypothesis: the mean L2 norm of the atoms' embeddings. Deterministic and cheap;
@@ -152,10 +261,10 @@ struct LoopResult {
 };
 
 // One independent Metropolis loop: its own connection, RNG (seed + index) and coordinates.
-void run_one(const LoopOptions& o, const Structure& s, const std::vector<std::int32_t>& elements,
+void run_one(const LoopOptions& o, const Structure& s, const std::vector<std::int32_t>& elements, std::int64_t model_channels,
              const std::vector<std::pair<std::size_t, std::size_t>>& residues, int index,
              LoopResult& r, std::atomic<bool>& stop) {
-  Client client(o, elements);
+  Client client(o, elements, model_channels, index);
   std::mt19937_64 rng(o.seed + static_cast<std::uint64_t>(index));
   std::uniform_int_distribution<std::size_t> pick(0, residues.size() - 1);
   std::uniform_real_distribution<float> shift(-o.step, o.step);
@@ -203,6 +312,7 @@ void run_loop(const LoopOptions& o) {
   const auto residues = residue_ranges(s);
 
   // What the server says about the model (fails early on a wrong URL, model or key).
+  std::int64_t channels = 0;
   {
     httplib::Client meta(o.server);
     meta.set_read_timeout(o.timeout_s, 0);
@@ -215,6 +325,12 @@ void run_loop(const LoopOptions& o) {
       throw Error(fmt::format("loop: model '{}' at {}: {} {}", o.model, o.server, res->status,
                               m.is_object() && m.contains("error") ? m["error"].get<std::string>() : res->body));
     const bool untrained = m.contains("parameters") && m["parameters"].value("trained", true) == false;
+    // EMBEDDING [-1, C]: C sizes the shared-memory region.
+    if (m.contains("outputs") && m["outputs"].is_array())
+      for (const json& t : m["outputs"])
+        if (t.value("name", "") == "EMBEDDING" && t.contains("shape") && t["shape"].is_array() && t["shape"].size() == 2 &&
+            t["shape"][1].is_number_integer())
+          channels = t["shape"][1].get<std::int64_t>();
     fmt::print("loop: {} ({} atoms, {} residues) -> model {}{} at {}; {} loop(s) x {} iterations, seed {}\n",
                o.structure, s.size(), residues.size(), o.model, untrained ? " (UNTRAINED)" : "", o.server,
                o.concurrency, o.iterations, o.seed);
@@ -229,7 +345,7 @@ void run_loop(const LoopOptions& o) {
   for (int i = 0; i < o.concurrency; ++i)
     threads.emplace_back([&, i] {
       try {
-        run_one(o, s, elements, residues, i, results[static_cast<std::size_t>(i)], stop);
+        run_one(o, s, elements, channels, residues, i, results[static_cast<std::size_t>(i)], stop);
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> lock(err_m);
         if (first_error.empty()) first_error = e.what();
@@ -248,7 +364,7 @@ void run_loop(const LoopOptions& o) {
                r.first_score, r.final_score);
   }
   std::sort(all.begin(), all.end());
-  fmt::print("{} iterations in {:.3f} s: {:.1f} iterations/s\n", all.size(), wall,
+  fmt::print("{} iterations in {:.3f} s{}: {:.1f} iterations/s\n", all.size(), wall, o.shared_memory ? " (shared memory)" : "",
              static_cast<double>(all.size()) / wall);
   fmt::print("latency ms: p50 {:.2f}  p90 {:.2f}  p99 {:.2f}  max {:.2f}\n", percentile(all, 50),
              percentile(all, 90), percentile(all, 99), all.empty() ? 0.0 : all.back());
@@ -274,6 +390,9 @@ void add_loop_command(CLI::App& app) {
   cmd->add_option("--temperature", o->temperature, "Metropolis temperature (score units)")->check(CLI::PositiveNumber);
   cmd->add_option("--api-key", o->api_key, "sent as Authorization: Bearer KEY");
   cmd->add_option("--timeout-s", o->timeout_s, "per-request read/write timeout")->check(CLI::PositiveNumber);
+  cmd->add_flag("--shared-memory", o->shared_memory,
+                "pass the tensors through a POSIX shared-memory region registered with the server (same "
+                "machine; the server needs --allow-shared-memory): the messages carry only JSON");
   cmd->callback([o] { run_loop(*o); });
 }
 

@@ -1,9 +1,21 @@
 """`protattn loop` against a real server: a short hypothesis loop exits 0 and prints its rate and
-latency percentiles; the same seed gives the same accepted moves; a wrong model is an error."""
+latency percentiles; the same seed gives the same accepted moves, through the messages or through
+shared memory; a wrong model is an error."""
+import os
 import re
 import subprocess
 
-from conftest import BINARY, DATA
+import pytest
+import requests
+
+from conftest import BINARY, DATA, Server
+
+
+@pytest.fixture(scope="module")
+def shm_loop_server(enc_repo, tmp_path_factory):
+    s = Server(enc_repo, tmp_path_factory.mktemp("loop-shm"), "--allow-shared-memory", "--max-queue-delay-ms", "5")
+    yield s
+    assert s.terminate() == 0
 
 
 def loop(server, *extra):
@@ -37,3 +49,23 @@ def test_loop_concurrency_and_seed(enc_server):
 def test_loop_wrong_model_fails(enc_server):
     p = loop(enc_server, "--iterations", 2, "--model", "attention")
     assert p.returncode == 1 and "unknown input 'ELEMENTS'" in p.stderr, p.stderr
+
+
+def test_loop_through_shared_memory(shm_loop_server):
+    # The same seed through shared memory and through the messages: the same answers, so the
+    # same accepted moves and scores; every region is unregistered and removed at the end.
+    a = loop(shm_loop_server, "--iterations", 6, "--concurrency", 2, "--seed", 4, "--shared-memory")
+    b = loop(shm_loop_server, "--iterations", 6, "--concurrency", 2, "--seed", 4)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert "12 iterations in" in a.stdout and "(shared memory)" in a.stdout
+    moves = lambda out: re.findall(r"^loop \d+: accepted .*$", out, re.M)  # noqa: E731
+    assert len(moves(a.stdout)) == 2 and moves(a.stdout) == moves(b.stdout)
+    status = requests.get(shm_loop_server.url + "/v2/systemsharedmemory/status", timeout=10)
+    assert status.status_code == 200 and status.json() == []
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith("protattn-loop-")]
+
+
+def test_loop_shared_memory_needs_the_server_switch(enc_server):
+    p = loop(enc_server, "--iterations", 2, "--shared-memory")
+    assert p.returncode == 1 and "--allow-shared-memory" in p.stderr, p.stderr
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith("protattn-loop-")]
