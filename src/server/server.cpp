@@ -120,7 +120,8 @@ int run(const Options& opt) {
              {"inference_threads", inference_devices(opt).size()},
              {"devices", opt.engine == "cpu" ? nlohmann::json::array() : nlohmann::json(inference_devices(opt))},
              {"max_batch_atoms", opt.max_batch_atoms}, {"max_queue_delay_ms", opt.max_queue_delay_ms},
-             {"max_queue", opt.max_queue}, {"api_key", !opt.api_key.empty()}});
+             {"max_queue", opt.max_queue}, {"api_key", !opt.api_key.empty()},
+             {"batch_wait", opt.batch_wait}, {"shared_memory", opt.allow_shared_memory}});
 
   const int sig = signals.wait();
   log_event(LogLevel::info, "draining",

@@ -13,6 +13,11 @@
 
 namespace protattn::server {
 
+namespace {
+// Most regions registered at once (each holds a mapping; clients that leak them hit this).
+constexpr std::size_t kMaxRegions = 4096;
+}  // namespace
+
 void ShmRegistry::add(const std::string& name, const std::string& key, std::uint64_t offset,
                       std::uint64_t byte_size) {
   if (name.empty()) throw invalid("shared memory: the region needs a name");
@@ -21,6 +26,8 @@ void ShmRegistry::add(const std::string& name, const std::string& key, std::uint
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (regions_.count(name)) throw invalid("shared memory region '" + name + "' is already registered");
+    if (regions_.size() >= kMaxRegions)
+      throw invalid("shared memory: " + std::to_string(kMaxRegions) + " regions are registered already; unregister some");
   }
   const int fd = shm_open(key.c_str(), O_RDWR, 0);
   if (fd < 0)

@@ -167,3 +167,10 @@ def test_off_by_default(enc_server):
     refused(lambda: g.register_system_shared_memory("x", "/protattn-any", 64), "serve --allow-shared-memory")
     r = requests.get(enc_server.url + "/v2/systemsharedmemory/status", timeout=10)
     assert r.status_code == 400 and "--allow-shared-memory" in r.json()["error"]
+
+
+def test_ready_log_says_shared_memory_is_on(shm_server, enc_server):
+    on = [e for e in shm_server.log_events() if e.get("event") == "ready"]
+    off = [e for e in enc_server.log_events() if e.get("event") == "ready"]
+    assert on and on[0]["shared_memory"] is True
+    assert off and off[0]["shared_memory"] is False
