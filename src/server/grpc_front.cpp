@@ -267,6 +267,7 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
       return p.int64_param();
     };
     ref.region = region->second.string_param();
+    if (ref.region.empty()) throw invalid(what + ": shared_memory_region is empty");
     ref.byte_size = int64_of(size->second, "shared_memory_byte_size");
     ref.offset = offset == params.end() ? 0 : int64_of(offset->second, "shared_memory_offset");
     return true;

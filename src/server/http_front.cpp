@@ -244,6 +244,7 @@ bool json_shm_ref(const json& params, const std::string& what, ShmRef& ref) {
     return params[name].get<std::int64_t>();
   };
   ref.region = params["shared_memory_region"].get<std::string>();
+  if (ref.region.empty()) throw ServeError(Code::invalid_argument, what + ": shared_memory_region is empty");
   ref.byte_size = integer("shared_memory_byte_size");
   ref.offset = integer("shared_memory_offset");
   return true;

@@ -148,6 +148,8 @@ def test_misuse_is_refused(client, enc_ubq):
             "input 'COORDS'", "'ghost' is not registered")
     refused(lambda: c.infer("atom_encoder", shm_inputs(mod, "r", coords, elements)),
             "input 'COORDS'", "passes the end of shared memory region 'r'")
+    refused(lambda: c.infer("atom_encoder", shm_inputs(mod, "", coords, elements)),
+            "input 'COORDS'", "shared_memory_region is empty")
     # An output region too small for the embedding.
     i = []
     for name, a, dt in (("COORDS", coords, "FP32"), ("ELEMENTS", elements, "INT32")):
