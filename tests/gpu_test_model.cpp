@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/common/host_staging.hpp"
 #include "protattn/half.hpp"
 #include "protattn/model.hpp"
 #include "protattn/structure.hpp"
@@ -95,6 +96,27 @@ TEST(ModelGpu, MatchesCpuOnRealStructuresInARaggedBatch) {
   compare(gpu.forward(data.batch()), ref, "batch 1ubq+1ejg+2hhb+1tii, mask atoms, d=64");
   // One structure alone gives the same embedding, within the same bound, as in the batch.
   compare(gpu.forward({data.batch()[2]}), {ref[2]}, "2hhb alone");
+}
+
+// The plan's uploads and the fetch through a staging buffer far smaller than the data (copied in
+// many pieces, structures split across pieces at odd places) give the same bits as in one piece.
+TEST(ModelGpu, StagingInPiecesGivesTheSameBits) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Loaded data = load({"1ubq.pdb", "1ejg.pdb", "2hhb.pdb"});
+  AtomEncoder gpu(init_model(ModelConfig{}, 2), "fused");
+  const auto whole = gpu.forward(data.batch());
+  struct Restore {
+    ~Restore() { cuda::set_staging_limit(0); }
+  } restore;
+  cuda::set_staging_limit(6002);  // even (fp16 rows), not a multiple of any row or structure
+  const auto pieces = gpu.forward(data.batch());
+  ASSERT_EQ(pieces.size(), whole.size());
+  for (std::size_t b = 0; b < whole.size(); ++b) {
+    ASSERT_EQ(pieces[b].size(), whole[b].size()) << "structure " << b;
+    const auto diff = std::mismatch(pieces[b].begin(), pieces[b].end(), whole[b].begin());
+    EXPECT_TRUE(diff.first == pieces[b].end())
+        << "structure " << b << ": first difference at element " << (diff.first - pieces[b].begin());
+  }
 }
 
 TEST(ModelGpu, MatchesCpuWithTilesMaskAndHeadDim128) {

@@ -2,6 +2,7 @@
 #include "cuda/common/host_staging.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "cuda/common/cuda_check.hpp"
@@ -18,17 +19,26 @@ struct Staging {
 };
 
 thread_local Staging t_staging;
+std::atomic<std::size_t> g_limit{0};  // 0: kStagingMaxBytes
 
 cudaStream_t or_per_thread(cudaStream_t s) { return s ? s : cudaStreamPerThread; }
 
 }  // namespace
 
+std::size_t staging_limit() {
+  const std::size_t v = g_limit.load(std::memory_order_relaxed);
+  return v ? v : kStagingMaxBytes;
+}
+
+void set_staging_limit(std::size_t bytes) { g_limit.store(bytes, std::memory_order_relaxed); }
+
 std::uint8_t* host_staging(std::size_t bytes, std::size_t& got) {
-  const std::size_t want = std::clamp<std::size_t>(bytes, 1, kStagingMaxBytes);
+  const std::size_t limit = staging_limit();
+  const std::size_t want = std::clamp<std::size_t>(bytes, 1, limit);
   Staging& s = t_staging;
   if (s.bytes < want) {
     // Grow to at least twice the old size, so that a rising load reallocates a few times only.
-    const std::size_t grown = std::min(kStagingMaxBytes, std::max(want, 2 * s.bytes));
+    const std::size_t grown = std::min(limit, std::max(want, 2 * s.bytes));
     if (s.ptr) PROTATTN_CUDA_CHECK(cudaFreeHost(s.ptr));
     s.ptr = nullptr;
     s.bytes = 0;
@@ -37,7 +47,7 @@ std::uint8_t* host_staging(std::size_t bytes, std::size_t& got) {
     s.ptr = static_cast<std::uint8_t*>(p);
     s.bytes = grown;
   }
-  got = s.bytes;
+  got = std::min(s.bytes, limit);
   return s.ptr;
 }
 

@@ -18,17 +18,23 @@
 
 namespace protattn::cuda {
 
-// Most bytes one thread's staging buffer holds.
+// Most bytes one thread's staging buffer holds by default.
 inline constexpr std::size_t kStagingMaxBytes = std::size_t{64} << 20;
 
-// This thread's page-locked buffer of at least min(bytes, kStagingMaxBytes) bytes; its size is
-// returned in `got`. Valid until this thread's next call (the caller waits for its copies first);
-// freed when the thread ends.
+// The limit in force: kStagingMaxBytes, or what set_staging_limit() set (0: back to the default).
+// Tests set a small one to take the paths that copy in pieces.
+std::size_t staging_limit();
+void set_staging_limit(std::size_t bytes);
+
+// This thread's page-locked buffer; `got` receives the bytes usable now, at least
+// min(bytes, staging_limit()) and never more than the limit. Valid until this thread's next call
+// (the caller waits for its copies first); freed when the thread ends.
 std::uint8_t* host_staging(std::size_t bytes, std::size_t& got);
 
 // Host-to-device uploads of one plan, staged together: add() sizes each destination buffer (on
 // the current device) and records its source, which must stay alive until commit(); commit()
-// packs the sources into the staging buffer, issues the copies on `stream` and waits for them.
+// packs the sources into the staging buffer (in several rounds when they exceed it), issues the
+// copies on `stream` and waits for them.
 class Uploads {
  public:
   template <typename T>
@@ -49,7 +55,7 @@ class Uploads {
 };
 
 // Device-to-host: `bytes` from `src` (device), after the work already queued on `stream` (null:
-// the legacy default stream), through the staging buffer in pieces of at most kStagingMaxBytes:
+// the legacy default stream), through the staging buffer in pieces of at most staging_limit():
 // consume(offset, data, n) is called for each piece in order, `data` valid during the call only.
 void download(const void* src, std::size_t bytes, cudaStream_t stream,
               const std::function<void(std::size_t offset, const std::uint8_t* data, std::size_t n)>& consume);
