@@ -22,6 +22,32 @@ const float kSqrt2OverPi = static_cast<float>(std::sqrt(2.0 / std::numbers::pi))
 // Independent partial sums per LayerNorm row.
 constexpr int kSumLanes = 8;
 
+// y = LayerNorm(x) * g + b over one row of C floats, mean and variance in double. kSumLanes
+// independent partial sums (a fixed order, so the same bits every run): with one chain of
+// dependent double additions per row, LayerNorm was most of a small model's time. Compiled for
+// AVX2 as well and picked at load time (no FMA in either: the same bits on every CPU).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void layer_norm_row(const float* xr, const float* g, const float* b, float* yr, int C) {
+  double ms[kSumLanes] = {}, vs[kSumLanes] = {};
+  int j0 = 0;
+  for (; j0 + kSumLanes <= C; j0 += kSumLanes)
+    for (int u = 0; u < kSumLanes; ++u) ms[u] += xr[j0 + u];
+  for (int j = j0; j < C; ++j) ms[0] += xr[j];
+  double mean = 0;
+  for (int u = 0; u < kSumLanes; ++u) mean += ms[u];
+  mean /= C;
+  for (j0 = 0; j0 + kSumLanes <= C; j0 += kSumLanes)
+    for (int u = 0; u < kSumLanes; ++u) vs[u] += (xr[j0 + u] - mean) * (xr[j0 + u] - mean);
+  for (int j = j0; j < C; ++j) vs[0] += (xr[j] - mean) * (xr[j] - mean);
+  double var = 0;
+  for (int u = 0; u < kSumLanes; ++u) var += vs[u];
+  var /= C;
+  const double inv = 1.0 / std::sqrt(var + kLayerNormEps);
+  for (int j = 0; j < C; ++j) yr[j] = static_cast<float>((xr[j] - mean) * inv) * g[j] + b[j];
+}
+
 float gelu_tanh(float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + kGeluCubic * x * x * x))); }
 
 struct Linear {
@@ -286,28 +312,7 @@ class CpuBackend final : public AtomEncoder::Backend {
 
   void layer_norm(const float* x, const Norm& n, float* y, std::int64_t T, int C) const {
     parallel_rows(T, threads_, [&](std::int64_t r0, std::int64_t r1) {
-      for (std::int64_t r = r0; r < r1; ++r) {
-        const float* xr = x + r * C;
-        // kSumLanes independent partial sums (a fixed order, so the same bits every run): with one
-        // chain of dependent double additions per row, LayerNorm was most of a small model's time.
-        double ms[kSumLanes] = {}, vs[kSumLanes] = {};
-        int j0 = 0;
-        for (; j0 + kSumLanes <= C; j0 += kSumLanes)
-          for (int u = 0; u < kSumLanes; ++u) ms[u] += xr[j0 + u];
-        for (int j = j0; j < C; ++j) ms[0] += xr[j];
-        double mean = 0;
-        for (int u = 0; u < kSumLanes; ++u) mean += ms[u];
-        mean /= C;
-        for (j0 = 0; j0 + kSumLanes <= C; j0 += kSumLanes)
-          for (int u = 0; u < kSumLanes; ++u) vs[u] += (xr[j0 + u] - mean) * (xr[j0 + u] - mean);
-        for (int j = j0; j < C; ++j) vs[0] += (xr[j] - mean) * (xr[j] - mean);
-        double var = 0;
-        for (int u = 0; u < kSumLanes; ++u) var += vs[u];
-        var /= C;
-        const double inv = 1.0 / std::sqrt(var + kLayerNormEps);
-        float* yr = y + r * C;
-        for (int j = 0; j < C; ++j) yr[j] = static_cast<float>((xr[j] - mean) * inv) * n.g[j] + n.b[j];
-      }
+      for (std::int64_t r = r0; r < r1; ++r) layer_norm_row(x + r * C, n.g, n.b, y + r * C, C);
     });
   }
 
