@@ -94,5 +94,9 @@ void run_host(Engine& engine, const Plan& plan, const RunArgs& host);
 // tile pair kept or not: this is the mask rule of the layout's mode alone). The reference
 // of every engine's masking.
 bool mask_allows(const BlockLayout& l, std::int32_t i, std::int32_t j);
+// Mask `atoms` for query i against keys j0 .. j0 + cols - 1 (all positions within the layout):
+// s[j] = -inf where mask_allows(l, i, j0 + j) is false, one row at a time (an engine's inner
+// loop; the same rule and arithmetic).
+void mask_atoms_row(const BlockLayout& l, std::int32_t i, std::int32_t j0, int cols, double* s);
 
 }  // namespace protattn

@@ -106,24 +106,6 @@ Kernels pick_kernels() {
   return k;
 }
 
-// Scores of query row i (global index i_glob) against keys [j0, j0 + cols) of a PARTIAL tile under
-// mask `atoms` set to -inf where mask_allows() says no: the same float operations, inlined (a
-// call per pair was 15% of the CPU forward on a protein).
-void mask_row_atoms(double* si, const float* coords, std::int32_t i_glob, std::int32_t j0, int cols, float cutoff2) {
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#endif
-  const float* a = coords + 3 * static_cast<std::size_t>(i_glob);
-  const float* b = coords + 3 * static_cast<std::size_t>(j0);
-  for (int j = 0; j < cols; ++j) {
-    const float dx = a[0] - b[3 * j];
-    const float dy = a[1] - b[3 * j + 1];
-    const float dz = a[2] - b[3 * j + 2];
-    const float d2 = dx * dx + dy * dy + dz * dz;
-    if (!(d2 <= cutoff2) && i_glob != j0 + j) si[j] = kNegInf;
-  }
-}
-
 template <DType T>
 void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scratch& sc, const Kernels& kern) {
   const BlockLayout& lay = *plan.layouts[w.layout];
@@ -134,9 +116,6 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
   const std::int64_t head_row0 = static_cast<std::int64_t>(w.head) * total_n + plan.offsets[w.layout];
   const std::int32_t row0 = w.q_tile * tile;
   const int rows = std::min(tile, lay.n - row0);
-  const float cutoff2 = lay.cutoff * lay.cutoff;  // as mask_allows computes it
-  if (lay.mask == MaskMode::atoms && lay.coords.size() < 3 * static_cast<std::size_t>(lay.n))
-    throw Error("cpu engine: mask atoms needs coords for all " + std::to_string(lay.n) + " atoms");
 
   for (int i = 0; i < rows; ++i) {
     const std::size_t src = static_cast<std::size_t>(head_row0 + row0 + i) * dim;
@@ -165,7 +144,7 @@ void run_item(const CpuPlan& plan, const WorkItem& w, const RunArgs& args, Scrat
       double mx = kNegInf;
       if (atoms) {
         for (int j = 0; j < cols; ++j) si[j] *= scale;
-        mask_row_atoms(si, lay.coords.data(), row0 + i, col0, cols, cutoff2);
+        mask_atoms_row(lay, row0 + i, col0, cols, si);  // a call per row, not per pair
         for (int j = 0; j < cols; ++j) mx = std::max(mx, si[j]);
       } else {
         for (int j = 0; j < cols; ++j) {
