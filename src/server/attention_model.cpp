@@ -106,7 +106,7 @@ std::vector<OutputTensor> finish_attention(const Job& job, const std::vector<std
   const std::size_t n = static_cast<std::size_t>(job.n), dim = static_cast<std::size_t>(job.dim);
   const auto& perm = job.layout.perm;
   auto make_o = [&] {
-    OutputTensor o{"O", "FP16", {job.heads, job.n, job.dim}, {}};
+    OutputTensor o{"O", "FP16", {job.heads, job.n, job.dim}, {}, {}};
     o.data.resize(static_cast<std::size_t>(job.heads) * n * dim * 2);
     const std::size_t row = dim * 2;
     const auto* src = reinterpret_cast<const std::uint8_t*>(job.o.data());
@@ -118,7 +118,7 @@ std::vector<OutputTensor> finish_attention(const Job& job, const std::vector<std
     return o;
   };
   auto make_lse = [&] {
-    OutputTensor o{"LSE", "FP32", {job.heads, job.n}, {}};
+    OutputTensor o{"LSE", "FP32", {job.heads, job.n}, {}, {}};
     o.data.resize(static_cast<std::size_t>(job.heads) * n * 4);
     auto* dst = reinterpret_cast<float*>(o.data.data());
     for (int h = 0; h < job.heads; ++h)

@@ -85,7 +85,7 @@ void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& 
 
 std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted) {
   const int channels = job.model->encoder->config.channels;
-  OutputTensor e{"EMBEDDING", "FP16", {job.n, channels}, {}};
+  OutputTensor e{"EMBEDDING", "FP16", {job.n, channels}, {}, {}};
   e.data.resize(job.embedding.size() * sizeof(std::uint16_t));
   std::memcpy(e.data.data(), job.embedding.data(), e.data.size());
   // Every requested name is EMBEDDING (prepare_encoder refused others): copies for all but the last.
