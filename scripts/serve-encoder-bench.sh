@@ -33,6 +33,9 @@ sizes=${SIZES:-4096 20000}
 models=${MODELS:-encoder_w1 atom_encoder}
 port=${PORT:-18200}
 threads=${THREADS:-0}
+# A server that allows shared memory is measured through it (perf_analyzer and a second loop).
+shm=0
+[[ " ${SERVE_ARGS:-} " == *" --allow-shared-memory "* ]] && shm=1
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -104,8 +107,7 @@ for m in $models; do
     for c in $conc; do
       echo "-- $m, $n atoms, concurrency $c"
       shm_args=()  # output region: room for n x 128 fp16 channels (the widest model here)
-      [[ " ${SERVE_ARGS:-} " == *" --allow-shared-memory "* ]] &&
-        shm_args=(--shared-memory system --output-shared-memory-size $((n * 128 * 2)))
+      [ "$shm" = 1 ] && shm_args=(--shared-memory system --output-shared-memory-size $((n * 128 * 2)))
       "$pa" -m "$m" -u "127.0.0.1:$((port + 1))" -i grpc --input-data "$work/pa_$n" --concurrency-range "$c:$c" \
         "${shm_args[@]}" \
         --shape "COORDS:$n,3" --shape "ELEMENTS:$n" --measurement-interval "$window" --max-trials 6 \
@@ -117,16 +119,13 @@ done
 curl -s "http://127.0.0.1:$port/metrics" > "$out/encoder_metrics.txt"
 
 if [ "$iters" -gt 0 ] && echo " $sizes " | grep -q " 4096 "; then
-  echo "== protattn loop: $iters iterations, one client, 4,096 atoms, the demo model"
-  "$protattn" loop --server "http://127.0.0.1:$port" --model atom_encoder --iterations "$iters" \
-    --structure "$work/s4096.pdb" > "$out/loop.txt" 2>&1 || status=1
-  cat "$out/loop.txt"
-  if [[ " ${SERVE_ARGS:-} " == *" --allow-shared-memory "* ]]; then
-    echo "== protattn loop --shared-memory: the same loop, tensors through shared memory"
+  loops=(loop); [ "$shm" = 1 ] && loops+=(loop_shm)  # loop_shm: tensors through shared memory
+  for l in "${loops[@]}"; do
+    echo "== protattn loop ($l): $iters iterations, one client, 4,096 atoms, the demo model"
     "$protattn" loop --server "http://127.0.0.1:$port" --model atom_encoder --iterations "$iters" \
-      --structure "$work/s4096.pdb" --shared-memory > "$out/loop_shm.txt" 2>&1 || status=1
-    cat "$out/loop_shm.txt"
-  fi
+      --structure "$work/s4096.pdb" $([ "$l" = loop_shm ] && echo --shared-memory) > "$out/$l.txt" 2>&1 || status=1
+    cat "$out/$l.txt"
+  done
 fi
 kill -TERM "$spid"; wait "$spid" || status=1
 
