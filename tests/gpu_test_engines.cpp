@@ -32,6 +32,14 @@ bool have_gpu() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
+bool hopper() {
+  int major = 0, minor = 0;
+  if (!have_gpu() || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+}
+
 struct Case {
   std::vector<BlockLayout> layouts;
   ProblemShape shape;
@@ -39,8 +47,15 @@ struct Case {
 
 // Runs the engine twice on poisoned outputs; checks every element against the reference and
 // that the two runs are bit-identical.
+// engine_name: an engine, or "fused/<kernel>" for one kernel of the fused engine on every plan.
 void check(const std::string& engine_name, const Case& c, std::uint64_t seed) {
-  auto engine = make_engine(engine_name);
+  EngineOptions opt;
+  std::string name = engine_name;
+  if (const auto slash = name.find('/'); slash != std::string::npos) {
+    opt.fused_kernel = name.substr(slash + 1);
+    name = name.substr(0, slash);
+  }
+  auto engine = make_engine(name, opt);
   std::vector<const BlockLayout*> ptrs;
   for (const BlockLayout& l : c.layouts) ptrs.push_back(&l);
   auto plan = engine->plan(ptrs, c.shape);
@@ -72,6 +87,8 @@ class EngineTest : public ::testing::TestWithParam<std::tuple<std::string, DType
  protected:
   void SetUp() override {
     if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+    const std::string& e = std::get<0>(GetParam());
+    if ((e == "fused/ws" || e == "fused/wgmma") && !hopper()) GTEST_SKIP() << e << " needs an sm_90 GPU";
   }
   ProblemShape shape(int heads) const {
     ProblemShape s;
@@ -126,8 +143,13 @@ TEST_P(EngineTest, W1SplitKeyRange) {
   check(Case{{make_w1_layout(32, 800, 12, 1)}, shape(1)}, 41);
 }
 
+// The fused engine as it chooses, then each of its kernels on every case (the Hopper ones on
+// sm_90 only).
 const std::vector<std::string> kDeviceEngines = {
     "fused",
+    "fused/ws",
+    "fused/wgmma",
+    "fused/mma_sync",
 #ifdef PROTATTN_HAVE_GROUPED
     "grouped",
 #endif
@@ -137,7 +159,10 @@ INSTANTIATE_TEST_SUITE_P(EngineDtypeDim, EngineTest,
                          ::testing::Combine(::testing::ValuesIn(kDeviceEngines), ::testing::Values(DType::f16, DType::bf16),
                                             ::testing::Values(64, 128)),
                          [](const auto& info) {
-                           return std::get<0>(info.param) + "_" + to_string(std::get<1>(info.param)) + "_d" +
+                           std::string e = std::get<0>(info.param);
+                           for (char& ch : e)
+                             if (ch == '/') ch = '_';
+                           return e + "_" + to_string(std::get<1>(info.param)) + "_d" +
                                   std::to_string(std::get<2>(info.param));
                          });
 

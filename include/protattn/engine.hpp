@@ -68,6 +68,9 @@ class Plan {
 struct EngineOptions {
   int threads = 0;  // cpu: worker threads (0 = hardware concurrency)
   int device = 0;   // CUDA engines: device ordinal
+  // fused: the attention kernel, "ws", "wgmma" or "mma_sync" (docs/fused.md); empty: the
+  // environment's PROTATTN_FUSED_KERNEL, else chosen per plan.
+  std::string fused_kernel;
 };
 
 class Engine {

@@ -11,6 +11,7 @@ struct PlanSummary {
   int combines = 0;   // split query tiles combined afterwards
   int slots = 0;      // partial results in the workspace
   int blocks_per_sm = 0, sms = 0;
+  const char* kernel = "";  // "ws", "wgmma" or "mma_sync" (docs/fused.md)
   std::size_t device_bytes = 0;  // plan buffers and workspace
 };
 

@@ -95,16 +95,17 @@ struct SwizzledTile {
   }
 };
 
-// Loads rows [row0, row0 + 128) of a [rows, D] matrix into a swizzled tile; rows >= limit read
-// as zeros (and are never read from global memory).
-template <int D>
+// Loads rows [row0, row0 + 128) of a [rows, D] matrix into a swizzled tile with kThr threads
+// (tid in [0, kThr)); rows >= limit read as zeros (and are never read from global memory).
+template <int D, int kThr = kThreads>
 __device__ __forceinline__ void load_tile(std::uint32_t smem, const std::uint16_t* base, int row0, int limit,
                                           int tid) {
   using Tile = SwizzledTile<D>;
   constexpr int kTotal = kTile * Tile::kChunks;
+  static_assert(kTotal % kThr == 0, "whole chunks per thread");
 #pragma unroll
-  for (int i = 0; i < kTotal / kThreads; ++i) {
-    const int id = tid + i * kThreads;
+  for (int i = 0; i < kTotal / kThr; ++i) {
+    const int id = tid + i * kThr;
     const int row = id / Tile::kChunks, chunk = id % Tile::kChunks;
     const int grow = row0 + row;
     const bool in = grow < limit;
@@ -193,6 +194,55 @@ __device__ __forceinline__ void pack_p(const float (&s)[N], std::uint32_t (&a)[N
   for (int kk = 0; kk < N / 8; ++kk) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) a[kk][j] = ElemTraits<T>::pack(s[8 * kk + 2 * j], s[8 * kk + 2 * j + 1]);
+  }
+}
+
+// Finishes a warp's 16 rows (local rows lrow0 and lrow0 + 8 of the query tile for this thread,
+// accumulator layout of mma.sync / wgmma): full row sums across the quad, then O / l and the
+// LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel.
+template <typename T, int D>
+__device__ __forceinline__ void finish_rows(const Params& p, const WorkItem& item, const StructDesc& sd,
+                                            std::int64_t head_off, const float (&o_acc)[D / 2], const float (&m_row)[2],
+                                            float (&l_row)[2], int lrow0, int t) {
+  using E = ElemTraits<T>;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 1);
+    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 2);
+  }
+  if (item.slot < 0) {
+    auto* og = static_cast<T*>(p.o) + head_off;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = item.q_tile * kTile + lrow0 + r * 8;
+      if (row >= sd.n) continue;
+      const float inv = l_row[r] > 0.0f ? 1.0f / l_row[r] : 0.0f;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        const std::uint32_t packed = E::pack(o_acc[4 * dn + 2 * r] * inv, o_acc[4 * dn + 2 * r + 1] * inv);
+        *reinterpret_cast<std::uint32_t*>(og + static_cast<std::int64_t>(row) * D + dn * 8 + 2 * t) = packed;
+      }
+      if (p.lse && t == 0) {
+        p.lse[static_cast<std::int64_t>(item.h) * p.total_n + sd.offset + row] =
+            l_row[r] > 0.0f ? (m_row[r] + log2f(l_row[r])) * kLn2 : -INFINITY;
+      }
+    }
+  } else {
+    float* po = p.part_o + static_cast<std::int64_t>(item.slot) * kTile * D;
+    float* pml = p.part_ml + static_cast<std::int64_t>(item.slot) * kTile * 2;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int lrow = lrow0 + r * 8;
+#pragma unroll
+      for (int dn = 0; dn < D / 8; ++dn) {
+        *reinterpret_cast<float2*>(po + lrow * D + dn * 8 + 2 * t) =
+            make_float2(o_acc[4 * dn + 2 * r], o_acc[4 * dn + 2 * r + 1]);
+      }
+      if (t == 0) {
+        pml[2 * lrow] = m_row[r];
+        pml[2 * lrow + 1] = l_row[r];
+      }
+    }
   }
 }
 
@@ -466,46 +516,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     __syncthreads();  // the stage is refilled by the next iteration's prefetch
   }
 
-  // Finish: full row sums across the quad, then O / l and LSE, or a partial for the combine.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 1);
-    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 2);
-  }
-  if (item.slot < 0) {
-    auto* og = static_cast<T*>(p.o) + head_off;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = qpos[r].row;
-      if (row >= sd.n) continue;
-      const float inv = l_row[r] > 0.0f ? 1.0f / l_row[r] : 0.0f;
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        const std::uint32_t packed = E::pack(o_acc[4 * dn + 2 * r] * inv, o_acc[4 * dn + 2 * r + 1] * inv);
-        *reinterpret_cast<std::uint32_t*>(og + static_cast<std::int64_t>(row) * D + dn * 8 + 2 * t) = packed;
-      }
-      if (p.lse && t == 0) {
-        p.lse[static_cast<std::int64_t>(item.h) * p.total_n + sd.offset + row] =
-            l_row[r] > 0.0f ? (m_row[r] + log2f(l_row[r])) * kLn2 : -INFINITY;
-      }
-    }
-  } else {
-    float* po = p.part_o + static_cast<std::int64_t>(item.slot) * kTile * D;
-    float* pml = p.part_ml + static_cast<std::int64_t>(item.slot) * kTile * 2;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int lrow = warp * 16 + g + r * 8;
-#pragma unroll
-      for (int dn = 0; dn < D / 8; ++dn) {
-        *reinterpret_cast<float2*>(po + lrow * D + dn * 8 + 2 * t) =
-            make_float2(o_acc[4 * dn + 2 * r], o_acc[4 * dn + 2 * r + 1]);
-      }
-      if (t == 0) {
-        pml[2 * lrow] = m_row[r];
-        pml[2 * lrow + 1] = l_row[r];
-      }
-    }
-  }
+  finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, warp * 16 + g, t);
   }
 }
 

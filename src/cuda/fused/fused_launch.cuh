@@ -1,60 +1,47 @@
 // protattn fused engine: definitions behind fused_launch.hpp, included by the generated
 // per-(dtype, head dim) instantiation files only.
 #pragma once
-#include <cstdlib>
+#include <mutex>
+#include <string>
 
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/fused/fused_kernel.cuh"
 #include "cuda/fused/fused_launch.hpp"
+#include "cuda/fused/fused_ws_kernel.cuh"
+#include "protattn/error.hpp"
 
 namespace protattn::fused {
 
-// The wgmma back end on sm_90 (Hopper), the mma.sync one elsewhere; decided once per process
-// from device 0's compute capability (PROTATTN_FUSED_MMA_SYNC=1 forces mma.sync, for comparison).
-inline bool use_wgmma() {
-  static const bool yes = [] {
-    int dev = 0, major = 0, minor = 0;
-    PROTATTN_CUDA_CHECK(cudaGetDevice(&dev));
-    PROTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    PROTATTN_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    const char* force = std::getenv("PROTATTN_FUSED_MMA_SYNC");
-    return major == 9 && minor == 0 && !(force && force[0] == '1');
-  }();
-  return yes;
-}
+struct KernelChoice {
+  void (*fn)(Params);
+  int threads;
+  int smem;
+};
 
+// The kernel of a KernelCode (the plan checked that the GPU runs it), its dynamic shared memory
+// raised to what it needs on first use.
 template <typename T, int D>
-auto attention_kernel() {
-  if constexpr (D == 64 || D == 128) {
-    if (use_wgmma()) return &fused_attention_kernel<T, D, true>;
-  }
-  return &fused_attention_kernel<T, D, false>;
-}
-
-// Dynamic shared memory of the back end attention_kernel<T, D>() picks.
-template <typename T, int D>
-int attention_smem_bytes() {
-  if constexpr (D == 64 || D == 128) {
-    if (use_wgmma()) return FusedKernel<T, D>::kSmemBytesWgmma;
-  }
-  return FusedKernel<T, D>::kSmemBytes;
-}
-
-template <typename T, int D>
-static void set_smem_limit_once() {
-  static const bool done = [] {
-    PROTATTN_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T, D>(), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             attention_smem_bytes<T, D>()));
-    return true;
-  }();
-  (void)done;
+KernelChoice attention_kernel(int kernel) {
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static const KernelChoice choices[3] = {
+      {&fused_ws_kernel<T, D>, WsKernel<T, D>::kThreads, WsKernel<T, D>::kSmemBytes},
+      {&fused_attention_kernel<T, D, true>, kThreads, FusedKernel<T, D>::kSmemBytesWgmma},
+      {&fused_attention_kernel<T, D, false>, kThreads, FusedKernel<T, D>::kSmemBytes},
+  };
+  static std::once_flag raised[3];
+  if (kernel < 0 || kernel > 2) throw Error("fused engine: unknown kernel code " + std::to_string(kernel));
+  const KernelChoice& c = choices[kernel];
+  std::call_once(raised[kernel], [&] {
+    PROTATTN_CUDA_CHECK(cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem));
+  });
+  return c;
 }
 
 template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream) {
-  set_smem_limit_once<T, D>();
   if (p.n_items > 0) {
-    attention_kernel<T, D>()<<<p.n_items, kThreads, attention_smem_bytes<T, D>(), stream>>>(p);
+    const KernelChoice k = attention_kernel<T, D>(p.kernel);
+    k.fn<<<p.n_items, k.threads, k.smem, stream>>>(p);
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
   if (p.n_combines > 0) {
@@ -64,16 +51,15 @@ void launch_fused(const Params& p, cudaStream_t stream) {
 }
 
 template <typename T, int D>
-int fused_blocks_per_sm() {
-  set_smem_limit_once<T, D>();
+int fused_blocks_per_sm(int kernel) {
+  const KernelChoice k = attention_kernel<T, D>(kernel);
   int blocks = 0;
-  PROTATTN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, attention_kernel<T, D>(), kThreads,
-                                                                    attention_smem_bytes<T, D>()));
+  PROTATTN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, k.threads, k.smem));
   return blocks > 0 ? blocks : 1;
 }
 
 #define PROTATTN_INSTANTIATE_FUSED(T, D)                      \
   template void launch_fused<T, D>(const Params&, cudaStream_t); \
-  template int fused_blocks_per_sm<T, D>();
+  template int fused_blocks_per_sm<T, D>(int);
 
 }  // namespace protattn::fused

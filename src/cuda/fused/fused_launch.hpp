@@ -6,13 +6,13 @@
 
 namespace protattn::fused {
 
-// Launches the attention kernel over p.n_items work items, then the combine kernel over
-// p.n_combines split tiles, on `stream`. Instantiated once per (T, D) in generated files.
+// Launches the attention kernel p.kernel over p.n_items work items, then the combine kernel
+// over p.n_combines split tiles, on `stream`. Instantiated once per (T, D) in generated files.
 template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream);
 
-// Blocks of the attention kernel that fit on one multiprocessor (for the split decision).
+// Blocks of attention kernel `kernel` (a KernelCode) that fit on one multiprocessor.
 template <typename T, int D>
-int fused_blocks_per_sm();
+int fused_blocks_per_sm(int kernel);
 
 }  // namespace protattn::fused

@@ -11,6 +11,13 @@ inline constexpr int kWarps = 8;
 inline constexpr int kThreads = kWarps * 32;
 inline constexpr int kKeyChunk = 64;
 
+// The attention kernel a plan runs (chosen at plan time, see FusedEngine::plan).
+enum KernelCode : std::int32_t {
+  kKernelWs = 0,       // sm_90a warp-specialised: producer warpgroup, two consumer warpgroups
+  kKernelWgmma = 1,    // sm_90a, every warp loads and computes; two blocks per SM at d=64
+  kKernelMmaSync = 2,  // any sm_80+ GPU
+};
+
 // Mask rule of a structure, as mask_allows() defines it.
 enum MaskCode : std::int32_t { kMaskTiles = 0, kMaskAtoms = 1, kMaskWindows = 2 };
 
@@ -52,6 +59,8 @@ struct Params {
   const CombineItem* combines;  // [n_combines]
   std::int32_t n_items, n_combines;
   float scale_log2;             // softmax scale * log2(e)
+  std::int32_t kernel;          // KernelCode
+  std::int32_t pingpong;        // warp-specialised kernel: consumer warpgroups take turns issuing
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

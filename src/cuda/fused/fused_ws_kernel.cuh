@@ -1,0 +1,314 @@
+// protattn fused engine: the warp-specialised Hopper kernel (sm_90a).
+//
+// One block = one WorkItem, three warpgroups. Warpgroup 0 is the producer: with few registers
+// (setmaxnreg) it copies Q once and then each kept K/V tile (and, for mask `atoms`, the keys'
+// coordinates) into a ring of shared-memory stages with cp.async, and each copy's completion
+// arrives on the stage's "full" mbarrier. Warpgroups 1 and 2 are consumers of 64 query rows
+// each, with raised register limits. They never wait for one another: per tile a consumer
+// waits for the stage to be full and, once its P V product has read the stage, arrives on the
+// stage's "empty" mbarrier, which the producer waits for before refilling it.
+// In the consumer, S = Q K^T of tile j+1 is issued on the tensor cores together with
+// O += P V of tile j, and the softmax of tile j+1 runs while P V of tile j is in flight
+// (one 64 x 128 S accumulator and one P in registers).
+// Rows, masks and results are those of fused_attention_kernel; the online softmax takes a whole
+// 128-key tile per step (that kernel takes 64 keys), so the two agree within the engine's bound,
+// not bit for bit. Each is deterministic.
+#pragma once
+#include "cuda/fused/fused_kernel.cuh"
+#include "cuda/fused/sm90_sync.cuh"
+
+namespace protattn::fused {
+
+template <typename T, int D>
+struct WsKernel {
+  static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kProducerThreads = 128;
+  // Register limits after the split (multiples of 8, 128 x producer + 256 x consumer <= 65,536),
+  // the fewest producer registers with which ptxas does not spill.
+  static constexpr int kProducerRegs = D == 64 ? 56 : 72;
+  static constexpr int kConsumerRegs = D == 64 ? 224 : 208;
+  using Tile = SwizzledTile<D>;
+  static constexpr int kStages = D == 64 ? 6 : 2;  // as many as fit in 227 KiB
+  static constexpr int kQBytes = Tile::kBytes;
+  static constexpr int kXyzBytes = kTile * static_cast<int>(sizeof(float4));  // key coordinates
+  static constexpr int kStageBytes = 2 * Tile::kBytes + kXyzBytes;             // K, V, coordinates
+  static constexpr int kBarOffset = kQBytes + kStages * kStageBytes;
+  static constexpr int kSmemBytes = kBarOffset + 8 * (1 + 2 * kStages);  // + q, full[], empty[]
+  static constexpr int kSAcc = kTile / 2;  // S accumulators per thread: 64 rows x 128 keys per warpgroup
+  static constexpr int kOAcc = D / 2;
+  static constexpr int kKSteps = D / 16;
+  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one block");
+};
+
+template <typename T>
+__device__ __forceinline__ void wgmma_qk128(float (&d)[64], std::uint64_t a, std::uint64_t b, int scale_d) {
+#if PROTATTN_WGMMA_ARCH
+  if constexpr (std::is_same_v<T, __half>) sm90::ss_m64n128k16_f16(d, a, b, scale_d);
+  else sm90::ss_m64n128k16_bf16(d, a, b, scale_d);
+#endif
+}
+
+// load_tile for the producer's kThr threads with few registers: a thread always copies the same
+// 16-byte chunk column of rows tid / chunks + i * step, and since step is a multiple of 8 the
+// swizzled destination moves by a constant too.
+template <int D, int kThr>
+__device__ __forceinline__ void load_tile_lean(std::uint32_t smem, const std::uint16_t* base, int row0, int limit,
+                                               int tid) {
+  using Tile = SwizzledTile<D>;
+  constexpr int kStep = kThr / Tile::kChunks;
+  static_assert(kThr % Tile::kChunks == 0 && kStep % 8 == 0, "rows a multiple of 8 apart");
+  const int chunk = tid % Tile::kChunks, r0 = tid / Tile::kChunks;
+  const std::uint32_t dst = smem + Tile::offset(r0, chunk);
+  const std::uint16_t* src = base + static_cast<std::int64_t>(row0 + r0) * D + chunk * 8;
+  const int left = limit - row0 - r0;  // rows of this thread's column still inside
+#pragma unroll
+  for (int i = 0; i < kTile / kStep; ++i) {
+    const bool in = i * kStep < left;
+    cp_async_16(dst + i * kStep * Tile::kRowBytes, in ? src + i * kStep * D : base, in ? 16 : 0);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(const Params p) {
+#if !PROTATTN_WGMMA_ARCH
+  __trap();  // never launched: the host picks this kernel on sm_90 only
+#else
+  using K_ = WsKernel<T, D>;
+  using Tile = SwizzledTile<D>;
+  using E = ElemTraits<T>;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const std::uint32_t s_q = smem_addr(smem);
+  const std::uint32_t s_stage0 = s_q + K_::kQBytes;
+  const std::uint32_t bar_q = s_q + K_::kBarOffset;
+  const auto bar_full = [&](int s) { return bar_q + 8u * (1 + s); };
+  const auto bar_empty = [&](int s) { return bar_q + 8u * (1 + K_::kStages + s); };
+  const auto stage_addr = [&](int s) { return s_stage0 + static_cast<std::uint32_t>(s) * K_::kStageBytes; };
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const WorkItem item = p.items[blockIdx.x];
+  const StructDesc sd = p.structs[item.b];
+  const int row0 = item.q_tile * kTile;
+  const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
+  const int n_kv = item.e_end - item.e_begin;
+
+  if (tid == 0) {
+    sm90::mbar_init(bar_q, K_::kProducerThreads);
+    for (int s = 0; s < K_::kStages; ++s) {
+      sm90::mbar_init(bar_full(s), K_::kProducerThreads);
+      sm90::mbar_init(bar_empty(s), K_::kConsumers * 4);  // one lane per consumer warp
+    }
+  }
+  __syncthreads();
+
+  if (warp < 4) {
+    // Producer warpgroup.
+#ifndef PROTATTN_WS_NO_SETMAXNREG
+    sm90::regs_release<K_::kProducerRegs>();
+#endif
+    const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
+    const auto* kg = static_cast<const std::uint16_t*>(p.k) + head_off;
+    const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
+    load_tile_lean<D, K_::kProducerThreads>(s_q, qg, row0, sd.n, tid);
+    sm90::cp_async_arrive_noinc(bar_q);
+    const bool atoms = sd.mask == kMaskAtoms;
+    for (int it = 0; it < n_kv; ++it) {
+      const int s = it % K_::kStages;
+      const int kt = p.col_idx[item.e_begin + it];
+      if (it >= K_::kStages) sm90::mbar_wait(bar_empty(s), ((it / K_::kStages) - 1) & 1);
+      const std::uint32_t st = stage_addr(s);
+      load_tile_lean<D, K_::kProducerThreads>(st, kg, kt * kTile, sd.n, tid);
+      load_tile_lean<D, K_::kProducerThreads>(st + Tile::kBytes, vg, kt * kTile, sd.n, tid);
+      if (atoms) {
+        // Key `tid` of the tile: x, y, z into a float4 slot (the fourth float is never read).
+        const int j = kt * kTile + tid;
+        const bool in = j < sd.n;
+        const float* c = p.coords + (sd.offset + (in ? j : 0)) * 3;
+        const std::uint32_t dst = st + 2 * Tile::kBytes + tid * 16;
+#pragma unroll
+        for (int k = 0; k < 3; ++k) sm90::cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
+      }
+      sm90::cp_async_arrive_noinc(bar_full(s));
+    }
+    sm90::cp_async_wait_all();
+    return;
+  }
+
+  // Consumer warpgroups: warp cw of 8 owns query rows cw * 16 .. + 16 of the tile.
+#ifndef PROTATTN_WS_NO_SETMAXNREG
+  sm90::regs_claim<K_::kConsumerRegs>();
+#endif
+  const int cw = warp - 4;
+  const int g = lane / 4, t = lane % 4;
+  const int wg_row = (cw / 4) * 64;
+  QueryPos qpos[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    qpos[r].row = row0 + cw * 16 + g + r * 8;
+    qpos[r].x = qpos[r].y = qpos[r].z = 0.0f;
+    if (sd.mask == kMaskAtoms && qpos[r].row < sd.n) {
+      const float* c = p.coords + (sd.offset + qpos[r].row) * 3;
+      qpos[r].x = c[0];
+      qpos[r].y = c[1];
+      qpos[r].z = c[2];
+    }
+  }
+  const bool atoms_mask = sd.mask == kMaskAtoms;
+
+  float o_acc[K_::kOAcc];
+#pragma unroll
+  for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
+  float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
+  float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum
+  float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
+  std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
+
+  // S = Q K^T of the tile in stage s (committed as one group).
+  const auto issue_s = [&](int s) {
+    const std::uint32_t s_k = stage_addr(s);
+    sm90::fence();
+#pragma unroll
+    for (int ks = 0; ks < K_::kKSteps; ++ks) {
+      const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
+      const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
+      const std::uint64_t db = sm90::smem_desc(s_k + k_off, 16, 1024);
+      wgmma_qk128<T>(s_acc, da, db, ks > 0);
+    }
+    sm90::commit();
+  };
+  // O += P V with the V of stage s (committed as one group).
+  const auto issue_pv = [&](int s) {
+    const std::uint32_t s_v = stage_addr(s) + Tile::kBytes;
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+      const std::uint64_t db = sm90::smem_desc(s_v + kk * 16 * Tile::kRowBytes, Tile::kBlockBytes, 1024);
+      wgmma_pv<T, D>(o_acc, p_frag[kk], db);
+    }
+    sm90::commit();
+  };
+  // Whether key tile kt of kind `kind` needs the mask (PARTIAL, or past a structure's end).
+  const auto tile_masked = [&](int kind, int kt) { return kind != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n; };
+  // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
+  // 128 keys: s_acc becomes the probabilities, m and l are updated; returns the factors (one per
+  // row) by which the earlier O must be scaled.
+  const auto softmax = [&](int kt, bool masked, int s) {
+    float2 alpha;
+    if (masked && atoms_mask) {
+      // Element 4 nt + 2 r + c: row r of the thread's two, key nt * 8 + 2 t + c of the tile.
+      const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - s_q) + 2 * Tile::kBytes);
+#pragma unroll
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int jl = nt * 8 + 2 * t + c;
+          const float4 kc = kxyz[jl];
+#pragma unroll
+          for (int r = 0; r < 2; ++r)
+            if (!allowed_atoms(sd, qpos[r], kt * kTile + jl, kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
+        }
+      }
+    } else if (masked) {
+#pragma unroll
+      for (int i = 0; i < K_::kSAcc; ++i) {
+        const int j = kt * kTile + (i / 4) * 8 + 2 * t + (i & 1);
+        if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
+      }
+    }
+    // Max and sum over a row's 32 values per thread in four independent chains (the latency of a
+    // dependent chain of 32, not the issue rate, would set the time with two warps per scheduler).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt)
+        m4[nt % 4] = fmaxf(m4[nt % 4], fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
+      float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
+      const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
+      (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base);
+      m_row[r] = m_new;
+      float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+        s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+        s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+        s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+      }
+      const float sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      l_row[r] = l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum;
+    }
+    return alpha;
+  };
+  const auto pack_p = [&] {
+#pragma unroll
+    for (int kk = 0; kk < kTile / 16; ++kk) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) p_frag[kk][j] = E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+    }
+  };
+
+  // Turns on the tensor cores (when p.pingpong): a consumer warpgroup issues its
+  // matrix products only in its turn and then hands the turn to the other, so that one's softmax
+  // runs while the other's products are on the tensor cores. Named barrier 1 + w is warpgroup
+  // w's turn (256 threads: its own 128 waiting, the other's 128 arriving).
+  const int my_wg = cw / 4;
+  const auto turn_wait = [&] {
+    if (p.pingpong) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + my_wg) : "memory");
+  };
+  const auto turn_pass = [&] {
+    if (p.pingpong) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
+  };
+  if (my_wg == 1) turn_pass();  // warpgroup 0 goes first
+
+  sm90::mbar_wait(bar_q, 0);
+  if (n_kv > 0) {
+    int kt = p.col_idx[item.e_begin];
+    bool masked = tile_masked(p.kind[item.e_begin], kt);
+    // The next tile's column and kind are read a whole iteration before they are needed.
+    int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
+    int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
+    sm90::mbar_wait(bar_full(0), 0);
+    sm90::fence_proxy_async();
+    turn_wait();
+    issue_s(0);
+    turn_pass();
+    sm90::wait<0>();
+    softmax(kt, masked, 0);  // O is still zero: alpha is not needed
+    pack_p();
+    for (int it = 1; it < n_kv; ++it) {
+      const int s = it % K_::kStages, prev = (it - 1) % K_::kStages;
+      kt = kt_next;
+      masked = tile_masked(kind_next, kt);
+      if (it + 1 < n_kv) {
+        kt_next = p.col_idx[item.e_begin + it + 1];
+        kind_next = p.kind[item.e_begin + it + 1];
+      }
+      sm90::mbar_wait(bar_full(s), (it / K_::kStages) & 1);
+      sm90::fence_proxy_async();
+      turn_wait();
+      issue_s(s);      // S of this tile ...
+      issue_pv(prev);  // ... and P V of the one before, both in flight
+      turn_pass();
+      sm90::wait<1>();
+      const float2 alpha = softmax(kt, masked, s);  // under the P V
+      sm90::wait<0>();
+      if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
+#pragma unroll
+      for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+      pack_p();
+    }
+    sm90::fence();
+    turn_wait();
+    issue_pv((n_kv - 1) % K_::kStages);
+    turn_pass();
+    sm90::wait<0>();
+  }
+  if (my_wg == 0) turn_wait();  // takes warpgroup 1's last pass: every arrival is waited for
+  finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, cw * 16 + g, t);
+#endif
+}
+
+}  // namespace protattn::fused
