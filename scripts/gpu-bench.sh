@@ -14,6 +14,10 @@
 # adds it after the rest, ENCODER=only runs it alone (about 4 minutes; results in $OUT/encoder;
 # TESTS_FIRST=1 runs the GPU tests before it; ENCODER_ALT_ARGS adds server configurations, ';' between).
 # PROFILE=1 adds scripts/gpu-profile.sh (Nsight Compute, results in $OUT/prof), PROFILE=only runs it alone.
+# FUSED_ALT="PROTATTN_FUSED_KERNEL=wgmma PROTATTN_FUSED_ORDER=layout,PROTATTN_FUSED_KERNEL=wgmma":
+# the fused engine under other settings (entries of VAR=value joined by ',') also runs the fused
+# GPU tests (not with ALT_TESTS=0) and `protattn bench` (bench_<entry>.json), and a table
+# compares them with the default.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -143,6 +147,39 @@ echo "== protattn bench ($engines on $workloads)"
 layouts=$(mktemp -d)
 "$protattn" bench --engine "$engines" --workload "$workloads" ${structures:+--structure $structures} \
   --export-layouts "$layouts" --json "$out/bench.json" 2>&1 || status=1
+
+for alt in ${FUSED_ALT:-}; do
+  # An entry is one or more VAR=value settings joined by ','; it names its files.
+  tag=$(echo "$alt" | tr -c 'A-Za-z0-9_=\n' '_')
+  envs=$(echo "$alt" | tr ',' ' ')
+  if [ "${SKIP_TESTS:-0}" != 1 ] && [ "${ALT_TESTS:-1}" = 1 ] && [ -n "$gtests" ]; then
+    echo "== fused GPU tests with $envs"
+    env $envs timeout "${TEST_TIMEOUT:-300}" "$gtests" --gtest_filter='*fused*:Fused*' > "$out/gpu_tests_$tag.log" 2>&1 \
+      || { status=1; grep -v '^\[ *\(RUN\|OK\) ' "$out/gpu_tests_$tag.log" | tail -20; }
+    grep '^\[  PASSED\|^\[  FAILED' "$out/gpu_tests_$tag.log" | head -3
+  fi
+  echo "== protattn bench, fused engine with $envs"
+  env $envs "$protattn" bench --engine fused --workload "$workloads" ${structures:+--structure $structures} \
+    --json "$out/bench_$tag.json" > "$out/bench_$tag.log" 2>&1 || { status=1; tail -3 "$out/bench_$tag.log"; }
+done
+if [ -n "${FUSED_ALT:-}" ]; then
+  python3 - "$out" ${FUSED_ALT} <<'PY' || status=1
+import json, re, sys
+out, alts = sys.argv[1], sys.argv[2:]
+def load(path):
+    return {(r["workload"], r.get("structure", "")): r for r in json.load(open(path))["results"] if r["engine"] == "fused"}
+base = load(f"{out}/bench.json")
+others = {a: load(f"{out}/bench_{re.sub('[^A-Za-z0-9_=]', '_', a)}.json") for a in alts}
+print("fused engine, default settings against: " + "; ".join(f"[{i}] {a}" for i, a in enumerate(alts)))
+print(f"{'workload':14} {'default us':>11} {'TFLOPS':>7} " + " ".join(f"{f'[{i}] us':>10} {'ratio':>6}" for i in range(len(alts))))
+for key, r in base.items():
+    line = f"{key[0] or key[1]:14} {1e3 * r['ms']:11.1f} {r['tflops']:7.0f} "
+    for a in alts:
+        o = others[a].get(key)
+        line += f"{1e3 * o['ms']:10.1f} {o['ms'] / r['ms']:6.2f} " if o else f"{'-':>10} {'-':>6} "
+    print(line)
+PY
+fi
 
 echo "== peers (FlexAttention, SDPA flash, SDPA cuDNN) on the same layouts"
 PYTHONUNBUFFERED=1 python3 "$root/bench/peers.py" "$layouts"/* --no-dense-above 120000 --json "$out/peers.json" 2>&1 | grep -v Warning | tail -20 || status=1
