@@ -142,6 +142,21 @@ __device__ __forceinline__ bool allowed(const StructDesc& sd, const float* coord
   return allowed_atoms(sd, qp, j, c[0], c[1], c[2]);
 }
 
+// Programmatic dependent launch (sm_90+; no-ops elsewhere): the attention kernels let the combine
+// kernel that follows be scheduled at once, and the combine kernel waits for them to have
+// finished and their writes to be visible before it reads the partials. Its launch latency then
+// overlaps the attention.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_prerequisite_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 // 2^x on the special-function unit (flush-to-zero; 2^-inf = 0).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
@@ -302,6 +317,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
   } else
 #endif
   {
+  allow_dependent_launch();
   extern __shared__ __align__(1024) unsigned char smem[];
   const std::uint32_t s_q = smem_addr(smem);
   const std::uint32_t s_stage0 = s_q + K_::kQBytes;
@@ -528,6 +544,7 @@ inline constexpr int kCombineRows = 16;
 template <typename T, int D>
 __global__ void __launch_bounds__(kCombineRows * D / 4) fused_combine_kernel(const Params p) {
   constexpr int kQuads = D / 4;
+  wait_for_prerequisite_grid();
   const CombineItem ci = p.combines[blockIdx.x];
   const StructDesc sd = p.structs[ci.b];
   const int lrow = blockIdx.y * kCombineRows + threadIdx.x / kQuads, dq = threadIdx.x % kQuads;

@@ -1,6 +1,7 @@
 // protattn fused engine: definitions behind fused_launch.hpp, included by the generated
 // per-(dtype, head dim) instantiation files only.
 #pragma once
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -45,8 +46,23 @@ void launch_fused(const Params& p, cudaStream_t stream) {
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
   if (p.n_combines > 0) {
-    fused_combine_kernel<T, D><<<dim3(p.n_combines, kTile / kCombineRows), kCombineRows * D / 4, 0, stream>>>(p);
-    PROTATTN_CUDA_CHECK_LAUNCH();
+    // A programmatic dependent launch after the attention kernel (the combine kernel waits for
+    // it in griddepcontrol.wait); PROTATTN_FUSED_PDL=0 launches it plainly, for comparison.
+    static const bool pdl = [] {
+      const char* e = std::getenv("PROTATTN_FUSED_PDL");
+      return !(e && e[0] == '0');
+    }();
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(p.n_combines, kTile / kCombineRows);
+    cfg.blockDim = dim3(kCombineRows * D / 4);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl && p.n_items > 0 ? 1 : 0;
+    PROTATTN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, &fused_combine_kernel<T, D>, p));
   }
 }
 

@@ -78,6 +78,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   using K_ = WsKernel<T, D>;
   using Tile = SwizzledTile<D>;
   using E = ElemTraits<T>;
+  allow_dependent_launch();
   extern __shared__ __align__(1024) unsigned char smem[];
   const std::uint32_t s_q = smem_addr(smem);
   const std::uint32_t s_stage0 = s_q + K_::kQBytes;
