@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <string>
 
@@ -236,6 +237,16 @@ class FusedEngine final : public Engine {
     // PROTATTN_FUSED_PINGPONG=0 turns them off, for comparison.
     const char* pingpong = std::getenv("PROTATTN_FUSED_PINGPONG");
     p.pingpong = pingpong && pingpong[0] == '0' ? 0 : 1;
+    p.any_atoms = any_atoms ? 1 : 0;
+    // For comparisons: PROTATTN_FUSED_WS_STAGES caps the ws kernel's stages;
+    // PROTATTN_FUSED_RESCALE_SLACK sets how far a row's max may rise without rescaling
+    // ("always" rescales on every rise, as plain online softmax does).
+    const char* stages = std::getenv("PROTATTN_FUSED_WS_STAGES");
+    p.ws_max_stages = stages ? std::max(1, std::atoi(stages)) : 0;
+    const char* slack = std::getenv("PROTATTN_FUSED_RESCALE_SLACK");
+    p.rescale_slack = !slack ? kRescaleSlack
+                      : std::string(slack) == "always" ? -std::numeric_limits<float>::infinity()
+                                                        : std::clamp(static_cast<float>(std::atof(slack)), 0.0f, 12.0f);
     p.part_o = fp.part_o.as<float>();
     p.part_ml = fp.part_ml.as<float>();
 

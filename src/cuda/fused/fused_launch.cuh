@@ -25,7 +25,7 @@ template <typename T, int D>
 KernelChoice attention_kernel(int kernel) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
   static const KernelChoice choices[3] = {
-      {&fused_ws_kernel<T, D>, WsKernel<T, D>::kThreads, WsKernel<T, D>::kSmemBytes},
+      {&fused_ws_kernel<T, D>, WsKernel<T, D>::kThreads, WsKernel<T, D>::kSmemLimit},  // launched with less
       {&fused_attention_kernel<T, D, true>, kThreads, FusedKernel<T, D>::kSmemBytesWgmma},
       {&fused_attention_kernel<T, D, false>, kThreads, FusedKernel<T, D>::kSmemBytes},
   };
@@ -42,7 +42,16 @@ template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream) {
   if (p.n_items > 0) {
     const KernelChoice k = attention_kernel<T, D>(p.kernel);
-    k.fn<<<p.n_items, k.threads, k.smem, stream>>>(p);
+    if (p.kernel == kKernelWs) {
+      Params pw = p;
+      const WsGeometry g = ws_geometry<T, D>(p.any_atoms != 0, p.ws_max_stages);
+      pw.ws_stages = g.stages;
+      pw.ws_stage_bytes = g.stage_bytes;
+      pw.ws_smem = g.smem_bytes;
+      k.fn<<<p.n_items, k.threads, g.smem_bytes, stream>>>(pw);
+    } else {
+      k.fn<<<p.n_items, k.threads, k.smem, stream>>>(p);
+    }
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
   if (p.n_combines > 0) {

@@ -18,6 +18,11 @@ enum KernelCode : std::int32_t {
   kKernelMmaSync = 2,  // any sm_80+ GPU
 };
 
+// How far (log2 units) a row's running max may rise before the ws kernel moves the base of its
+// exponentials: below it, probabilities up to 2^8 = 256 (exact in fp16 and bf16, and far from
+// overflow in the fp32 sums) and no rescaling of O.
+inline constexpr float kRescaleSlack = 8.0f;
+
 // Mask rule of a structure, as mask_allows() defines it.
 enum MaskCode : std::int32_t { kMaskTiles = 0, kMaskAtoms = 1, kMaskWindows = 2 };
 
@@ -61,6 +66,10 @@ struct Params {
   float scale_log2;             // softmax scale * log2(e)
   std::int32_t kernel;          // KernelCode
   std::int32_t pingpong;        // warp-specialised kernel: consumer warpgroups take turns issuing
+  std::int32_t any_atoms;       // some structure has mask atoms (the ws kernel stages coordinates)
+  std::int32_t ws_max_stages;   // cap on its ring of K/V stages (0: as many as fit)
+  std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // set at launch (ws_geometry)
+  float rescale_slack;          // its online softmax: rises of the max kept without rescaling
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

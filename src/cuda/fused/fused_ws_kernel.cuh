@@ -29,18 +29,35 @@ struct WsKernel {
   static constexpr int kProducerRegs = D == 64 ? 56 : 72;
   static constexpr int kConsumerRegs = D == 64 ? 224 : 208;
   using Tile = SwizzledTile<D>;
-  static constexpr int kStages = D == 64 ? 6 : 2;  // as many as fit in 227 KiB
+  // Shared memory: the mbarriers in the first KiB, then Q, then the stages (K, V and, when the
+  // batch has mask `atoms`, the keys' coordinates), as many as fit (the plan decides: see
+  // ws_geometry; 6 at d=64, 3 at d=128 without coordinates, 2 with).
+  static constexpr int kMaxStages = 8;
+  static constexpr int kBarBytes = 1024;
   static constexpr int kQBytes = Tile::kBytes;
   static constexpr int kXyzBytes = kTile * static_cast<int>(sizeof(float4));  // key coordinates
-  static constexpr int kStageBytes = 2 * Tile::kBytes + kXyzBytes;             // K, V, coordinates
-  static constexpr int kBarOffset = kQBytes + kStages * kStageBytes;
-  static constexpr int kSmemBytes = kBarOffset + 8 * (1 + 2 * kStages);  // + q, full[], empty[]
+  static constexpr int kSmemLimit = 227 * 1024;                                // per block on sm_90
+  static_assert(8 * (1 + 2 * kMaxStages) <= kBarBytes, "barriers in the first KiB");
   static constexpr int kSAcc = kTile / 2;  // S accumulators per thread: 64 rows x 128 keys per warpgroup
   static constexpr int kOAcc = D / 2;
   static constexpr int kKSteps = D / 16;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
-  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one block");
 };
+
+// Stages of the ws kernel and its shared memory for a batch with (or without) mask `atoms`;
+// max_stages caps the count (for comparisons).
+struct WsGeometry {
+  int stages, stage_bytes, smem_bytes;
+};
+template <typename T, int D>
+WsGeometry ws_geometry(bool atoms, int max_stages) {
+  using K_ = WsKernel<T, D>;
+  const int stage = 2 * K_::Tile::kBytes + (atoms ? K_::kXyzBytes : 0);
+  int stages = (K_::kSmemLimit - K_::kBarBytes - K_::kQBytes) / stage;
+  stages = stages < K_::kMaxStages ? stages : K_::kMaxStages;
+  if (max_stages > 0 && max_stages < stages) stages = max_stages;
+  return {stages, stage, K_::kBarBytes + K_::kQBytes + stages * stage};
+}
 
 template <typename T>
 __device__ __forceinline__ void wgmma_qk128(float (&d)[64], std::uint64_t a, std::uint64_t b, int scale_d) {
@@ -80,12 +97,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   using E = ElemTraits<T>;
   allow_dependent_launch();
   extern __shared__ __align__(1024) unsigned char smem[];
-  const std::uint32_t s_q = smem_addr(smem);
+  const std::uint32_t bar_q = smem_addr(smem);
+  const std::uint32_t s_q = bar_q + K_::kBarBytes;
   const std::uint32_t s_stage0 = s_q + K_::kQBytes;
-  const std::uint32_t bar_q = s_q + K_::kBarOffset;
+  const int stages = p.ws_stages;
   const auto bar_full = [&](int s) { return bar_q + 8u * (1 + s); };
-  const auto bar_empty = [&](int s) { return bar_q + 8u * (1 + K_::kStages + s); };
-  const auto stage_addr = [&](int s) { return s_stage0 + static_cast<std::uint32_t>(s) * K_::kStageBytes; };
+  const auto bar_empty = [&](int s) { return bar_q + 8u * (1 + K_::kMaxStages + s); };
+  const auto stage_addr = [&](int s) { return s_stage0 + static_cast<std::uint32_t>(s * p.ws_stage_bytes); };
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const WorkItem item = p.items[blockIdx.x];
@@ -96,7 +114,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
 
   if (tid == 0) {
     sm90::mbar_init(bar_q, K_::kProducerThreads);
-    for (int s = 0; s < K_::kStages; ++s) {
+    for (int s = 0; s < stages; ++s) {
       sm90::mbar_init(bar_full(s), K_::kProducerThreads);
       sm90::mbar_init(bar_empty(s), K_::kConsumers * 4);  // one lane per consumer warp
     }
@@ -114,10 +132,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     load_tile_lean<D, K_::kProducerThreads>(s_q, qg, row0, sd.n, tid);
     sm90::cp_async_arrive_noinc(bar_q);
     const bool atoms = sd.mask == kMaskAtoms;
-    for (int it = 0; it < n_kv; ++it) {
-      const int s = it % K_::kStages;
+    for (int it = 0, s = 0, round = 0; it < n_kv; ++it) {
       const int kt = p.col_idx[item.e_begin + it];
-      if (it >= K_::kStages) sm90::mbar_wait(bar_empty(s), ((it / K_::kStages) - 1) & 1);
+      if (round > 0) sm90::mbar_wait(bar_empty(s), (round - 1) & 1);
       const std::uint32_t st = stage_addr(s);
       load_tile_lean<D, K_::kProducerThreads>(st, kg, kt * kTile, sd.n, tid);
       load_tile_lean<D, K_::kProducerThreads>(st + Tile::kBytes, vg, kt * kTile, sd.n, tid);
@@ -131,6 +148,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         for (int k = 0; k < 3; ++k) sm90::cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
       }
       sm90::cp_async_arrive_noinc(bar_full(s));
+      if (++s == stages) {
+        s = 0;
+        ++round;
+      }
     }
     sm90::cp_async_wait_all();
     return;
@@ -191,13 +212,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   // Whether key tile kt of kind `kind` needs the mask (PARTIAL, or past a structure's end).
   const auto tile_masked = [&](int kind, int kt) { return kind != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n; };
   // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
-  // 128 keys: s_acc becomes the probabilities, m and l are updated; returns the factors (one per
-  // row) by which the earlier O must be scaled.
+  // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
+  // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
+  bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
   const auto softmax = [&](int kt, bool masked, int s) {
-    float2 alpha;
     if (masked && atoms_mask) {
       // Element 4 nt + 2 r + c: row r of the thread's two, key nt * 8 + 2 t + c of the tile.
-      const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - s_q) + 2 * Tile::kBytes);
+      const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
 #pragma unroll
       for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
 #pragma unroll
@@ -218,6 +239,8 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     }
     // Max and sum over a row's 32 values per thread in four independent chains (the latency of a
     // dependent chain of 32, not the issue rate, would set the time with two warps per scheduler).
+    float m_new[2];
+    bool grow = false;  // some row's max rose by more than p.rescale_slack
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
@@ -227,10 +250,22 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
-      const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
-      (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base);
-      m_row[r] = m_new;
+      m_new[r] = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
+      grow |= m_new[r] > m_row[r] + p.rescale_slack;   // always on a row's first key (m_row = -inf)
+    }
+    // The base of the exponentials moves, and O and l are rescaled, only when some row of the
+    // warp needs it; otherwise the old base stays (probabilities up to 2^p.rescale_slack, exact the
+    // same after the final O / l) and the rescaling is skipped (warp-uniform: one vote).
+    const bool rescale = __any_sync(0xffffffffu, grow);
+    float2 alpha = make_float2(1.0f, 1.0f);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (rescale) {
+        const float base_new = m_new[r] == -INFINITY ? 0.0f : m_new[r];  // no key yet: keep exp2 finite
+        (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base_new);
+        m_row[r] = m_new[r];
+      }
+      const float base = m_row[r] == -INFINITY ? 0.0f : m_row[r];
       float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
@@ -239,8 +274,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
       }
       const float sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-      l_row[r] = l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum;
+      l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
     }
+    rescaled = rescale;
     return alpha;
   };
   const auto pack_p = [&] {
@@ -271,6 +307,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // The next tile's column and kind are read a whole iteration before they are needed.
     int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
     int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
+    int s = 0, phase = 0;  // stage of the current tile and the parity of its "full" phase
     sm90::mbar_wait(bar_full(0), 0);
     sm90::fence_proxy_async();
     turn_wait();
@@ -280,14 +317,18 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     softmax(kt, masked, 0);  // O is still zero: alpha is not needed
     pack_p();
     for (int it = 1; it < n_kv; ++it) {
-      const int s = it % K_::kStages, prev = (it - 1) % K_::kStages;
+      const int prev = s;
+      if (++s == stages) {
+        s = 0;
+        phase ^= 1;
+      }
       kt = kt_next;
       masked = tile_masked(kind_next, kt);
       if (it + 1 < n_kv) {
         kt_next = p.col_idx[item.e_begin + it + 1];
         kind_next = p.kind[item.e_begin + it + 1];
       }
-      sm90::mbar_wait(bar_full(s), (it / K_::kStages) & 1);
+      sm90::mbar_wait(bar_full(s), phase);
       sm90::fence_proxy_async();
       turn_wait();
       issue_s(s);      // S of this tile ...
@@ -297,13 +338,15 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       const float2 alpha = softmax(kt, masked, s);  // under the P V
       sm90::wait<0>();
       if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
+      if (rescaled) {
 #pragma unroll
-      for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+        for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+      }
       pack_p();
     }
     sm90::fence();
     turn_wait();
-    issue_pv((n_kv - 1) % K_::kStages);
+    issue_pv(s);
     turn_pass();
     sm90::wait<0>();
   }
