@@ -49,7 +49,7 @@ run_dist() {
   local gpus=${DIST_GPUS:-$(nvidia-smi -L | grep -c '^GPU')}
   echo "== dist: $gpus GPU(s), ${PROTATTN_NCCL_LIB:-libnccl.so.2 on the loader path}"
   if [ "${SKIP_TESTS:-0}" != 1 ] && [ -n "$gtests" ] && [ "${DIST:-0}" = only ]; then  # else with the GPU tests
-    timeout "${TEST_TIMEOUT:-300}" "$gtests" --gtest_filter='DistGpu*' 2>&1 | tee "$out/dist_gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -20
+    timeout "${TEST_TIMEOUT:-420}" "$gtests" --gtest_filter='DistGpu*' 2>&1 | tee "$out/dist_gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -20
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   fi
   local g=1
@@ -81,16 +81,16 @@ PY
 # goes without it, and the log says so.
 run_gpu_tests() {
   echo "== GPU tests"
-  timeout "${TEST_TIMEOUT:-300}" "$gtests" 2>&1 | tee "$out/gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -40
+  timeout "${TEST_TIMEOUT:-420}" "$gtests" 2>&1 | tee "$out/gpu_tests.log" | grep -v '^\[ *\(RUN\|OK\) ' | tail -40
   local rc=${PIPESTATUS[0]}
   [ "$rc" = 0 ] && return
   status=1
-  [ "$rc" = 124 ] && echo "gpu-bench: the GPU tests ran past ${TEST_TIMEOUT:-300} s; the last started: $(grep '^\[ RUN' "$out/gpu_tests.log" | tail -1)"
+  [ "$rc" = 124 ] && echo "gpu-bench: the GPU tests ran past ${TEST_TIMEOUT:-420} s; the last started: $(grep '^\[ RUN' "$out/gpu_tests.log" | tail -1)"
   local failed
   failed=$(grep '^\[  FAILED  \] [A-Za-z]' "$out/gpu_tests.log" | awk '{print $4}' | sort -u | paste -sd: -)
   if [ -n "$failed" ] && [ "${PROTATTN_DEVICE_CACHE:-1}" != 0 ]; then
     echo "== GPU tests that failed, again with PROTATTN_DEVICE_CACHE=0: $failed"
-    if PROTATTN_DEVICE_CACHE=0 timeout "${TEST_TIMEOUT:-300}" "$gtests" --gtest_filter="$failed" > "$out/gpu_tests_nocache.log" 2>&1; then
+    if PROTATTN_DEVICE_CACHE=0 timeout "${TEST_TIMEOUT:-420}" "$gtests" --gtest_filter="$failed" > "$out/gpu_tests_nocache.log" 2>&1; then
       echo "gpu-bench: they pass without the device-memory cache: the rest of this run goes without it"
       export PROTATTN_DEVICE_CACHE=0
     else
@@ -154,7 +154,7 @@ for alt in ${FUSED_ALT:-}; do
   envs=$(echo "$alt" | tr ',' ' ')
   if [ "${SKIP_TESTS:-0}" != 1 ] && [ "${ALT_TESTS:-1}" = 1 ] && [ -n "$gtests" ]; then
     echo "== fused GPU tests with $envs"
-    env $envs timeout "${TEST_TIMEOUT:-300}" "$gtests" --gtest_filter='*fused*:Fused*' > "$out/gpu_tests_$tag.log" 2>&1 \
+    env $envs timeout "${TEST_TIMEOUT:-420}" "$gtests" --gtest_filter='*fused*:Fused*' > "$out/gpu_tests_$tag.log" 2>&1 \
       || { status=1; grep -v '^\[ *\(RUN\|OK\) ' "$out/gpu_tests_$tag.log" | tail -20; }
     grep '^\[  PASSED\|^\[  FAILED' "$out/gpu_tests_$tag.log" | head -3
   fi
