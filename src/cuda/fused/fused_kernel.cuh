@@ -119,6 +119,22 @@ struct QueryPos {
   float x, y, z;
 };
 
+// Positions of a thread's two query rows (row0 and row0 + 8, local to the structure); the
+// coordinates are read only for mask `atoms` and rows inside the structure.
+__device__ __forceinline__ void query_positions(const Params& p, const StructDesc& sd, int row0, QueryPos (&qpos)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    qpos[r].row = row0 + r * 8;
+    qpos[r].x = qpos[r].y = qpos[r].z = 0.0f;
+    if (sd.mask == kMaskAtoms && qpos[r].row < sd.n) {
+      const float* c = p.coords + (sd.offset + qpos[r].row) * 3;
+      qpos[r].x = c[0];
+      qpos[r].y = c[1];
+      qpos[r].z = c[2];
+    }
+  }
+}
+
 // Mask `atoms` for key j at (kx, ky, kz): the rule of mask_allows(), with the same float
 // arithmetic (no fused multiply-add).
 __device__ __forceinline__ bool allowed_atoms(const StructDesc& sd, const QueryPos& qp, int j, float kx, float ky,
@@ -285,11 +301,15 @@ struct FusedKernel {
 #define PROTATTN_WGMMA_ARCH 0
 #endif
 
-template <typename T>
-__device__ __forceinline__ void wgmma_qk(float (&d)[32], std::uint64_t a, std::uint64_t b, int scale_d) {
+// S (+)= Q K^T for N = 64 or 128 keys (wgmma m64nNk16, both operands in shared memory).
+template <typename T, int N = 64>
+__device__ __forceinline__ void wgmma_qk(float (&d)[N / 2], std::uint64_t a, std::uint64_t b, int scale_d) {
 #if PROTATTN_WGMMA_ARCH
-  if constexpr (std::is_same_v<T, __half>) sm90::ss_m64n64k16_f16(d, a, b, scale_d);
-  else sm90::ss_m64n64k16_bf16(d, a, b, scale_d);
+  static_assert(N == 64 || N == 128, "64 or 128 keys");
+  if constexpr (N == 64 && std::is_same_v<T, __half>) sm90::ss_m64n64k16_f16(d, a, b, scale_d);
+  else if constexpr (N == 64) sm90::ss_m64n64k16_bf16(d, a, b, scale_d);
+  else if constexpr (std::is_same_v<T, __half>) sm90::ss_m64n128k16_f16(d, a, b, scale_d);
+  else sm90::ss_m64n128k16_bf16(d, a, b, scale_d);
 #endif
 }
 template <typename T, int D>
@@ -335,17 +355,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
 
   // Query positions of this thread's two rows (g and g + 8 of the warp's 16).
   QueryPos qpos[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    qpos[r].row = row0 + warp * 16 + g + r * 8;
-    qpos[r].x = qpos[r].y = qpos[r].z = 0.0f;
-    if (sd.mask == kMaskAtoms && qpos[r].row < sd.n) {
-      const float* c = p.coords + (sd.offset + qpos[r].row) * 3;
-      qpos[r].x = c[0];
-      qpos[r].y = c[1];
-      qpos[r].z = c[2];
-    }
-  }
+  query_positions(p, sd, row0 + warp * 16 + g, qpos);
 
   // Key coordinates of a tile into stage `stage` (mask `atoms`, wgmma back end): plain loads and
   // stores, visible after the __syncthreads that also waits for the tile's K and V.

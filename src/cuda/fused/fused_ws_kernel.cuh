@@ -59,14 +59,6 @@ WsGeometry ws_geometry(bool atoms, int max_stages) {
   return {stages, stage, K_::kBarBytes + K_::kQBytes + stages * stage};
 }
 
-template <typename T>
-__device__ __forceinline__ void wgmma_qk128(float (&d)[64], std::uint64_t a, std::uint64_t b, int scale_d) {
-#if PROTATTN_WGMMA_ARCH
-  if constexpr (std::is_same_v<T, __half>) sm90::ss_m64n128k16_f16(d, a, b, scale_d);
-  else sm90::ss_m64n128k16_bf16(d, a, b, scale_d);
-#endif
-}
-
 // load_tile for the producer's kThr threads with few registers: a thread always copies the same
 // 16-byte chunk column of rows tid / chunks + i * step, and since step is a multiple of 8 the
 // swizzled destination moves by a constant too.
@@ -165,17 +157,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const int g = lane / 4, t = lane % 4;
   const int wg_row = (cw / 4) * 64;
   QueryPos qpos[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    qpos[r].row = row0 + cw * 16 + g + r * 8;
-    qpos[r].x = qpos[r].y = qpos[r].z = 0.0f;
-    if (sd.mask == kMaskAtoms && qpos[r].row < sd.n) {
-      const float* c = p.coords + (sd.offset + qpos[r].row) * 3;
-      qpos[r].x = c[0];
-      qpos[r].y = c[1];
-      qpos[r].z = c[2];
-    }
-  }
+  query_positions(p, sd, row0 + cw * 16 + g, qpos);
   const bool atoms_mask = sd.mask == kMaskAtoms;
 
   float o_acc[K_::kOAcc];
@@ -195,7 +177,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
       const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
       const std::uint64_t db = sm90::smem_desc(s_k + k_off, 16, 1024);
-      wgmma_qk128<T>(s_acc, da, db, ks > 0);
+      wgmma_qk<T, kTile>(s_acc, da, db, ks > 0);
     }
     sm90::commit();
   };
