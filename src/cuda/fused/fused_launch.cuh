@@ -3,7 +3,9 @@
 #pragma once
 #include <cstdlib>
 #include <mutex>
+#include <set>
 #include <string>
+#include <utility>
 
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/fused/fused_kernel.cuh"
@@ -20,7 +22,8 @@ struct KernelChoice {
 };
 
 // The kernel of a KernelCode (the plan checked that the GPU runs it), its dynamic shared memory
-// raised to what it needs on first use.
+// raised to what it needs on the current device on first use there (a function's attributes
+// are per device: a server may run the engine on several).
 template <typename T, int D>
 KernelChoice attention_kernel(int kernel) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
@@ -29,12 +32,15 @@ KernelChoice attention_kernel(int kernel) {
       {&fused_attention_kernel<T, D, true>, kThreads, FusedKernel<T, D>::kSmemBytesWgmma},
       {&fused_attention_kernel<T, D, false>, kThreads, FusedKernel<T, D>::kSmemBytes},
   };
-  static std::once_flag raised[3];
+  static std::mutex mu;
+  static std::set<std::pair<int, int>> raised;  // (device, kernel)
   if (kernel < 0 || kernel > 2) throw Error("fused engine: unknown kernel code " + std::to_string(kernel));
   const KernelChoice& c = choices[kernel];
-  std::call_once(raised[kernel], [&] {
+  int device = 0;
+  PROTATTN_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  if (raised.insert({device, kernel}).second)
     PROTATTN_CUDA_CHECK(cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem));
-  });
   return c;
 }
 
