@@ -115,9 +115,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
 
   if (warp < 4) {
     // Producer warpgroup.
-#ifndef PROTATTN_WS_NO_SETMAXNREG
     sm90::regs_release<K_::kProducerRegs>();
-#endif
     const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
     const auto* kg = static_cast<const std::uint16_t*>(p.k) + head_off;
     const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
@@ -150,9 +148,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   }
 
   // Consumer warpgroups: warp cw of 8 owns query rows cw * 16 .. + 16 of the tile.
-#ifndef PROTATTN_WS_NO_SETMAXNREG
   sm90::regs_claim<K_::kConsumerRegs>();
-#endif
   const int cw = warp - 4;
   const int g = lane / 4, t = lane % 4;
   const int wg_row = (cw / 4) * 64;
