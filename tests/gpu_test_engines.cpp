@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,48 @@ struct Case {
   ProblemShape shape;
 };
 
+// The float64 reference of a case, computed once and kept for the other engines and kernels
+// that run the same case (it is the slow part of these tests): the key is everything the
+// reference depends on, the layouts' contents included.
+struct Reference {
+  std::vector<double> o, lse;
+};
+
+std::string case_key(const Case& c, std::uint64_t seed) {
+  std::uint64_t h = 1469598103934665603ull;  // FNV-1a over the layouts' contents
+  const auto mix = [&h](const void* p, std::size_t bytes) {
+    for (std::size_t i = 0; i < bytes; ++i) {
+      h ^= static_cast<const unsigned char*>(p)[i];
+      h *= 1099511628211ull;
+    }
+  };
+  for (const BlockLayout& l : c.layouts) {
+    mix(&l.n, sizeof l.n);
+    mix(&l.tile, sizeof l.tile);
+    mix(&l.mask, sizeof l.mask);
+    mix(&l.cutoff, sizeof l.cutoff);
+    mix(l.row_ptr.data(), l.row_ptr.size() * sizeof(l.row_ptr[0]));
+    mix(l.col_idx.data(), l.col_idx.size() * sizeof(l.col_idx[0]));
+    mix(l.kind.data(), l.kind.size() * sizeof(l.kind[0]));
+    mix(l.coords.data(), l.coords.size() * sizeof(l.coords[0]));
+  }
+  return std::to_string(seed) + "/" + to_string(c.shape.dtype) + "/" + std::to_string(c.shape.dim) + "/" +
+         std::to_string(c.shape.heads) + "/" + std::to_string(c.shape.effective_scale()) + "/" +
+         std::to_string(c.layouts.size()) + "/" + std::to_string(h);
+}
+
+const Reference& reference_for(const Case& c, const Plan& plan, const test::Inputs& in, std::uint64_t seed) {
+  static std::map<std::string, Reference> cache;
+  const std::string key = case_key(c, seed);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    Reference r;
+    test::reference_batch(plan, in, r.o, r.lse);
+    it = cache.emplace(key, std::move(r)).first;
+  }
+  return it->second;
+}
+
 // Runs the engine twice on poisoned outputs; checks every element against the reference and
 // that the two runs are bit-identical.
 // engine_name: an engine, or "fused/<kernel>" for one kernel of the fused engine on every plan.
@@ -61,8 +104,9 @@ void check(const std::string& engine_name, const Case& c, std::uint64_t seed) {
   auto plan = engine->plan(ptrs, c.shape);
   const std::int64_t T = plan->total_n();
   const test::Inputs in = test::random_inputs(c.shape, T, seed);
-  std::vector<double> ref_o, ref_lse;
-  test::reference_batch(*plan, in, ref_o, ref_lse);
+  const Reference& ref = reference_for(c, *plan, in, seed);
+  const std::vector<double>& ref_o = ref.o;
+  const std::vector<double>& ref_lse = ref.lse;
 
   const std::size_t o_bytes = in.q.size();
   const std::size_t lse_n = static_cast<std::size_t>(c.shape.heads) * T;
@@ -165,6 +209,22 @@ INSTANTIATE_TEST_SUITE_P(EngineDtypeDim, EngineTest,
                            return e + "_" + to_string(std::get<1>(info.param)) + "_d" +
                                   std::to_string(std::get<2>(info.param));
                          });
+
+// The harness itself, on any machine: the CPU engine through check() on two cases, each twice
+// (the second time against the cached reference), and a different case after them.
+TEST(ReferenceCache, SameCaseSameReferenceOtherCaseItsOwn) {
+  ProblemShape shape;
+  shape.heads = 2;
+  const Case a{{globule_layout(300, MaskMode::atoms)}, shape};
+  const Case b{{globule_layout(129, MaskMode::tiles)}, shape};
+  EXPECT_NE(case_key(a, 7), case_key(b, 7));
+  EXPECT_NE(case_key(a, 7), case_key(a, 8));
+  for (int round = 0; round < 2; ++round) {
+    check("cpu", a, 7);
+    check("cpu", b, 7);
+  }
+  check("cpu", a, 8);
+}
 
 TEST(FusedGraph, RunIsCapturableAndReplaysBitIdentical) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
