@@ -2,6 +2,8 @@
 # Builds protattn with the CUDA engines here (no GPU needed) and stages in .carry/ (git-ignored)
 # what the lent GPU machine needs, which reaches no registry:
 #   .carry/bin   protattn and protattn_gpu_tests (cudart linked statically)
+#   .carry/alt.tar.gz  with ALT_REF=<commit>: that commit's build, bin/protattn_alt and
+#                bin/protattn_gpu_tests_alt (.carry/ALT_COMMIT names it)
 #   .carry/lib.tar.gz  the shared libraries protattn needs beyond glibc, the CUDA driver and
 #                toolkit (gRPC, protobuf, gemmi, fmt, ... from this machine's Debian packages)
 #   .carry/data  the small test structures and the gzipped 6ZU5 ribosome
@@ -16,9 +18,26 @@ build=${BUILD_DIR:-$root/build}
 carry=$root/.carry
 cmake -S "$root" -B "$build" -G Ninja -DPROTATTN_CUDA=ON >/dev/null
 ninja -C "$build" -j"${JOBS:-2}" protattn_cli protattn_gpu_tests
-rm -rf "$carry/bin" "$carry/lib" "$carry/data" "$carry/pa" "$carry/lib.tar.gz" "$carry/pa.tar.gz"
+rm -rf "$carry/bin" "$carry/lib" "$carry/data" "$carry/pa" "$carry/lib.tar.gz" "$carry/pa.tar.gz" "$carry/alt.tar.gz"
 mkdir -p "$carry/bin" "$carry/lib" "$carry/data" "$carry/pa"
 cp "$build/tools/protattn" "$build/tests/protattn_gpu_tests" "$carry/bin/"
+# ALT_REF=<commit>: also the build of that commit (a git worktree in build-alt/), staged as
+# protattn_alt and protattn_gpu_tests_alt, for `gpu-carry-run.sh FUSED_ALT=ALT_BIN` comparisons.
+rm -f "$carry/ALT_COMMIT"
+if [ -n "${ALT_REF:-}" ]; then
+  alt_src=$root/build-alt/src
+  git -C "$root" worktree remove --force "$alt_src" 2>/dev/null || rm -rf "$alt_src"
+  git -C "$root" worktree prune
+  git -C "$root" worktree add --detach "$alt_src" "$ALT_REF" >/dev/null
+  cmake -S "$alt_src" -B "$root/build-alt/build" -G Ninja -DPROTATTN_CUDA=ON >/dev/null
+  ninja -C "$root/build-alt/build" -j"${JOBS:-2}" protattn_cli protattn_gpu_tests
+  # Compressed (the device tool carries 64 MiB in all); gpu-carry-run.sh unpacks it into bin/.
+  mkdir -p "$root/build-alt/stage/bin"
+  cp "$root/build-alt/build/tools/protattn" "$root/build-alt/stage/bin/protattn_alt"
+  cp "$root/build-alt/build/tests/protattn_gpu_tests" "$root/build-alt/stage/bin/protattn_gpu_tests_alt"
+  tar -C "$root/build-alt/stage" -czf "$carry/alt.tar.gz" bin
+  git -C "$alt_src" rev-parse --short HEAD > "$carry/ALT_COMMIT"
+fi
 
 # Libraries the loader resolves here, less those every Linux has (glibc's), the driver's and the
 # CUDA toolkit's (the GPU machine has its own, found through /usr/local/cuda).

@@ -17,7 +17,8 @@
 # FUSED_ALT="PROTATTN_FUSED_KERNEL=wgmma PROTATTN_FUSED_ORDER=layout,PROTATTN_FUSED_KERNEL=wgmma":
 # the fused engine under other settings (entries of VAR=value joined by ',') also runs the fused
 # GPU tests (not with ALT_TESTS=0) and `protattn bench` (bench_<entry>.json), and a table
-# compares them with the default.
+# compares them with the default; the entry ALT_BIN is the build of another commit (ALT_REF in
+# scripts/build-carry.sh), so two kernels' commits compare in one run.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -149,17 +150,25 @@ layouts=$(mktemp -d)
   --export-layouts "$layouts" --json "$out/bench.json" 2>&1 || status=1
 
 for alt in ${FUSED_ALT:-}; do
-  # An entry is one or more VAR=value settings joined by ','; it names its files.
+  # An entry is one or more VAR=value settings joined by ','; it names its files. The entry
+  # ALT_BIN runs instead the protattn and protattn_gpu_tests built from another commit
+  # (scripts/build-carry.sh with ALT_REF=<commit> stages them as .carry/bin/*_alt).
   tag=$(echo "$alt" | tr -c 'A-Za-z0-9_=\n' '_')
   envs=$(echo "$alt" | tr ',' ' ')
-  if [ "${SKIP_TESTS:-0}" != 1 ] && [ "${ALT_TESTS:-1}" = 1 ] && [ -n "$gtests" ]; then
-    echo "== fused GPU tests with $envs"
-    env $envs timeout "${TEST_TIMEOUT:-420}" "$gtests" --gtest_filter='*fused*:Fused*' > "$out/gpu_tests_$tag.log" 2>&1 \
+  p_bin=$protattn; t_bin=$gtests
+  if [ "$alt" = ALT_BIN ]; then
+    p_bin=$(find_bin protattn_alt); t_bin=$(find_bin protattn_gpu_tests_alt); envs=""
+    [ -n "$p_bin" ] || { echo "gpu-bench: FUSED_ALT names ALT_BIN but no protattn_alt was staged"; status=1; continue; }
+    echo "== the other build: $(cat "$root/.carry/ALT_COMMIT" 2>/dev/null || echo unknown commit)"
+  fi
+  if [ "${SKIP_TESTS:-0}" != 1 ] && [ "${ALT_TESTS:-1}" = 1 ] && [ -n "$t_bin" ]; then
+    echo "== fused GPU tests with ${envs:-$alt}"
+    env $envs timeout "${TEST_TIMEOUT:-420}" "$t_bin" --gtest_filter='*fused*:Fused*' > "$out/gpu_tests_$tag.log" 2>&1 \
       || { status=1; grep -v '^\[ *\(RUN\|OK\) ' "$out/gpu_tests_$tag.log" | tail -20; }
     grep '^\[  PASSED\|^\[  FAILED' "$out/gpu_tests_$tag.log" | head -3
   fi
-  echo "== protattn bench, fused engine with $envs"
-  env $envs "$protattn" bench --engine fused --workload "$workloads" ${structures:+--structure $structures} \
+  echo "== protattn bench, fused engine with ${envs:-$alt}"
+  env $envs "$p_bin" bench --engine fused --workload "$workloads" ${structures:+--structure $structures} \
     --json "$out/bench_$tag.json" > "$out/bench_$tag.log" 2>&1 || { status=1; tail -3 "$out/bench_$tag.log"; }
 done
 if [ -n "${FUSED_ALT:-}" ]; then
