@@ -139,7 +139,17 @@ void Batcher::arriving(int delta) {
     std::lock_guard<std::mutex> lock(m_);
     arriving_ += delta;
   }
-  if (delta < 0) cv_.notify_all();
+  if (delta < 0) cv_collect_.notify_one();
+}
+
+void Batcher::wake_one() {
+  if (collecting_) cv_collect_.notify_one();
+  else cv_idle_.notify_one();
+}
+
+void Batcher::wake_all() {
+  cv_collect_.notify_all();
+  cv_idle_.notify_all();
 }
 
 bool Batcher::submit(std::shared_ptr<Job> job, bool was_arriving) {
@@ -147,14 +157,14 @@ bool Batcher::submit(std::shared_ptr<Job> job, bool was_arriving) {
     std::lock_guard<std::mutex> lock(m_);
     if (was_arriving) --arriving_;
     if (draining_ || stopping_ || static_cast<int>(queue_.size()) >= opt_.max_queue) {
-      if (was_arriving) cv_.notify_all();
+      if (was_arriving) cv_collect_.notify_one();
       return false;
     }
     job->enqueued = Clock::now();
     queue_.push_back(std::move(job));
     metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
+    wake_one();
   }
-  cv_.notify_all();
   return true;
 }
 
@@ -163,7 +173,7 @@ void Batcher::begin_drain() {
     std::lock_guard<std::mutex> lock(m_);
     draining_ = true;
   }
-  cv_.notify_all();
+  wake_all();
 }
 
 void Batcher::stop() {
@@ -172,7 +182,7 @@ void Batcher::stop() {
     draining_ = true;
     stopping_ = true;
   }
-  cv_.notify_all();
+  wake_all();
   for (auto& t : threads_)
     if (t.joinable()) t.join();
 }
@@ -184,8 +194,19 @@ void Batcher::loop(EngineState& state) {
     std::vector<std::shared_ptr<Job>> batch;
     {
       std::unique_lock<std::mutex> lock(m_);
-      cv_.wait(lock, [&] { return !queue_.empty() || stopping_; });
+      // Become the collector: when nobody else is and there is work (or stop, once empty).
+      cv_idle_.wait(lock, [&] { return (!collecting_ && !queue_.empty()) || (stopping_ && queue_.empty()); });
       if (queue_.empty()) return;  // stopping and nothing left
+      collecting_ = true;
+      // Whatever way this thread stops collecting, another may take over.
+      struct Handover {
+        Batcher& b;
+        ~Handover() {
+          b.collecting_ = false;
+          if (!b.queue_.empty()) b.cv_idle_.notify_one();
+          if (b.stopping_) b.cv_idle_.notify_all();  // the others exit once the queue is empty
+        }
+      } handover{*this};
       // Drop what nobody waits for any more, before it costs engine time.
       const auto now = Clock::now();
       for (auto it = queue_.begin(); it != queue_.end();) {
@@ -211,7 +232,7 @@ void Batcher::loop(EngineState& state) {
           if (key_of(*j) == key) atoms += j->n, ++count;
         return atoms >= opt_.max_batch_atoms || count >= opt_.max_batch_requests;
       };
-      cv_.wait_until(lock, window_end,
+      cv_collect_.wait_until(lock, window_end,
                      [&] {
                        return draining_ || stopping_ || (!opt_.wait_full_delay && arriving_ == 0) ||
                               ready_atoms();

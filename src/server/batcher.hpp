@@ -57,13 +57,19 @@ class Batcher {
  private:
   struct EngineState;
   void loop(EngineState& state);
+  void wake_one();  // a job was queued (m_ held): the collector, or an idle thread
+  void wake_all();  // drain or stop
   void run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& batch);
   void run_attention(EngineState& state, std::vector<std::shared_ptr<Job>>& batch);
 
   BatchOptions opt_;
   Metrics& metrics_;
   mutable std::mutex m_;
-  std::condition_variable cv_;
+  // One inference thread at a time collects a batch (waits for company on the oldest job); the
+  // others wait to take its place. A new job or an arrival ending wakes the collector only, or
+  // one idle thread when nobody collects: not every inference thread, each scanning the queue.
+  std::condition_variable cv_idle_, cv_collect_;
+  bool collecting_ = false;
   std::deque<std::shared_ptr<Job>> queue_;
   bool draining_ = false, stopping_ = false;
   int arriving_ = 0;  // requests being prepared (guarded by m_)

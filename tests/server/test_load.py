@@ -82,10 +82,13 @@ def test_many_connections_at_once(make_server, ubq):
     assert s.proc.poll() is None
 
 
-def test_sigterm_answers_every_accepted_request(make_server, ubq):
+@pytest.mark.parametrize("replicas", ["1", "3"])
+def test_sigterm_answers_every_accepted_request(make_server, ubq, replicas):
     # The batcher holds requests for 5 s; SIGTERM arrives while all of them wait, and the drain
-    # must run them at once and answer each before the process exits 0.
-    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "5000", "--max-queue", "64")
+    # must run them at once and answer each before the process exits 0 (with several inference
+    # threads too: one collects a batch while the others wait for their turn).
+    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "5000", "--max-queue", "64",
+                    "--replicas", replicas, "--threads", "1", "--max-batch-requests", "3")
     data, headers = binary_request(ubq)
 
     def grpc_call():
@@ -111,10 +114,11 @@ def test_sigterm_answers_every_accepted_request(make_server, ubq):
         socket.create_connection(("127.0.0.1", s.http_port), timeout=2).close()
 
 
-def test_sigterm_under_continuous_load(make_server, ubq):
+@pytest.mark.parametrize("replicas", ["1", "3"])
+def test_sigterm_under_continuous_load(make_server, ubq, replicas):
     # Clients keep sending until the server goes away: no accepted request is lost (each that
     # the server logged as accepted was answered) and the exit status is 0.
-    s = make_server("--max-queue-delay-ms", "20")
+    s = make_server("--max-queue-delay-ms", "20", "--replicas", replicas, "--threads", "1")
     data, headers = binary_request(ubq)
     stop_after = 200
 
