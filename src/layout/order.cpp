@@ -74,22 +74,57 @@ class HilbertTable {
         entry_[s][static_cast<std::size_t>(r)] = static_cast<std::uint16_t>((ns << 3) | digit);
       }
     }
+    // Two levels per lookup (half the dependent chain of a key): entry2_[s][r_hi << 3 | r_lo]
+    // holds the state after both and their two digits.
+    for (std::size_t s = 0; s < maps.size(); ++s) {
+      for (unsigned hi = 0; hi < 8; ++hi) {
+        const unsigned e1 = entry_[s][hi];
+        for (unsigned lo = 0; lo < 8; ++lo) {
+          const unsigned e2 = entry_[e1 >> 3][lo];
+          entry2_[s][(hi << 3) | lo] = static_cast<std::uint16_t>(((e2 >> 3) << 6) | ((e1 & 7) << 3) | (e2 & 7));
+        }
+      }
+    }
   }
   std::uint64_t key(std::uint32_t x, std::uint32_t y, std::uint32_t z) const {
-    std::uint64_t k = 0;
-    unsigned s = 0;
-    for (int b = kKeyBits - 1; b >= 0; --b) {
-      const unsigned r = ((x >> b) & 1) | (((y >> b) & 1) << 1) | (((z >> b) & 1) << 2);
-      const unsigned e = entry_[s][r];
-      k = (k << 3) | (e & 7);
-      s = e >> 3;
+    static_assert(kKeyBits % 2 == 1, "one single level, then pairs");
+    const auto bits = [&](int b) { return ((x >> b) & 1) | (((y >> b) & 1) << 1) | (((z >> b) & 1) << 2); };
+    const unsigned e0 = entry_[0][bits(kKeyBits - 1)];
+    std::uint64_t k = e0 & 7;
+    unsigned s = e0 >> 3;
+    for (int b = kKeyBits - 2; b > 0; b -= 2) {
+      const unsigned e = entry2_[s][(bits(b) << 3) | bits(b - 1)];
+      k = (k << 6) | (e & 63);
+      s = e >> 6;
     }
     return k;
+  }
+  // Four keys at once: four independent chains of lookups interleaved (one chain is a run of
+  // dependent loads; the processor overlaps the four).
+  void key4(const std::uint32_t (&x)[4], const std::uint32_t (&y)[4], const std::uint32_t (&z)[4],
+            std::uint64_t (&out)[4]) const {
+    const auto bits = [](std::uint32_t a, std::uint32_t b, std::uint32_t c, int i) {
+      return ((a >> i) & 1) | (((b >> i) & 1) << 1) | (((c >> i) & 1) << 2);
+    };
+    unsigned s[4];
+    for (int j = 0; j < 4; ++j) {
+      const unsigned e0 = entry_[0][bits(x[j], y[j], z[j], kKeyBits - 1)];
+      out[j] = e0 & 7;
+      s[j] = e0 >> 3;
+    }
+    for (int b = kKeyBits - 2; b > 0; b -= 2) {
+      for (int j = 0; j < 4; ++j) {
+        const unsigned e = entry2_[s[j]][(bits(x[j], y[j], z[j], b) << 3) | bits(x[j], y[j], z[j], b - 1)];
+        out[j] = (out[j] << 6) | (e & 63);
+        s[j] = e >> 6;
+      }
+    }
   }
 
  private:
   static constexpr std::size_t kMaxStates = 96;  // 48 signed permutations x 2 parities
   std::array<std::array<std::uint16_t, 8>, kMaxStates> entry_{};
+  std::array<std::array<std::uint16_t, 64>, kMaxStates> entry2_{};
 };
 
 // Below kBucketSortMinAtoms the keys fit in cache and a plain stable LSD radix sort (11-bit
@@ -339,7 +374,19 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
       for (std::size_t i = b; i < e; ++i)
         keys[i] = (spread3(quant(i, 0)) << 2) | (spread3(quant(i, 1)) << 1) | spread3(quant(i, 2));
     } else {
-      for (std::size_t i = b; i < e; ++i) keys[i] = table.key(quant(i, 0), quant(i, 1), quant(i, 2));
+      std::size_t i = b;
+      for (; i + 4 <= e; i += 4) {
+        std::uint32_t qx[4], qy[4], qz[4];
+        std::uint64_t k4[4];
+        for (int j = 0; j < 4; ++j) {
+          qx[j] = quant(i + j, 0);
+          qy[j] = quant(i + j, 1);
+          qz[j] = quant(i + j, 2);
+        }
+        table.key4(qx, qy, qz, k4);
+        for (int j = 0; j < 4; ++j) keys[i + j] = k4[j];
+      }
+      for (; i < e; ++i) keys[i] = table.key(quant(i, 0), quant(i, 1), quant(i, 2));
     }
   });
   if (n <= kSmallSortAtoms) {
