@@ -148,8 +148,10 @@ TEST(SpatialOrder, TiesKeepFileOrderAndFileIsIdentity) {
 // Large inputs take the bucketed sort (from 2^18 atoms): the order must be exactly a stable sort
 // by the Morton key as its definition gives it (21 bits per axis on the cube of the largest
 // bounding-box side, x in the top bit of each triple), ties in file order, for any thread count.
-TEST(SpatialOrder, LargeInputsAreStablySortedByTheMortonKey) {
-  const std::size_t n = (std::size_t{1} << 18) + 12345;
+// n atoms on a coarse grid, a third of them on one point (a big bucket of ties): the order must
+// be the stable sort by the Morton key, on one thread and on three; Hilbert the same on both.
+void expect_stable_morton_order(std::size_t n) {
+  SCOPED_TRACE("n=" + std::to_string(n));
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> cell(0, 40);
   std::vector<float> xyz(3 * n);
@@ -188,6 +190,14 @@ TEST(SpatialOrder, LargeInputsAreStablySortedByTheMortonKey) {
   std::vector<std::int32_t> sorted(hilbert);
   std::sort(sorted.begin(), sorted.end());
   for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(sorted[i], static_cast<std::int32_t>(i));
+}
+
+TEST(SpatialOrder, LargeInputsAreStablySortedByTheMortonKey) { expect_stable_morton_order((std::size_t{1} << 18) + 12345); }
+
+// Small inputs take a comparison sort (up to 4,096 atoms), the others a radix sort: the same
+// order on both sides of the switch.
+TEST(SpatialOrder, SmallInputsAreStablySortedByTheMortonKey) {
+  for (std::size_t n : {2u, 3u, 100u, 4095u, 4096u, 4097u, 30000u}) expect_stable_morton_order(n);
 }
 
 TEST(CutoffLayout, CompleteAndExactAgainstBruteForce) {
