@@ -86,9 +86,9 @@ def test_many_connections_at_once(make_server, ubq):
 def test_sigterm_answers_every_accepted_request(make_server, ubq, replicas):
     # The batcher holds requests for 5 s; SIGTERM arrives while all of them wait, and the drain
     # must run them at once and answer each before the process exits 0 (with several inference
-    # threads too: one collects a batch while the others wait for their turn).
+    # threads too: one holds the batch while the others wait for their turn, and all exit).
     s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "5000", "--max-queue", "64",
-                    "--replicas", replicas, "--threads", "1", "--max-batch-requests", "3")
+                    "--replicas", replicas, "--threads", "1")
     data, headers = binary_request(ubq)
 
     def grpc_call():
