@@ -51,6 +51,16 @@ std::vector<std::size_t> weighted_ranges(const T* prefix, std::size_t m, int par
   return first;
 }
 
+// Calls fn(part, begin, end) for each range [first[part], first[part + 1]) of weighted_ranges(),
+// each part on its own thread (part 0 on the calling thread).
+template <class F>
+void parallel_ranges(const std::vector<std::size_t>& first, F&& fn) {
+  const int parts = static_cast<int>(first.size()) - 1;
+  parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
+    for (std::size_t p = p0; p < p1; ++p) fn(static_cast<int>(p), first[p], first[p + 1]);
+  });
+}
+
 // Below this many atoms per thread, ordering and layout passes lose more to threads than they gain.
 inline constexpr std::size_t kLayoutAtomsPerThread = 65536;
 

@@ -295,12 +295,11 @@ void sort_keys_bucketed(std::uint64_t* keys, std::int32_t* perm, std::uint64_t* 
   });
   // Buckets to threads: contiguous bucket ranges of about n / parts atoms each.
   const std::vector<std::size_t> first = detail::weighted_ranges(bucket_begin.data(), buckets, parts);
-  detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
-    for (std::size_t p = p0; p < p1; ++p)
-      for (std::size_t d = first[p]; d < first[p + 1]; ++d) {
-        const std::size_t b = bucket_begin[d], e = bucket_begin[d + 1];
-        sort_bucket(keys2 + b, idx2 + b, keys + b, perm + b, e - b, shift, perm + b);
-      }
+  detail::parallel_ranges(first, [&](int, std::size_t begin, std::size_t end) {
+    for (std::size_t d = begin; d < end; ++d) {
+      const std::size_t b = bucket_begin[d], e = bucket_begin[d + 1];
+      sort_bucket(keys2 + b, idx2 + b, keys + b, perm + b, e - b, shift, perm + b);
+    }
   });
 }
 

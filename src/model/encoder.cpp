@@ -72,16 +72,14 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
   const int parts = detail::resolve_threads(layout_threads_, static_cast<std::size_t>(offsets.back()), kAtomsPerLayoutThread);
   const std::vector<std::size_t> first = detail::weighted_ranges(offsets.data(), batch.size(), parts);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
-  detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
-    for (std::size_t p = p0; p < p1; ++p) {
-      try {
-        for (std::size_t b = first[p]; b < first[p + 1]; ++b) {
-          const AtomInput& in = batch[b];
-          layouts[b] = in.layout ? *in.layout : build_cutoff_layout(in.coords.data(), in.elements.size(), opt);
-        }
-      } catch (...) {
-        errors[p] = std::current_exception();
+  detail::parallel_ranges(first, [&](int part, std::size_t begin, std::size_t end) {
+    try {
+      for (std::size_t b = begin; b < end; ++b) {
+        const AtomInput& in = batch[b];
+        layouts[b] = in.layout ? *in.layout : build_cutoff_layout(in.coords.data(), in.elements.size(), opt);
       }
+    } catch (...) {
+      errors[static_cast<std::size_t>(part)] = std::current_exception();
     }
   });
   for (const auto& e : errors)

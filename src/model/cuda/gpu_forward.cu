@@ -233,8 +233,8 @@ class GpuBackend final : public AtomEncoder::Backend {
     const std::vector<std::size_t> first = detail::weighted_ranges(p.offsets.data(), nb, parts);
     cuda::download(p.out.get(), total, static_cast<cudaStream_t>(stream_ptr),
                    [&](std::size_t off, const std::uint8_t* data, std::size_t n) {
-                     detail::parallel_chunks(static_cast<std::size_t>(parts), parts, [&](int, std::size_t p0, std::size_t p1) {
-                       for (std::size_t b = first[p0]; b < first[p1]; ++b) {
+                     detail::parallel_ranges(first, [&](int, std::size_t begin, std::size_t end) {
+                       for (std::size_t b = begin; b < end; ++b) {
                          const std::size_t sb = static_cast<std::size_t>(p.offsets[b]) * row_bytes;
                          const std::size_t se = static_cast<std::size_t>(p.offsets[b + 1]) * row_bytes;
                          const std::size_t lo = std::max(sb, off), hi = std::min(se, off + n);
