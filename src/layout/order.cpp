@@ -86,23 +86,11 @@ class HilbertTable {
       }
     }
   }
-  std::uint64_t key(std::uint32_t x, std::uint32_t y, std::uint32_t z) const {
-    static_assert(kKeyBits % 2 == 1, "one single level, then pairs");
-    const auto bits = [&](int b) { return ((x >> b) & 1) | (((y >> b) & 1) << 1) | (((z >> b) & 1) << 2); };
-    const unsigned e0 = entry_[0][bits(kKeyBits - 1)];
-    std::uint64_t k = e0 & 7;
-    unsigned s = e0 >> 3;
-    for (int b = kKeyBits - 2; b > 0; b -= 2) {
-      const unsigned e = entry2_[s][(bits(b) << 3) | bits(b - 1)];
-      k = (k << 6) | (e & 63);
-      s = e >> 6;
-    }
-    return k;
-  }
-  // Four keys at once: four independent chains of lookups interleaved (one chain is a run of
-  // dependent loads; the processor overlaps the four).
+  // Four keys at once, two levels per lookup after the first: four independent chains of
+  // lookups interleaved (one chain is a run of dependent loads; the processor overlaps the four).
   void key4(const std::uint32_t (&x)[4], const std::uint32_t (&y)[4], const std::uint32_t (&z)[4],
             std::uint64_t (&out)[4]) const {
+    static_assert(kKeyBits % 2 == 1, "one single level, then pairs");
     const auto bits = [](std::uint32_t a, std::uint32_t b, std::uint32_t c, int i) {
       return ((a >> i) & 1) | (((b >> i) & 1) << 1) | (((c >> i) & 1) << 2);
     };
@@ -127,9 +115,9 @@ class HilbertTable {
   std::array<std::array<std::uint16_t, 64>, kMaxStates> entry2_{};
 };
 
-// Below kBucketSortMinAtoms the keys fit in cache and a plain stable LSD radix sort (11-bit
-// digits, passes whose digit is constant skipped) is the fastest; above, sort_keys_bucketed.
-// Both give the same order. The pairs start in (keys, idx) and move between them and (keys2,
+// Up to kSmallSortAtoms a comparison sort of (key, index) pairs; then, below
+// kBucketSortMinAtoms, where the keys fit in cache, a plain stable LSD radix sort (11-bit digits,
+// passes whose digit is constant skipped); above, sort_keys_bucketed. All give the same order. The pairs start in (keys, idx) and move between them and (keys2,
 // idx2) each pass; returns whether they end in the second pair. One thread: all digits are
 // counted in one read.
 constexpr std::size_t kBucketSortMinAtoms = std::size_t{1} << 18;
@@ -364,8 +352,7 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
   };
   // Sort buffers left uninitialised: the key pass and the sort's scatters write them on the
   // threads, not one thread zero-filling 20 bytes per atom first.
-  std::unique_ptr<std::uint64_t[]> keys(new std::uint64_t[n]), keys2(new std::uint64_t[n]);
-  std::unique_ptr<std::int32_t[]> idx2(new std::int32_t[n]);
+  std::unique_ptr<std::uint64_t[]> keys(new std::uint64_t[n]);
   static const HilbertTable table;
   detail::parallel_chunks(n, parts, [&](int, std::size_t b, std::size_t e) {
     for (std::size_t i = b; i < e; ++i) perm[i] = static_cast<std::int32_t>(i);
@@ -373,19 +360,19 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
       for (std::size_t i = b; i < e; ++i)
         keys[i] = (spread3(quant(i, 0)) << 2) | (spread3(quant(i, 1)) << 1) | spread3(quant(i, 2));
     } else {
-      std::size_t i = b;
-      for (; i + 4 <= e; i += 4) {
+      // Four atoms at a time; the last group of a chunk repeats its last atom to fill the four.
+      for (std::size_t i = b; i < e; i += 4) {
         std::uint32_t qx[4], qy[4], qz[4];
         std::uint64_t k4[4];
-        for (int j = 0; j < 4; ++j) {
-          qx[j] = quant(i + j, 0);
-          qy[j] = quant(i + j, 1);
-          qz[j] = quant(i + j, 2);
+        for (std::size_t j = 0; j < 4; ++j) {
+          const std::size_t a = std::min(i + j, e - 1);
+          qx[j] = quant(a, 0);
+          qy[j] = quant(a, 1);
+          qz[j] = quant(a, 2);
         }
         table.key4(qx, qy, qz, k4);
-        for (int j = 0; j < 4; ++j) keys[i + j] = k4[j];
+        for (std::size_t j = 0; j < 4 && i + j < e; ++j) keys[i + j] = k4[j];
       }
-      for (; i < e; ++i) keys[i] = table.key(quant(i, 0), quant(i, 1), quant(i, 2));
     }
   });
   if (n <= kSmallSortAtoms) {
@@ -396,6 +383,8 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
     for (std::size_t i = 0; i < n; ++i) perm[i] = kv[i].second;
     return perm;
   }
+  std::unique_ptr<std::uint64_t[]> keys2(new std::uint64_t[n]);  // scratch of the radix sorts
+  std::unique_ptr<std::int32_t[]> idx2(new std::int32_t[n]);
   if (n >= kBucketSortMinAtoms) {
     sort_keys_bucketed(keys.get(), perm.data(), keys2.get(), idx2.get(), n, parts);
     return perm;
