@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shm.hpp"
@@ -55,14 +56,20 @@ struct InferCall {
   std::string id;                     // the client's id (echoed), may be empty
   std::vector<TensorView> inputs;
   std::vector<std::string> outputs;   // requested outputs; empty: the model's default
-  // Shared memory: where each requested output goes (empty, or one per output: region empty:
-  // in the response), and the spans the inputs read from (kept mapped for the call).
-  std::vector<ShmRef> output_shm;
+  // Shared memory: the span each requested output goes to (empty, or one per output; a span
+  // without data: in the response), and the spans the inputs read from; kept mapped for the call.
   std::vector<ShmSpan> output_spans;
   std::vector<ShmSpan> input_spans;
   Clock::time_point deadline = Clock::time_point::max();
   std::string protocol;               // "http" or "grpc", for logs
 };
+
+// Input `t` of `call` reads its bytes from `span` (kept mapped for the call).
+inline void read_input_from(InferCall& call, TensorView& t, ShmSpan span) {
+  t.data = span.data;
+  t.size = span.size;
+  call.input_spans.push_back(std::move(span));
+}
 
 struct InferResult {
   Status status;

@@ -326,10 +326,7 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
       if (!in_shm[static_cast<std::size_t>(i)].region.empty()) {
         if (in.has_contents())
           throw ServeError(Code::invalid_argument, "input '" + t.name + "': contents and shared memory both given");
-        ShmSpan span = svc_.shm().span(in_shm[static_cast<std::size_t>(i)], "input '" + t.name + "'");
-        t.data = span.data;
-        t.size = span.size;
-        call.input_spans.push_back(std::move(span));
+        read_input_from(call, t, svc_.shm().span(in_shm[static_cast<std::size_t>(i)], "input '" + t.name + "'"));
       } else if (raw) {
         const std::string& bytes = q.raw_input_contents(raw_index++);
         t.data = reinterpret_cast<const std::uint8_t*>(bytes.data());
@@ -350,21 +347,11 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
       }
       call.inputs.push_back(std::move(t));
     }
-    bool any_shm = false;
     for (const auto& o : q.outputs()) {
       call.outputs.push_back(o.name());
       ShmRef ref;
-      ShmSpan span;
-      if (shm_ref(o.parameters(), "output '" + o.name() + "'", ref)) {
-        span = svc_.shm().span(ref, "output '" + o.name() + "'");
-        any_shm = true;
-      }
-      call.output_shm.push_back(std::move(ref));
-      call.output_spans.push_back(std::move(span));
-    }
-    if (!any_shm) {
-      call.output_shm.clear();
-      call.output_spans.clear();
+      const std::string what = "output '" + o.name() + "'";
+      call.output_spans.push_back(shm_ref(o.parameters(), what, ref) ? svc_.shm().span(ref, what) : ShmSpan{});
     }
   }
 

@@ -334,10 +334,7 @@ void parse_infer(const httplib::Request& req, const Service& svc, const std::str
     if (json_shm_ref(in_params, "input '" + t.name + "'", in_shm)) {
       if (in.contains("data") || in_params.contains("binary_data_size"))
         throw ServeError(Code::invalid_argument, "input '" + t.name + "': data and shared memory both given");
-      ShmSpan span = svc.shm().span(in_shm, "input '" + t.name + "'");
-      t.data = span.data;
-      t.size = span.size;
-      p.call.input_spans.push_back(std::move(span));
+      read_input_from(p.call, t, svc.shm().span(in_shm, "input '" + t.name + "'"));
     } else if (in_params.is_object() && in_params.contains("binary_data_size")) {
       const json& s = in_params["binary_data_size"];
       if (!s.is_number_integer() || s.get<std::int64_t>() < 0)
@@ -373,15 +370,8 @@ void parse_infer(const httplib::Request& req, const Service& svc, const std::str
       const json o_params = o.value("parameters", json::object());
       p.binary_out.push_back(json_bool_param(o_params, "binary_data", p.binary_default));
       ShmRef ref;
-      ShmSpan span;
-      if (json_shm_ref(o_params, "output '" + p.call.outputs.back() + "'", ref))
-        span = svc.shm().span(ref, "output '" + p.call.outputs.back() + "'");
-      p.call.output_shm.push_back(std::move(ref));
-      p.call.output_spans.push_back(std::move(span));
-    }
-    if (std::none_of(p.call.output_spans.begin(), p.call.output_spans.end(), [](const ShmSpan& s) { return s.data != nullptr; })) {
-      p.call.output_shm.clear();
-      p.call.output_spans.clear();
+      const std::string what = "output '" + p.call.outputs.back() + "'";
+      p.call.output_spans.push_back(json_shm_ref(o_params, what, ref) ? svc.shm().span(ref, what) : ShmSpan{});
     }
   }
 }

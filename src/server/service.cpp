@@ -89,7 +89,7 @@ void place_in_shared_memory(const InferCall& call, std::vector<OutputTensor>& ou
     const ShmSpan& span = call.output_spans[i];
     if (!span.data) continue;
     OutputTensor& t = outputs[i];
-    const ShmRef& ref = call.output_shm[i];
+    const ShmRef& ref = span.ref;
     if (t.data.size() > span.size)
       throw invalid("output '" + t.name + "': " + std::to_string(t.data.size()) + " bytes do not fit in the " +
                     std::to_string(span.size) + " given in shared memory region '" + ref.region + "'");

@@ -92,7 +92,7 @@ ShmSpan ShmRegistry::span(const ShmRef& ref, const std::string& what) const {
     throw invalid(what + ": offset " + std::to_string(ref.offset) + " + byte_size " + std::to_string(ref.byte_size) +
                   " passes the end of shared memory region '" + ref.region + "' (" + std::to_string(r.byte_size) +
                   " bytes)");
-  return {it->second.mapping, it->second.base + ref.offset, static_cast<std::size_t>(ref.byte_size)};
+  return {it->second.mapping, it->second.base + ref.offset, static_cast<std::size_t>(ref.byte_size), ref};
 }
 
 }  // namespace protattn::server

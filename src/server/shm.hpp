@@ -13,20 +13,21 @@
 
 namespace protattn::server {
 
-// A mapped byte range of a registered region; the mapping stays valid while any span of it
-// lives, even if the region is unregistered meanwhile.
-struct ShmSpan {
-  std::shared_ptr<void> mapping;
-  std::uint8_t* data = nullptr;
-  std::size_t size = 0;
-};
-
 // Where a tensor lives when its parameters name a region: shared_memory_region,
 // shared_memory_offset (optional, default 0) and shared_memory_byte_size.
 struct ShmRef {
   std::string region;
   std::int64_t offset = 0;
   std::int64_t byte_size = 0;
+};
+
+// A mapped byte range of a registered region; the mapping stays valid while any span of it
+// lives, even if the region is unregistered meanwhile.
+struct ShmSpan {
+  std::shared_ptr<void> mapping;
+  std::uint8_t* data = nullptr;
+  std::size_t size = 0;
+  ShmRef ref;  // what named it
 };
 
 class ShmRegistry {
