@@ -135,6 +135,7 @@ class Client {
     // One region per loop: COORDS, then ELEMENTS (written once), then the EMBEDDING.
     if (channels <= 0) throw Error("loop: the model's metadata gives no EMBEDDING width for --shared-memory");
     embedding_offset_ = static_cast<std::size_t>(coords_bytes + elements_bytes);
+    region_channels_ = channels;
     const std::size_t bytes = embedding_offset_ + static_cast<std::size_t>(n * channels * 2);
     region_ = fmt::format("protattn-loop-{}-{}", getpid(), index);
     shared_ = std::make_unique<SharedObject>("/" + region_, bytes);
@@ -172,14 +173,13 @@ class Client {
       if (!o || !o->contains("shape") || !o->contains("parameters") ||
           (*o)["parameters"].value("shared_memory_region", "") != region_)
         throw Error("loop: answer without EMBEDDING in shared memory: " + h.dump());
-      const auto shape = (*o)["shape"].get<std::vector<std::int64_t>>();
-      if ((*o)["datatype"] != "FP16" || shape.size() != 2 || shape[0] != static_cast<std::int64_t>(elements_.size()))
-        throw Error("loop: unexpected EMBEDDING " + o->dump());
-      channels = shape[1];
-      out.resize(static_cast<std::size_t>(shape[0] * shape[1]));
-      halves_.resize(out.size());
-      std::memcpy(halves_.data(), shared_->data() + embedding_offset_, out.size() * 2);
-      model::halves_to_floats(halves_.data(), out.data(), out.size());
+      channels = embedding_channels(*o);
+      if (channels != region_channels_)  // the region was sized for the model's width
+        throw Error("loop: EMBEDDING has " + std::to_string(channels) + " channels, the model said " +
+                    std::to_string(region_channels_));
+      // Read in place: the region is mapped memory, the offset a multiple of 4.
+      widen(reinterpret_cast<const std::uint16_t*>(shared_->data() + embedding_offset_),
+            elements_.size() * static_cast<std::size_t>(channels), out);
       return;
     }
     body_.assign(head_);
@@ -195,19 +195,28 @@ class Client {
     if (hl == 0 || h.is_discarded() || !h.contains("outputs") || h["outputs"].empty())
       throw Error("loop: answer without a binary EMBEDDING output");
     const json& o = h["outputs"][0];
-    const auto shape = o["shape"].get<std::vector<std::int64_t>>();
+    channels = embedding_channels(o);
     const std::size_t bytes = o["parameters"]["binary_data_size"].get<std::size_t>();
-    if (o["datatype"] != "FP16" || shape.size() != 2 || shape[0] != static_cast<std::int64_t>(elements_.size()) ||
-        bytes != static_cast<std::size_t>(shape[0] * shape[1]) * 2 || hl + bytes != res->body.size())
+    if (bytes != elements_.size() * static_cast<std::size_t>(channels) * 2 || hl + bytes != res->body.size())
       throw Error("loop: unexpected EMBEDDING " + o.dump());
-    channels = shape[1];
-    out.resize(bytes / 2);
     halves_.resize(bytes / 2);
     std::memcpy(halves_.data(), res->body.data() + hl, bytes);  // the body gives no alignment
-    model::halves_to_floats(halves_.data(), out.data(), out.size());
+    widen(halves_.data(), halves_.size(), out);
   }
 
  private:
+  // EMBEDDING as an answer describes it: FP16 [atoms, C]; returns C (throws on anything else).
+  std::int64_t embedding_channels(const json& o) const {
+    const auto shape = o["shape"].get<std::vector<std::int64_t>>();
+    if (o["datatype"] != "FP16" || shape.size() != 2 || shape[0] != static_cast<std::int64_t>(elements_.size()))
+      throw Error("loop: unexpected EMBEDDING " + o.dump());
+    return shape[1];
+  }
+  // `count` fp16 values widened into out.
+  static void widen(const std::uint16_t* bits, std::size_t count, std::vector<float>& out) {
+    out.resize(count);
+    model::halves_to_floats(bits, out.data(), count);
+  }
   static std::string answer_error(const httplib::Response& res) {
     const json e = json::parse(res.body, nullptr, false);
     return fmt::format("loop: server answered {}: {}", res.status,
@@ -226,12 +235,13 @@ class Client {
  private:
   httplib::Client http_;
   std::string path_, head_, body_;
-  std::vector<std::uint16_t> halves_;  // the answer's EMBEDDING bits
+  std::vector<std::uint16_t> halves_;  // a message answer's EMBEDDING bits
   httplib::Headers headers_;
   const std::vector<std::int32_t>& elements_;
   std::unique_ptr<SharedObject> shared_;  // --shared-memory: this loop's region
   std::string region_;
   std::size_t embedding_offset_ = 0;
+  std::int64_t region_channels_ = 0;  // the EMBEDDING width the region holds
   bool registered_ = false;
 };
 
