@@ -232,11 +232,9 @@ void Batcher::loop(EngineState& state) {
           if (key_of(*j) == key) atoms += j->n, ++count;
         return atoms >= opt_.max_batch_atoms || count >= opt_.max_batch_requests;
       };
-      cv_collect_.wait_until(lock, window_end,
-                     [&] {
-                       return draining_ || stopping_ || (!opt_.wait_full_delay && arriving_ == 0) ||
-                              ready_atoms();
-                     });
+      cv_collect_.wait_until(lock, window_end, [&] {
+        return draining_ || stopping_ || (!opt_.wait_full_delay && arriving_ == 0) || ready_atoms();
+      });
       if (queue_.empty()) continue;
       // Take, in arrival order, the jobs of the oldest job's shape that fit.
       const BatchKey take_key = key_of(*queue_.front());
