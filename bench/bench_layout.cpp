@@ -38,16 +38,21 @@ void report(benchmark::State& state, const BlockLayout& l) {
   if (l.stats.useful >= 0) state.counters["useful"] = l.stats.useful;
 }
 
-// Cutoff layout of a small globule: registered as the smoke test of this binary.
-void BM_smoke_cutoff_layout(benchmark::State& state) {
-  const Structure s = make_globule(kSmokeAtoms, kW2Density);
-  LayoutOptions opt;
+// Times build_cutoff_layout(s, opt), reports the layout and returns it.
+BlockLayout time_cutoff_layout(benchmark::State& state, const Structure& s, const LayoutOptions& opt) {
   BlockLayout l;
   for (auto _ : state) {
     l = build_cutoff_layout(s.xyz.data(), s.size(), opt);
     benchmark::DoNotOptimize(l.col_idx.data());
   }
   report(state, l);
+  return l;
+}
+
+// Cutoff layout of a small globule: registered as the smoke test of this binary.
+void BM_smoke_cutoff_layout(benchmark::State& state) {
+  const Structure s = make_globule(kSmokeAtoms, kW2Density);
+  time_cutoff_layout(state, s, LayoutOptions{});
 }
 BENCHMARK(BM_smoke_cutoff_layout)->Unit(benchmark::kMillisecond);
 
@@ -59,13 +64,8 @@ void BM_w2_cutoff_layout(benchmark::State& state) {
   opt.order = kOrders[state.range(0)];
   opt.cutoff = kW2Cutoff;
   opt.count_pairs = false;
-  BlockLayout l;
-  for (auto _ : state) {
-    l = build_cutoff_layout(s.xyz.data(), s.size(), opt);
-    benchmark::DoNotOptimize(l.col_idx.data());
-  }
+  time_cutoff_layout(state, s, opt);
   state.SetLabel(to_string(opt.order));
-  report(state, l);
 }
 BENCHMARK(BM_w2_cutoff_layout)->DenseRange(0, 2)->Unit(benchmark::kMillisecond);
 
@@ -76,13 +76,8 @@ void BM_w2_cutoff_layout_counted(benchmark::State& state) {
   opt.order = kOrders[state.range(0)];
   opt.cutoff = kW2Cutoff;
   opt.count_pairs = true;
-  BlockLayout l;
-  for (auto _ : state) {
-    l = build_cutoff_layout(s.xyz.data(), s.size(), opt);
-    benchmark::DoNotOptimize(l.col_idx.data());
-  }
+  const BlockLayout l = time_cutoff_layout(state, s, opt);
   state.SetLabel(to_string(opt.order));
-  report(state, l);
   state.counters["pairs_within"] = static_cast<double>(l.stats.pairs_within);
 }
 BENCHMARK(BM_w2_cutoff_layout_counted)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond);
@@ -96,12 +91,7 @@ void BM_1m_cutoff_layout(benchmark::State& state) {
   opt.cutoff = kW2Cutoff;
   opt.count_pairs = false;
   opt.threads = static_cast<int>(state.range(0));
-  BlockLayout l;
-  for (auto _ : state) {
-    l = build_cutoff_layout(s.xyz.data(), s.size(), opt);
-    benchmark::DoNotOptimize(l.col_idx.data());
-  }
-  report(state, l);
+  time_cutoff_layout(state, s, opt);
 }
 BENCHMARK(BM_1m_cutoff_layout)->Arg(1)->Arg(2)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime();
 
