@@ -21,9 +21,7 @@ struct KernelChoice {
   int smem;
 };
 
-// The kernel of a KernelCode (the plan checked that the GPU runs it), its dynamic shared memory
-// raised to what it needs on the current device on first use there (a function's attributes
-// are per device: a server may run the engine on several).
+// The kernel of a KernelCode (the plan checked that the GPU runs it).
 template <typename T, int D>
 KernelChoice attention_kernel(int kernel) {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
@@ -32,16 +30,24 @@ KernelChoice attention_kernel(int kernel) {
       {&fused_attention_kernel<T, D, true>, kThreads, FusedKernel<T, D>::kSmemBytesWgmma},
       {&fused_attention_kernel<T, D, false>, kThreads, FusedKernel<T, D>::kSmemBytes},
   };
+  if (kernel < 0 || kernel > 2) throw Error("fused engine: unknown kernel code " + std::to_string(kernel));
+  return choices[kernel];
+}
+
+// Raises the kernel's dynamic shared-memory limit to what it needs on the current device, once
+// per device (a function's attributes are per device: a server may run the engine on several).
+// Called when a plan is made (fused_blocks_per_sm), on the plan's device, so that launches do
+// not take a lock.
+template <typename T, int D>
+void raise_smem_limit(int kernel) {
   static std::mutex mu;
   static std::set<std::pair<int, int>> raised;  // (device, kernel)
-  if (kernel < 0 || kernel > 2) throw Error("fused engine: unknown kernel code " + std::to_string(kernel));
-  const KernelChoice& c = choices[kernel];
+  const KernelChoice c = attention_kernel<T, D>(kernel);
   int device = 0;
   PROTATTN_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mu);
   if (raised.insert({device, kernel}).second)
     PROTATTN_CUDA_CHECK(cudaFuncSetAttribute(c.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem));
-  return c;
 }
 
 template <typename T, int D>
@@ -83,6 +89,7 @@ void launch_fused(const Params& p, cudaStream_t stream) {
 
 template <typename T, int D>
 int fused_blocks_per_sm(int kernel) {
+  raise_smem_limit<T, D>(kernel);
   const KernelChoice k = attention_kernel<T, D>(kernel);
   int blocks = 0;
   PROTATTN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, k.threads, k.smem));

@@ -11,7 +11,9 @@ namespace protattn::fused {
 template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream);
 
-// Blocks of attention kernel `kernel` (a KernelCode) that fit on one multiprocessor.
+// Blocks of attention kernel `kernel` (a KernelCode) that fit on one multiprocessor. Also raises
+// the kernel's shared-memory limit on the current device: a plan calls it (on its device) before
+// any launch there.
 template <typename T, int D>
 int fused_blocks_per_sm(int kernel);
 
