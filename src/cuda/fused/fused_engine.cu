@@ -247,10 +247,6 @@ class FusedEngine final : public Engine {
     p.rescale_slack = !slack ? kRescaleSlack
                       : std::string(slack) == "always" ? -std::numeric_limits<float>::infinity()
                                                         : std::clamp(static_cast<float>(std::atof(slack)), 0.0f, 12.0f);
-    // A share of the exponentials on the FMA pipe (ws kernel, d=64, unmasked tiles);
-    // PROTATTN_FUSED_POLY_EXP=0 leaves them all to the special-function unit, for comparison.
-    const char* poly = std::getenv("PROTATTN_FUSED_POLY_EXP");
-    p.poly_exp = poly && poly[0] == '0' ? 0 : 1;
     p.part_o = fp.part_o.as<float>();
     p.part_ml = fp.part_ml.as<float>();
 

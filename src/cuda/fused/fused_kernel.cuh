@@ -180,23 +180,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-// 2^x on the FMA and integer pipes instead of the special-function unit, for a share of a
-// tile's exponentials (the ws kernel at d=64, where the exp2 on the SFU alone take as many cycles
-// as the tile's matrix products). x is split into an integer j and f in [-0.5, 0.5]: adding
-// 1.5 * 2^23 rounds x to j in the low bits of t's mantissa, 2^f comes from a cubic fitted for
-// the least relative error on that interval (at most 7.6e-5, below an fp16 P's rounding of
-// 4.9e-4), and j is added to its exponent field. Only for finite x: below -125 it gives
-// 2^-125 (about 2.4e-38) where ex2 gives 0, so it is used on unmasked tiles only, whose row
-// base is finite and whose largest probability is at least 1.
-__device__ __forceinline__ float poly_exp2(float x) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-  x = fmaxf(x, -125.0f);
-  const float t = __fadd_rn(x, kRound);
-  const float f = __fsub_rn(x, __fsub_rn(t, kRound));
-  const float p = fmaf(fmaf(fmaf(0.05516921f, f, 0.24260505f), f, 0.69326085f), f, 0.99992847f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
-
 // Masks a 16 x 64 slice of raw scores (the mma.sync back end; the wgmma one inlines the
 // same steps, which keeps its registers from spilling).
 template <int N>

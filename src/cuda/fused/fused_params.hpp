@@ -70,7 +70,6 @@ struct Params {
   std::int32_t ws_max_stages;   // cap on its ring of K/V stages (0: as many as fit)
   std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // set at launch (ws_geometry)
   float rescale_slack;          // its online softmax: rises of the max kept without rescaling
-  std::int32_t poly_exp;        // its softmax takes a share of the exp2 on the FMA pipe (d=64)
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

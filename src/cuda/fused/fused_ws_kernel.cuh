@@ -17,10 +17,6 @@
 #include "cuda/fused/fused_kernel.cuh"
 #include "cuda/fused/sm90_sync.cuh"
 
-#ifndef PROTATTN_POLY_EXP_EVERY
-#define PROTATTN_POLY_EXP_EVERY 4
-#endif
-
 namespace protattn::fused {
 
 template <typename T, int D>
@@ -45,11 +41,6 @@ struct WsKernel {
   static constexpr int kSAcc = kTile / 2;  // S accumulators per thread: 64 rows x 128 keys per warpgroup
   static constexpr int kOAcc = D / 2;
   static constexpr int kKSteps = D / 16;
-  // Share of the exponentials of an unmasked tile computed by poly_exp2 (every kPolyEvery-th
-  // pair of a row's values; 0: none), at d=64 only: there the SFU's exp2 of a 64 x 128 tile
-  // take as long as its two matrix products (8,192 at 16 per cycle per SM = 512 cycles, as
-  // the 2 x 64 x 128 x 64 multiply-adds at 1,024 per cycle), at d=128 half as long.
-  static constexpr int kPolyEvery = D == 64 ? PROTATTN_POLY_EXP_EVERY : 0;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
 };
 
@@ -245,35 +236,24 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // same after the final O / l) and the rescaling is skipped (warp-uniform: one vote).
     const bool rescale = __any_sync(0xffffffffu, grow);
     float2 alpha = make_float2(1.0f, 1.0f);
-    // kPoly: every K_::kPolyEvery-th pair of a row's values takes poly_exp2 (unmasked tiles only).
-    const auto exponentials = [&]<bool kPoly>() {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (rescale) {
-          const float base_new = m_new[r] == -INFINITY ? 0.0f : m_new[r];  // no key yet: keep exp2 finite
-          (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base_new);
-          m_row[r] = m_new[r];
-        }
-        const float base = m_row[r] == -INFINITY ? 0.0f : m_row[r];
-        float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-        for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float x = fmaf(s_acc[4 * nt + 2 * r + c], p.scale_log2, -base);
-            constexpr int every = K_::kPolyEvery > 0 ? K_::kPolyEvery : 1;
-            s_acc[4 * nt + 2 * r + c] = kPoly && nt % every == every - 1 ? poly_exp2(x) : fast_exp2(x);
-          }
-          s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
-        }
-        const float sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-        l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
+    for (int r = 0; r < 2; ++r) {
+      if (rescale) {
+        const float base_new = m_new[r] == -INFINITY ? 0.0f : m_new[r];  // no key yet: keep exp2 finite
+        (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base_new);
+        m_row[r] = m_new[r];
       }
-    };
-    if (K_::kPolyEvery > 0 && p.poly_exp && !masked)
-      exponentials.template operator()<true>();
-    else
-      exponentials.template operator()<false>();
+      const float base = m_row[r] == -INFINITY ? 0.0f : m_row[r];
+      float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+        s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+        s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+        s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+      }
+      const float sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
+    }
     rescaled = rescale;
     return alpha;
   };
