@@ -106,8 +106,8 @@ void BM_w2_spatial_order(benchmark::State& state) {
 }
 BENCHMARK(BM_w2_spatial_order)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond);
 
-// Spatial order alone on one thread: a W1-sized globule (4,096 atoms, the atom_encoder's size)
-// and the 1M globule.
+// Spatial order alone on one thread: globules of the atom_encoder's served sizes (4,096 and
+// 20,000 atoms), one at the small-sort limit (65,536) and the 1M globule.
 void BM_spatial_order_size(benchmark::State& state) {
   const Structure s = make_globule(static_cast<std::size_t>(state.range(0)), kW2Density);
   for (auto _ : state) {
@@ -115,7 +115,7 @@ void BM_spatial_order_size(benchmark::State& state) {
     benchmark::DoNotOptimize(perm.data());
   }
 }
-BENCHMARK(BM_spatial_order_size)->Arg(4096)->Arg(k1MAtoms)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_spatial_order_size)->Arg(4096)->Arg(20000)->Arg(65536)->Arg(k1MAtoms)->Unit(benchmark::kMicrosecond);
 
 void BM_w2_knn_layout(benchmark::State& state) {
   const Structure& s = w2_globule();

@@ -194,10 +194,11 @@ void expect_stable_morton_order(std::size_t n) {
 
 TEST(SpatialOrder, LargeInputsAreStablySortedByTheMortonKey) { expect_stable_morton_order((std::size_t{1} << 18) + 12345); }
 
-// Small inputs take a comparison sort (up to 4,096 atoms), the others a radix sort: the same
-// order on both sides of the switch.
+// Small inputs (up to 32,768 atoms) take a counting pass on the keys' top bits and then an
+// insertion sort per bucket, or a comparison sort for a crowded one (here the third of the atoms
+// on one point); the others a radix sort: the same order on both sides of the switch.
 TEST(SpatialOrder, SmallInputsAreStablySortedByTheMortonKey) {
-  for (std::size_t n : {2u, 3u, 100u, 4095u, 4096u, 4097u, 30000u}) expect_stable_morton_order(n);
+  for (std::size_t n : {2u, 3u, 100u, 4095u, 4096u, 4097u, 30000u, 32768u, 32769u}) expect_stable_morton_order(n);
 }
 
 TEST(CutoffLayout, CompleteAndExactAgainstBruteForce) {
