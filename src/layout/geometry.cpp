@@ -15,11 +15,26 @@ constexpr std::size_t kMaxCellsPerAtom = 2;  // grid size bound for the pair cou
 
 void bounding_box(const float* xyz, std::size_t n, float lo[3], float hi[3]) {
   for (int c = 0; c < 3; ++c) lo[c] = hi[c] = n > 0 ? xyz[c] : 0.0f;
-  for (std::size_t i = 1; i < n; ++i)
+  // Four atoms at a time into four boxes (independent chains of min and max), then merged.
+  float l4[4][3], h4[4][3];
+  for (auto& b : l4) std::copy(lo, lo + 3, b);
+  for (auto& b : h4) std::copy(hi, hi + 3, b);
+  std::size_t i = 1;
+  for (; i + 4 <= n; i += 4)
+    for (int a = 0; a < 4; ++a)
+      for (int c = 0; c < 3; ++c) {
+        l4[a][c] = std::min(l4[a][c], xyz[3 * (i + a) + c]);
+        h4[a][c] = std::max(h4[a][c], xyz[3 * (i + a) + c]);
+      }
+  for (; i < n; ++i)
     for (int c = 0; c < 3; ++c) {
-      lo[c] = std::min(lo[c], xyz[3 * i + c]);
-      hi[c] = std::max(hi[c], xyz[3 * i + c]);
+      l4[0][c] = std::min(l4[0][c], xyz[3 * i + c]);
+      h4[0][c] = std::max(h4[0][c], xyz[3 * i + c]);
     }
+  for (int c = 0; c < 3; ++c) {
+    lo[c] = std::min(std::min(l4[0][c], l4[1][c]), std::min(l4[2][c], l4[3][c]));
+    hi[c] = std::max(std::max(h4[0][c], h4[1][c]), std::max(h4[2][c], h4[3][c]));
+  }
 }
 
 void bounding_box_parallel(const float* xyz, std::size_t n, float lo[3], float hi[3], int parts) {

@@ -22,6 +22,12 @@ void validate_coords(const float* xyz, std::size_t n, const std::string& what) {
     throw Error(what + ": " + std::to_string(n) + " atoms, more than the limit of " +
                 std::to_string(kMaxAtoms));
   if (n > 0 && xyz == nullptr) throw Error(what + ": no coordinates given for " + std::to_string(n) + " atoms");
+  // One branch-free pass (NaN fails the comparison as infinities do); the loop below finds the
+  // first bad atom for the message only when there is one.
+  constexpr float kMax = static_cast<float>(kMaxAbsCoord);
+  unsigned bad = 0;
+  for (std::size_t i = 0; i < 3 * n; ++i) bad |= !(std::fabs(xyz[i]) <= kMax);
+  if (!bad) return;
   for (std::size_t i = 0; i < 3 * n; ++i) {
     const float v = xyz[i];
     if (!std::isfinite(v))
