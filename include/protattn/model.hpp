@@ -85,6 +85,7 @@ class ForwardPlan {
   virtual ~ForwardPlan() = default;
   std::vector<BlockLayout> layouts;   // one per structure, in the model's spatial order
   std::vector<std::int64_t> offsets;  // [batch + 1], atoms
+  double layouts_ms = 0;              // host time plan() took for the layouts (the rest: the backend's plan)
   std::int64_t total_n() const { return offsets.empty() ? 0 : offsets.back(); }
 };
 

@@ -1,4 +1,5 @@
 // AtomEncoder: input checks, one cutoff layout per structure, then the CPU or GPU backend.
+#include <chrono>
 #include <limits>
 #include <string>
 
@@ -68,6 +69,7 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
                 std::to_string(std::numeric_limits<std::int32_t>::max()) + "); split it");
   // The layouts the caller did not give, built on several threads (each alone: the same layouts
   // whatever the count), structures shared out by atoms.
+  const auto t0 = std::chrono::steady_clock::now();
   std::vector<BlockLayout> layouts(batch.size());
   const int parts = detail::resolve_threads(layout_threads_, static_cast<std::size_t>(offsets.back()), kAtomsPerLayoutThread);
   const std::vector<std::size_t> first = detail::weighted_ranges(offsets.data(), batch.size(), parts);
@@ -84,7 +86,10 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
   });
   for (const auto& e : errors)
     if (e) std::rethrow_exception(e);
-  return backend_->make_plan(std::move(layouts), std::move(offsets), batch);
+  const double layouts_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  auto p = backend_->make_plan(std::move(layouts), std::move(offsets), batch);
+  p->layouts_ms = layouts_ms;
+  return p;
 }
 
 void AtomEncoder::run(ForwardPlan& plan, void* stream) { backend_->run(plan, stream); }
