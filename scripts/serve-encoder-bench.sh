@@ -100,6 +100,16 @@ echo "== serving: protattn serve --engine $engine, perf_analyzer over gRPC"
   --grpc-port $((port + 1)) --log-level warn --max-queue 256 --max-batch-requests 64 --max-batch-atoms 2000000 \
   ${SERVE_ARGS:-} &
 spid=$!
+# Snapshots for the CPU accounting: machine busy and idle ticks, the server's user + system
+# ticks; and the requests the server has answered (its metrics).
+cpu_snapshot() {
+  local busy idle
+  read -r busy idle < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
+  echo "$busy $idle $(awk '{ print $14 + $15 }' "/proc/$spid/stat")"
+}
+requests_answered() {
+  curl -s "http://127.0.0.1:$port/metrics" | awk '/^protattn_requests_total/ { s += $2 } END { print s + 0 }'
+}
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null || { echo "server did not become ready" >&2; kill "$spid"; exit 1; }
 for m in $models; do
@@ -108,11 +118,16 @@ for m in $models; do
       echo "-- $m, $n atoms, concurrency $c"
       shm_args=()  # output region: room for n x 128 fp16 channels (the widest model here)
       [ "$shm" = 1 ] && shm_args=(--shared-memory system --output-shared-memory-size $((n * 128 * 2)))
-      "$pa" -m "$m" -u "127.0.0.1:$((port + 1))" -i grpc --input-data "$work/pa_$n" --concurrency-range "$c:$c" \
+      # Where the CPU goes over the perf_analyzer run: the machine's busy share (/proc/stat), the
+      # server's CPU seconds (/proc/PID/stat) per request answered, and perf_analyzer's own.
+      cpu0=$(cpu_snapshot); req0=$(requests_answered)
+      TIMEFORMAT='%R %U %S'
+      { time "$pa" -m "$m" -u "127.0.0.1:$((port + 1))" -i grpc --input-data "$work/pa_$n" --concurrency-range "$c:$c" \
         "${shm_args[@]}" \
         --shape "COORDS:$n,3" --shape "ELEMENTS:$n" --measurement-interval "$window" --max-trials 6 \
         --stability-percentage 30 --percentile 99 -f "$out/pa_${m}_${n}_c$c.csv" > "$work/pa.log" 2>&1 \
-        || { tail -3 "$work/pa.log"; status=1; }
+        || { tail -3 "$work/pa.log"; status=1; } ; } 2> "$work/pa_time.txt"
+      echo "$cpu0 $(cpu_snapshot) $req0 $(requests_answered) $(cat "$work/pa_time.txt")" > "$out/cpu_${m}_${n}_c$c.txt"
     done
   done
 done
@@ -145,6 +160,20 @@ for m in models:
                     r["infer_per_s"] = float(row["Inferences/Second"])
                     r["p50_ms"] = float(row["p50 latency"]) / 1e3
                     r["p99_ms"] = float(row["p99 latency"]) / 1e3
+            f = os.path.join(out, f"cpu_{m}_{n}_c{c}.txt")
+            if os.path.exists(f):
+                v = open(f).read().split()
+                if len(v) == 11:
+                    b0, i0, s0, b1, i1, s1, q0, q1 = (float(x) for x in v[:8])
+                    wall, pa_user, pa_sys = (float(x) for x in v[8:])
+                    hz = os.sysconf("SC_CLK_TCK")
+                    r["machine_busy"] = (b1 - b0) / max(1.0, (b1 - b0) + (i1 - i0))
+                    r["server_cpu_s"] = (s1 - s0) / hz
+                    r["client_cpu_s"] = pa_user + pa_sys
+                    r["window_s"] = wall
+                    if q1 > q0:
+                        r["server_cpu_us_per_request"] = 1e6 * r["server_cpu_s"] / (q1 - q0)
+                        r["client_cpu_us_per_request"] = 1e6 * r["client_cpu_s"] / (q1 - q0)
             f = os.path.join(out, f"offline_{m}_{n}_c{c}.json")
             if os.path.exists(f):
                 off = json.load(open(f))
@@ -171,11 +200,13 @@ json.dump({"engine": engine, "rows": rows, "loop": loop, "loop_shared_memory": l
            "targets": {"encoder_w1_4096_infer_per_s": 21550, "encoder_w1_4096_p99_ms": 5,
                        "served_over_offline": 0.8, "loop_1000_wall_s_original_claim": 0.46}},
           open(os.path.join(out, "encoder_serving.json"), "w"), indent=2)
-print(f"{'model':13} {'atoms':>6} {'conc':>4} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'offline/s':>10} {'served/off':>10}")
+print(f"{'model':13} {'atoms':>6} {'conc':>4} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'offline/s':>10} {'served/off':>10}"
+      f" {'busy':>5} {'srv us/req':>10} {'cli us/req':>10}")
 for r in rows:
     g = lambda k, f="{:.1f}": f.format(r[k]) if k in r else "-"
     print(f"{r['model']:13} {r['atoms']:6d} {r['concurrency']:4d} {g('infer_per_s'):>9} {g('p50_ms', '{:.2f}'):>8} "
-          f"{g('p99_ms', '{:.2f}'):>8} {g('offline_per_s'):>10} {g('served_over_offline', '{:.2f}'):>10}")
+          f"{g('p99_ms', '{:.2f}'):>8} {g('offline_per_s'):>10} {g('served_over_offline', '{:.2f}'):>10}"
+          f" {g('machine_busy', '{:.2f}'):>5} {g('server_cpu_us_per_request', '{:.0f}'):>10} {g('client_cpu_us_per_request', '{:.0f}'):>10}")
 if loop:
     print(f"loop: {loop}")
 if loop_shm:
