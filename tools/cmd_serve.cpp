@@ -67,6 +67,11 @@ void add_serve_command(CLI::App& app) {
                "names) and pass inputs and outputs through them instead of the message (the "
                "protocol's system_shared_memory extension; off by default: a client could then make "
                "the server read and write any shared-memory object it may open)");
+  cmd->add_option("--gpu-wait", opt->gpu_wait,
+                  "GPU engines: how an inference thread waits for its GPU: spin (lowest latency, a core "
+                  "busy meanwhile), yield, block (sleeps; frees the core for the other threads), or auto "
+                  "(CUDA's choice: spin while the process has fewer GPU contexts than cores)")
+      ->check(CLI::IsMember({"auto", "spin", "yield", "block"}))->capture_default_str();
   cmd->add_option("--batch-wait", opt->batch_wait,
                   "arrivals: the oldest request waits for company only while others are being "
                   "received and prepared; full: it always waits --max-queue-delay-ms (as Triton does); "

@@ -5,6 +5,9 @@
 #include <cstdint>
 #include <thread>
 #include <vector>
+#ifdef __linux__
+#include <pthread.h>
+#endif
 
 namespace protattn::detail {
 
@@ -28,7 +31,12 @@ void parallel_chunks(std::size_t n, int parts, F&& fn) {
   std::vector<std::thread> pool;
   for (int p = 1; p < parts; ++p) {
     const std::size_t b = std::min(n, static_cast<std::size_t>(p) * chunk), e = std::min(n, b + chunk);
-    pool.emplace_back([&fn, p, b, e] { fn(p, b, e); });
+    pool.emplace_back([&fn, p, b, e] {
+#ifdef __linux__
+      pthread_setname_np(pthread_self(), "protattn-pool");  // tells them apart in top and /proc
+#endif
+      fn(p, b, e);
+    });
   }
   fn(0, std::size_t{0}, std::min(n, chunk));
   for (auto& t : pool) t.join();

@@ -6,6 +6,7 @@
 #include <map>
 #include <tuple>
 
+#include "common.hpp"
 #include "encoder_model.hpp"
 #include "log.hpp"
 #include "protattn/engine.hpp"
@@ -62,6 +63,19 @@ void unpack(const std::vector<T>& packed, std::vector<T>& dst, int heads, std::i
                 static_cast<std::size_t>(n) * width * sizeof(T));
 }
 
+#ifdef PROTATTN_HAVE_CUDA
+// How the calling inference thread waits for `device` (--gpu-wait): auto keeps CUDA's heuristic
+// (spin while the process has fewer contexts than cores), the others set its schedule flag.
+void set_gpu_wait(int device, const std::string& how) {
+  if (how == "auto") return;
+  const unsigned flag = how == "spin"    ? cudaDeviceScheduleSpin
+                        : how == "yield" ? cudaDeviceScheduleYield
+                                         : cudaDeviceScheduleBlockingSync;
+  if (cudaSetDevice(device) != cudaSuccess || cudaSetDeviceFlags(flag) != cudaSuccess)
+    throw Error("serve: cannot set --gpu-wait " + how + " on device " + std::to_string(device));
+}
+#endif
+
 }  // namespace
 
 Batcher::Batcher(BatchOptions opt, Metrics& metrics) : opt_(std::move(opt)), metrics_(metrics) {
@@ -83,7 +97,11 @@ void Batcher::start(const std::vector<ModelSpec>& models) {
   for (std::size_t w = 0; w < opt_.devices.size(); ++w) {
     threads_.emplace_back([this, &ready, &models, w] {
       EngineState& st = *states_[w];
+      name_this_thread("protattn-infer");
       try {
+#ifdef PROTATTN_HAVE_CUDA
+        if (opt_.engine != "cpu") set_gpu_wait(st.device, opt_.gpu_wait);
+#endif
         EngineOptions eo;
         eo.threads = opt_.engine_threads;
         eo.device = st.device;

@@ -24,6 +24,7 @@ struct BatchOptions {
   double max_queue_delay_ms = 2.0;
   bool wait_full_delay = false;  // true: wait the whole delay even when no request is arriving
   int max_queue = 64;
+  std::string gpu_wait = "auto";  // GPU engines: how an inference thread waits (auto, spin, yield, block)
 };
 
 // Jobs wait in a bounded FIFO shared by the inference threads (one per device, or per cpu

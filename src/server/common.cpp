@@ -2,6 +2,9 @@
 #include "common.hpp"
 
 #include <string>
+#ifdef __linux__
+#include <pthread.h>
+#endif
 
 namespace protattn::server {
 
@@ -73,6 +76,14 @@ const TensorView& find_input(const InferCall& call, const std::string& name) {
   }
   if (!found) throw invalid("missing input '" + name + "'");
   return *found;
+}
+
+void name_this_thread(const char* name) {
+#ifdef __linux__
+  pthread_setname_np(pthread_self(), name);
+#else
+  (void)name;
+#endif
 }
 
 }  // namespace protattn::server

@@ -20,6 +20,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "common.hpp"
 #include "log.hpp"
 #include "protattn/error.hpp"
 #include "protattn/half.hpp"
@@ -44,7 +45,10 @@ class ConnectionPool final : public httplib::TaskQueue {
     std::lock_guard lock(m_);
     jobs_.push_back(std::move(fn));
     if (idle_ < jobs_.size() && threads_.size() < max_)
-      threads_.emplace_back([this] { work(); });
+      threads_.emplace_back([this] {
+        name_this_thread("protattn-http");
+        work();
+      });
     else
       cv_.notify_one();
   }

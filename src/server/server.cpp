@@ -31,6 +31,9 @@ void check_options(const Options& o) {
     throw Error("--replicas is for the cpu engine; a GPU engine takes --devices (one inference thread per GPU)");
   if (!o.devices.empty() && o.engine == "cpu")
     throw Error("--devices is for the GPU engines; the cpu engine takes --replicas");
+  if (o.gpu_wait != "auto" && o.gpu_wait != "spin" && o.gpu_wait != "yield" && o.gpu_wait != "block")
+    throw Error("--gpu-wait: auto, spin, yield or block, not '" + o.gpu_wait + "'");
+  if (o.gpu_wait != "auto" && o.engine == "cpu") throw Error("--gpu-wait is for the GPU engines");
   // A device may be listed more than once: its inference threads then overlap one batch's
   // host-side work (plan, layouts, uploads) with another's kernels.
   for (int d : o.devices)

@@ -28,6 +28,7 @@ struct Options {
   std::string batch_wait = "auto";        // arrivals: wait only while requests are being prepared;
                                           // full: always; auto: arrivals (measured best on CPU and GPU)
   int max_queue = 64;                     // requests waiting for the engine; past it: 503
+  std::string gpu_wait = "auto";          // GPU engines: how an inference thread waits for its GPU
   std::int64_t max_request_atoms = 100000;
   int max_heads = 64;
   int max_head_dim = 256;

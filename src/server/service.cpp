@@ -26,6 +26,7 @@ BatchOptions batch_options(const Options& o) {
   // waits out the whole delay.
   b.wait_full_delay = o.batch_wait == "full";
   b.max_queue = o.max_queue;
+  b.gpu_wait = o.gpu_wait;
   return b;
 }
 
