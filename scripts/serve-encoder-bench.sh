@@ -107,6 +107,16 @@ cpu_snapshot() {
   read -r busy idle < <(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)
   echo "$busy $idle $(awk '{ print $14 + $15 }' "/proc/$spid/stat")"
 }
+# Per thread of the server: "tid name ticks" (user + system), for the CPU by thread name.
+thread_snapshot() {
+  local t s rest
+  for t in /proc/"$spid"/task/*; do
+    s=$(cat "$t/stat" 2>/dev/null) || continue
+    rest=${s##*) }
+    set -- $rest
+    echo "${t##*/} $(tr -c 'A-Za-z0-9_.\n-' '_' < "$t/comm") $((${12} + ${13}))"
+  done
+}
 requests_answered() {
   curl -s "http://127.0.0.1:$port/metrics" | awk '/^protattn_requests_total/ { s += $2 } END { print s + 0 }'
 }
@@ -120,6 +130,7 @@ for m in $models; do
       [ "$shm" = 1 ] && shm_args=(--shared-memory system --output-shared-memory-size $((n * 128 * 2)))
       # Where the CPU goes over the perf_analyzer run: the machine's busy share (/proc/stat), the
       # server's CPU seconds (/proc/PID/stat) per request answered, and perf_analyzer's own.
+      thread_snapshot > "$work/threads0.txt"
       cpu0=$(cpu_snapshot); req0=$(requests_answered)
       TIMEFORMAT='%R %U %S'
       { time "$pa" -m "$m" -u "127.0.0.1:$((port + 1))" -i grpc --input-data "$work/pa_$n" --concurrency-range "$c:$c" \
@@ -128,6 +139,35 @@ for m in $models; do
         --stability-percentage 30 --percentile 99 -f "$out/pa_${m}_${n}_c$c.csv" > "$work/pa.log" 2>&1 \
         || { tail -3 "$work/pa.log"; status=1; } ; } 2> "$work/pa_time.txt"
       echo "$cpu0 $(cpu_snapshot) $req0 $(requests_answered) $(cat "$work/pa_time.txt")" > "$out/cpu_${m}_${n}_c$c.txt"
+      thread_snapshot > "$work/threads1.txt"
+      # The server's CPU by thread name over the run (threads that ended in it: "(ended)").
+      python3 - "$work/threads0.txt" "$work/threads1.txt" "$out/cpu_${m}_${n}_c$c.txt" \
+        > "$out/threads_${m}_${n}_c$c.json" <<'PY' || status=1
+import json, os, sys
+def load(f):
+    d = {}
+    for line in open(f):
+        tid, name, ticks = line.split()
+        d[tid] = (name, int(ticks))
+    return d
+t0, t1 = load(sys.argv[1]), load(sys.argv[2])
+v = open(sys.argv[3]).read().split()
+hz = os.sysconf("SC_CLK_TCK")
+server_ticks = float(v[5]) - float(v[2])
+requests = max(1.0, float(v[7]) - float(v[6]))
+by = {}
+live = 0
+for tid, (name, ticks) in t1.items():
+    d = ticks - t0.get(tid, (name, 0))[1]
+    by.setdefault(name, [0, 0])
+    by[name][0] += d
+    by[name][1] += 1
+    live += d
+by["(ended)"] = [server_ticks - live, 0]
+rows = sorted(({"name": k, "threads": n, "cpu_s": t / hz, "us_per_request": 1e6 * t / hz / requests}
+               for k, (t, n) in by.items()), key=lambda r: -r["cpu_s"])
+json.dump(rows, sys.stdout, indent=1)
+PY
     done
   done
 done
@@ -174,6 +214,9 @@ for m in models:
                     if q1 > q0:
                         r["server_cpu_us_per_request"] = 1e6 * r["server_cpu_s"] / (q1 - q0)
                         r["client_cpu_us_per_request"] = 1e6 * r["client_cpu_s"] / (q1 - q0)
+            f = os.path.join(out, f"threads_{m}_{n}_c{c}.json")
+            if os.path.exists(f):
+                r["server_threads"] = json.load(open(f))
             f = os.path.join(out, f"offline_{m}_{n}_c{c}.json")
             if os.path.exists(f):
                 off = json.load(open(f))
@@ -207,6 +250,10 @@ for r in rows:
     print(f"{r['model']:13} {r['atoms']:6d} {r['concurrency']:4d} {g('infer_per_s'):>9} {g('p50_ms', '{:.2f}'):>8} "
           f"{g('p99_ms', '{:.2f}'):>8} {g('offline_per_s'):>10} {g('served_over_offline', '{:.2f}'):>10}"
           f" {g('machine_busy', '{:.2f}'):>5} {g('server_cpu_us_per_request', '{:.0f}'):>10} {g('client_cpu_us_per_request', '{:.0f}'):>10}")
+for r in rows:
+    if r.get("server_threads"):
+        top = ", ".join(f"{t['name']} x{t['threads']} {t['us_per_request']:.0f}" for t in r["server_threads"][:5])
+        print(f"  c{r['concurrency']} server CPU us/request by thread: {top}")
 if loop:
     print(f"loop: {loop}")
 if loop_shm:
