@@ -1,6 +1,7 @@
 // protattn server: status mapping and small tensor helpers shared by both fronts.
 #include "common.hpp"
 
+#include <cstring>
 #include <string>
 #ifdef __linux__
 #include <pthread.h>
@@ -76,6 +77,17 @@ const TensorView& find_input(const InferCall& call, const std::string& name) {
   }
   if (!found) throw invalid("missing input '" + name + "'");
   return *found;
+}
+
+void write_output_to(OutputTensor& t, const ShmSpan& span, const void* src, std::size_t bytes) {
+  const ShmRef& ref = span.ref;
+  if (bytes > span.size)
+    throw invalid("output '" + t.name + "': " + std::to_string(bytes) + " bytes do not fit in the " +
+                  std::to_string(span.size) + " given in shared memory region '" + ref.region + "'");
+  std::memcpy(span.data, src, bytes);
+  t.shm = ref;
+  t.shm.byte_size = static_cast<std::int64_t>(bytes);
+  std::vector<std::uint8_t>().swap(t.data);
 }
 
 void name_this_thread(const char* name) {

@@ -71,6 +71,10 @@ inline void read_input_from(InferCall& call, TensorView& t, ShmSpan span) {
   call.input_spans.push_back(std::move(span));
 }
 
+// Writes `bytes` from `src` as output `t` into its shared-memory span and records where they
+// went (t.shm; t.data is left empty); throws invalid() when they do not fit in the span.
+void write_output_to(OutputTensor& t, const ShmSpan& span, const void* src, std::size_t bytes);
+
 struct InferResult {
   Status status;
   std::string request_id;             // the id logs carry (client's id or a generated one)

@@ -83,14 +83,21 @@ void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& 
   for (std::size_t b = 0; b < batch.size(); ++b) batch[b]->embedding = std::move(out[b]);
 }
 
-std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted) {
+std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted,
+                                         const std::vector<ShmSpan>& spans) {
   const int channels = job.model->encoder->config.channels;
-  OutputTensor e{"EMBEDDING", "FP16", {job.n, channels}, {}, {}};
-  e.data.resize(job.embedding.size() * sizeof(std::uint16_t));
-  std::memcpy(e.data.data(), job.embedding.data(), e.data.size());
-  // Every requested name is EMBEDDING (prepare_encoder refused others): copies for all but the last.
-  std::vector<OutputTensor> out(std::max<std::size_t>(wanted.size(), 1) - 1, e);
-  out.push_back(std::move(e));
+  const std::size_t bytes = job.embedding.size() * sizeof(std::uint16_t);
+  // Every requested name is EMBEDDING (prepare_encoder refused others).
+  std::vector<OutputTensor> out(std::max<std::size_t>(wanted.size(), 1),
+                                OutputTensor{"EMBEDDING", "FP16", {job.n, channels}, {}, {}});
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (i < spans.size() && spans[i].data) {
+      write_output_to(out[i], spans[i], job.embedding.data(), bytes);
+    } else {
+      out[i].data.resize(bytes);
+      std::memcpy(out[i].data.data(), job.embedding.data(), bytes);
+    }
+  }
   return out;
 }
 

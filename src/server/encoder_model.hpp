@@ -21,7 +21,9 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
 // embedding. Throws what AtomEncoder throws.
 void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch, void* stream = nullptr);
 
-// EMBEDDING FP16 [N, C], request atom order.
-std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted);
+// EMBEDDING FP16 [N, C], request atom order; an output with a shared-memory span (`spans`, one
+// per wanted output or none) is written there straight from the job, without a copy in between.
+std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted,
+                                         const std::vector<ShmSpan>& spans);
 
 }  // namespace protattn::server

@@ -83,21 +83,14 @@ void Service::record_failure(const std::string& model, const std::string& protoc
 
 namespace {
 
-// Outputs requested in shared memory are copied into their regions; the response then carries
-// only their name, type, shape and where they went. (Outputs come in the order requested.)
+// Outputs requested in shared memory are copied into their regions (unless the model's finish
+// wrote them there already); the response then carries only their name, type, shape and where
+// they went. (Outputs come in the order requested.)
 void place_in_shared_memory(const InferCall& call, std::vector<OutputTensor>& outputs) {
   for (std::size_t i = 0; i < outputs.size() && i < call.output_spans.size(); ++i) {
-    const ShmSpan& span = call.output_spans[i];
-    if (!span.data) continue;
     OutputTensor& t = outputs[i];
-    const ShmRef& ref = span.ref;
-    if (t.data.size() > span.size)
-      throw invalid("output '" + t.name + "': " + std::to_string(t.data.size()) + " bytes do not fit in the " +
-                    std::to_string(span.size) + " given in shared memory region '" + ref.region + "'");
-    std::memcpy(span.data, t.data.data(), t.data.size());
-    t.shm = ref;
-    t.shm.byte_size = static_cast<std::int64_t>(t.data.size());
-    std::vector<std::uint8_t>().swap(t.data);
+    if (call.output_spans[i].data && t.shm.region.empty())
+      write_output_to(t, call.output_spans[i], t.data.data(), t.data.size());
   }
 }
 
@@ -150,7 +143,7 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
     }
     res.status = job->status;
     if (res.status.ok()) {
-      res.outputs = model->is_encoder() ? finish_encoder(*job, call.outputs)
+      res.outputs = model->is_encoder() ? finish_encoder(*job, call.outputs, call.output_spans)
                                         : finish_attention(*job, call.outputs);
       place_in_shared_memory(call, res.outputs);
     }
@@ -162,6 +155,8 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
   if (counted_inflight) metrics_.inflight_add(-1);
   const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
   metrics_.request_done(model ? model->name : "unknown", res.status.code, secs);
+  const LogLevel level = res.status.ok() ? LogLevel::info : LogLevel::warn;
+  if (!log_enabled(level)) return res;  // the line is not built when it would be dropped
   nlohmann::json fields = {{"request_id", res.request_id}, {"protocol", call.protocol},
                            {"model", call.model}, {"outcome", outcome_label(res.status.code)},
                            {"ms", secs * 1e3}};
@@ -178,7 +173,7 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
     }
   }
   if (!res.status.ok()) fields["error"] = res.status.message;
-  log_event(res.status.ok() ? LogLevel::info : LogLevel::warn, "request", std::move(fields));
+  log_event(level, "request", std::move(fields));
   return res;
 }
 
