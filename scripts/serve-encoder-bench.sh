@@ -15,8 +15,9 @@
 # ("1 4 16 64"), WINDOW_MS (3000), LOOP_ITERS (1000; 0: no loop), SIZES ("4096 20000"),
 # MODELS ("encoder_w1 atom_encoder"), PORT (18200), THREADS (cpu engine threads, 0 = all),
 # SERVE_ARGS (more `protattn serve` options, e.g. "--devices 0,0" for two inference threads on one
-# GPU). When SERVE_ARGS has --allow-shared-memory, perf_analyzer passes inputs and outputs through
-# system shared memory (--shared-memory system) instead of the gRPC messages.
+# GPU; NAME=value words among them are set in the server's environment). When SERVE_ARGS has
+# --allow-shared-memory, perf_analyzer passes inputs and outputs through system shared memory
+# (--shared-memory system) instead of the gRPC messages.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:?usage: serve-encoder-bench.sh BIN_DIR OUT [ENGINE]}
@@ -96,9 +97,18 @@ for m in $models; do
 done
 
 echo "== serving: protattn serve --engine $engine, perf_analyzer over gRPC"
-"$protattn" serve --models "$work/models" --engine "$engine" --threads "$threads" --http-port "$port" \
-  --grpc-port $((port + 1)) --log-level warn --max-queue 256 --max-batch-requests 64 --max-batch-atoms 2000000 \
-  ${SERVE_ARGS:-} &
+# SERVE_ARGS: server options; words NAME=value among them go to its environment instead.
+serve_env=() serve_opts=()
+for a in ${SERVE_ARGS:-}; do
+  case "$a" in
+    -*) serve_opts+=("$a") ;;
+    [A-Z]*=*) serve_env+=("$a") ;;
+    *) serve_opts+=("$a") ;;
+  esac
+done
+env "${serve_env[@]}" "$protattn" serve --models "$work/models" --engine "$engine" --threads "$threads" \
+  --http-port "$port" --grpc-port $((port + 1)) --log-level warn --max-queue 256 --max-batch-requests 64 \
+  --max-batch-atoms 2000000 "${serve_opts[@]}" &
 spid=$!
 # Snapshots for the CPU accounting: machine busy and idle ticks, the server's user + system
 # ticks; and the requests the server has answered (its metrics).
