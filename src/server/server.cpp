@@ -3,12 +3,7 @@
 
 #include <pthread.h>
 #include <signal.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
-#include <cstdlib>
-#include <cstring>
 #include <thread>
 
 #include "grpc_front.hpp"
@@ -92,27 +87,9 @@ int grpc_thread_budget(const Options& opt) {
   return opt.max_queue + opt.max_batch_requests + 16;
 }
 
-namespace {
-
-// Every request allocates buffers of its size (a 4,096-atom atom_encoder answer is 512 KiB):
-// glibc would map each one past its mmap threshold fresh and unmap it on free, so every request
-// paid its pages' faults and zeroing again. Kept in the heap and not trimmed, freed buffers are
-// reused as they are. PROTATTN_SERVE_MALLOC=default keeps glibc's behaviour (for comparison).
-void keep_freed_memory() {
-#ifdef __GLIBC__
-  const char* e = std::getenv("PROTATTN_SERVE_MALLOC");
-  if (e && std::strcmp(e, "default") == 0) return;
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  mallopt(M_TRIM_THRESHOLD, 512 << 20);
-#endif
-}
-
-}  // namespace
-
 int run(const Options& opt) {
   check_options(opt);
   set_log_level(parse_log_level(opt.log_level));
-  keep_freed_memory();
   std::vector<ModelSpec> models = load_repository(opt.model_repository);
   SignalMask signals;
 
