@@ -307,6 +307,15 @@ TEST_F(ModelTest, LayoutBuiltByTheCallerGivesTheSameEmbedding) {
   ia.layout = &la;
   ib.layout = &lb;
   EXPECT_EQ(enc.forward({ib, ia}), enc.forward({b.input(), a.input()}));
+  {
+    // Taken instead of copied: the same embedding, and the caller's layout is left empty.
+    BlockLayout taken = la;
+    AtomInput it = a.input();
+    it.layout_to_take = &taken;
+    EXPECT_EQ(enc.forward({ib, it}), enc.forward({b.input(), a.input()}));
+    EXPECT_EQ(taken.n, 0);
+    EXPECT_TRUE(taken.perm.empty());
+  }
   // A layout of other options, or of another structure, is refused naming the structure.
   LayoutOptions other = opt;
   other.tile = 64;

@@ -70,10 +70,13 @@ Model load_model(const std::string& path);
 // `layout`, when given, is this structure's layout built by the caller with
 // layout_options(config) from these coordinates (a server builds it on the thread that received
 // the request, so the inference thread does not); plan() checks that it fits and copies it.
+// `layout_to_take` is the same, but plan() moves it into the plan (the caller gives it up; it is
+// left empty).
 struct AtomInput {
   std::span<const float> coords;
   std::span<const std::int32_t> elements;
   const BlockLayout* layout = nullptr;
+  BlockLayout* layout_to_take = nullptr;
 };
 
 // Embedding of one structure: fp16 bits, [n, channels] row-major, in INPUT atom order.

@@ -55,8 +55,9 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
         throw Error(what + ": atom " + std::to_string(i) + " has atomic number " + std::to_string(in.elements[i]) +
                     " (valid: 0.." + std::to_string(kMaxElement) + ")");
     validate_coords(in.coords.data(), n, what);
-    if (in.layout) {
-      const BlockLayout& l = *in.layout;
+    if (in.layout && in.layout_to_take) throw Error(what + ": give its layout as layout or layout_to_take, not both");
+    if (const BlockLayout* given = in.layout_to_take ? in.layout_to_take : in.layout) {
+      const BlockLayout& l = *given;
       if (static_cast<std::size_t>(l.n) != n || l.tile != opt.tile || l.cutoff != opt.cutoff || l.mask != opt.mask ||
           l.order != opt.order || l.builder != "cutoff")
         throw Error(what + ": the layout given was not built by layout_options(config) for its " + std::to_string(n) +
@@ -68,16 +69,28 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
     throw Error("atom_encoder: the batch holds " + std::to_string(offsets.back()) + " atoms (most: " +
                 std::to_string(std::numeric_limits<std::int32_t>::max()) + "); split it");
   // The layouts the caller did not give, built on several threads (each alone: the same layouts
-  // whatever the count), structures shared out by atoms.
+  // whatever the count), structures shared out by atoms; given ones are copied or taken.
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<BlockLayout> layouts(batch.size());
-  const int parts = detail::resolve_threads(layout_threads_, static_cast<std::size_t>(offsets.back()), kAtomsPerLayoutThread);
+  std::int64_t atoms_to_build = 0;
+  for (std::size_t b = 0; b < batch.size(); ++b) {
+    const AtomInput& in = batch[b];
+    if (in.layout_to_take) {
+      layouts[b] = std::move(*in.layout_to_take);
+      *in.layout_to_take = BlockLayout{};
+    } else if (!in.layout) {
+      atoms_to_build += offsets[b + 1] - offsets[b];
+    }
+  }
+  const int parts = atoms_to_build == 0 ? 1
+                    : detail::resolve_threads(layout_threads_, static_cast<std::size_t>(offsets.back()), kAtomsPerLayoutThread);
   const std::vector<std::size_t> first = detail::weighted_ranges(offsets.data(), batch.size(), parts);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
   detail::parallel_ranges(first, [&](int part, std::size_t begin, std::size_t end) {
     try {
       for (std::size_t b = begin; b < end; ++b) {
         const AtomInput& in = batch[b];
+        if (in.layout_to_take) continue;  // taken above
         layouts[b] = in.layout ? *in.layout : build_cutoff_layout(in.coords.data(), in.elements.size(), opt);
       }
     } catch (...) {

@@ -76,7 +76,8 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
 void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch, void* stream) {
   std::vector<AtomInput> inputs;
   inputs.reserve(batch.size());
-  for (const auto& j : batch) inputs.push_back({j->coords, j->elements, &j->layout});
+  // Each job's layout moves into the plan (the job does not need it after).
+  for (const auto& j : batch) inputs.push_back({j->coords, j->elements, nullptr, &j->layout});
   auto plan = encoder.plan(inputs);
   encoder.run(*plan, stream);
   std::vector<Embedding> out = encoder.fetch(*plan, stream);
