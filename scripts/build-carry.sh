@@ -67,6 +67,23 @@ else
   echo "build-carry: no perf_analyzer in $pa_dir (scripts/setup-server.sh installs it): serving runs without it" >&2
 fi
 
+# WITH_PERF=1: this machine's perf (Debian linux-perf, not a project dependency; for profiling
+# the server on the GPU machine, which has none) with the libraries it loads, as .carry/perf.tar.gz.
+rm -f "$carry/perf.tar.gz"
+if [ "${WITH_PERF:-0}" = 1 ]; then
+  perf_bin=$(command -v perf || true)
+  if [ -n "$perf_bin" ]; then
+    mkdir -p "$carry/perf"
+    cp -L "$perf_bin" "$carry/perf/perf.bin"
+    ldd "$perf_bin" | awk '/=> \// { print $3 }' | while read -r lib; do
+      case "$(basename "$lib")" in libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*) ;; *) cp -L -n "$lib" "$carry/perf/" ;; esac
+    done
+    tar -C "$carry" -czf "$carry/perf.tar.gz" perf && rm -rf "$carry/perf"
+  else
+    echo "build-carry: WITH_PERF=1 but no perf here (apt-get install linux-perf)" >&2
+  fi
+fi
+
 tar -C "$carry" -czf "$carry/lib.tar.gz" lib && rm -rf "$carry/lib"
 if [ -n "$(ls -A "$carry/pa")" ]; then tar -C "$carry" -czf "$carry/pa.tar.gz" pa; fi
 rm -rf "$carry/pa"

@@ -6,7 +6,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 [ -x .carry/bin/protattn ] || { echo "gpu-carry-run: .carry/bin/protattn missing (run scripts/build-carry.sh and carry .carry)" >&2; exit 2; }
-for t in lib pa alt; do [ -f ".carry/$t.tar.gz" ] && tar -C .carry -xzf ".carry/$t.tar.gz"; done
+for t in lib pa alt perf; do [ -f ".carry/$t.tar.gz" ] && tar -C .carry -xzf ".carry/$t.tar.gz"; done
 mkdir -p tests/data
 cp .carry/data/*.pdb tests/data/ 2>/dev/null
 [ -f .carry/data/6zu5.cif.gz ] && gunzip -c .carry/data/6zu5.cif.gz > tests/data/6zu5.cif
@@ -18,6 +18,14 @@ LD_LIBRARY_PATH="$root/.carry/pa:\$LD_LIBRARY_PATH" exec "$root/.carry/pa/perf_a
 SH
   chmod +x .carry/pa/perf_analyzer
   export PERF_ANALYZER="$root/.carry/pa/perf_analyzer"
+fi
+if [ -x .carry/perf/perf.bin ]; then  # WITH_PERF=1 in build-carry.sh: the build machine's perf
+  cat > .carry/perf/perf <<SH
+#!/bin/sh
+LD_LIBRARY_PATH="$root/.carry/perf:\$LD_LIBRARY_PATH" exec "$root/.carry/perf/perf.bin" "\$@"
+SH
+  chmod +x .carry/perf/perf
+  export PERF_BIN="$root/.carry/perf/perf"
 fi
 echo "gpu-carry-run: binaries of $(cat .carry/COMMIT 2>/dev/null || echo unknown)"
 for kv in "$@"; do export "$kv"; done

@@ -142,6 +142,13 @@ for m in $models; do
       # server's CPU seconds (/proc/PID/stat) per request answered, and perf_analyzer's own.
       thread_snapshot > "$work/threads0.txt"
       cpu0=$(cpu_snapshot); req0=$(requests_answered)
+      # PERF_BIN (a perf binary): a CPU profile of the whole machine (server and perf_analyzer,
+      # by thread name) over 4 s of the highest concurrency.
+      perf_pid=""
+      if [ -n "${PERF_BIN:-}" ] && [ "$c" = "${conc##* }" ]; then
+        ( sleep 2; "$PERF_BIN" record -a -F 499 -g -o "$work/perf.data" -- sleep 4 ) > "$work/perf_record.log" 2>&1 &
+        perf_pid=$!
+      fi
       TIMEFORMAT='%R %U %S'
       { time "$pa" -m "$m" -u "127.0.0.1:$((port + 1))" -i grpc --input-data "$work/pa_$n" --concurrency-range "$c:$c" \
         "${shm_args[@]}" \
@@ -150,6 +157,21 @@ for m in $models; do
         || { tail -3 "$work/pa.log"; status=1; } ; } 2> "$work/pa_time.txt"
       echo "$cpu0 $(cpu_snapshot) $req0 $(requests_answered) $(cat "$work/pa_time.txt")" > "$out/cpu_${m}_${n}_c$c.txt"
       thread_snapshot > "$work/threads1.txt"
+      if [ -n "$perf_pid" ]; then
+        wait "$perf_pid"
+        if [ -s "$work/perf.data" ]; then
+          trim() { sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//'; }
+          "$PERF_BIN" report -i "$work/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null | trim \
+            > "$out/perf_threads_${m}_${n}_c$c.txt"
+          "$PERF_BIN" report -i "$work/perf.data" --no-children --sort comm,dso,symbol --stdio --percent-limit 0.3 -g none \
+            2>/dev/null | trim > "$out/perf_self_${m}_${n}_c$c.txt"
+          "$PERF_BIN" report -i "$work/perf.data" --children --sort symbol --stdio --percent-limit 2 -g none 2>/dev/null | trim \
+            > "$out/perf_children_${m}_${n}_c$c.txt"
+          echo "  perf profile of the server at $c in flight: perf_self_${m}_${n}_c$c.txt"
+        else
+          echo "  perf record failed: $(tail -2 "$work/perf_record.log")"
+        fi
+      fi
       # The server's CPU by thread name over the run (threads that ended in it: "(ended)").
       python3 - "$work/threads0.txt" "$work/threads1.txt" "$out/cpu_${m}_${n}_c$c.txt" \
         > "$out/threads_${m}_${n}_c$c.json" <<'PY' || status=1
