@@ -150,6 +150,29 @@ void BM_ribosome_read_order_tile(benchmark::State& state) {
 }
 BENCHMARK(BM_ribosome_read_order_tile)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// What the server does per atom_encoder request of the serving benchmark: the cutoff layout
+// (Hilbert order, 8 A, 128-atom tiles, pairs not counted) of the first 4,096 atoms of 2HHB.
+void BM_served_request_layout(benchmark::State& state) {
+  const std::string path = data_file("2hhb.pdb");
+  if (!std::filesystem::exists(path)) {
+    state.SkipWithError(("missing " + path).c_str());
+    return;
+  }
+  const Structure s = read_structure(path);
+  const std::size_t n = std::min<std::size_t>(4096, s.size());
+  LayoutOptions opt;
+  opt.order = Order::hilbert;
+  opt.cutoff = 8.0f;
+  opt.count_pairs = false;
+  BlockLayout l;
+  for (auto _ : state) {
+    l = build_cutoff_layout(s.xyz.data(), n, opt);
+    benchmark::DoNotOptimize(l.col_idx.data());
+  }
+  report(state, l);
+}
+BENCHMARK(BM_served_request_layout)->Unit(benchmark::kMicrosecond);
+
 void BM_ribosome_read(benchmark::State& state) {
   const std::string path = data_file("6zu5.cif");
   if (!std::filesystem::exists(path)) {
