@@ -133,6 +133,40 @@ TEST(ModelGpu, MatchesCpuWithTilesMaskAndHeadDim128) {
   compare(gpu.forward(data.batch()), cpu.forward(data.batch()), "batch 2hhb+1ubq, mask tiles, d=128, C=96, 3 layers");
 }
 
+// Embeddings fetched into the caller's memory (as a server does into registered shared memory):
+// one structure into page-locked memory, one into ordinary memory, one the usual way; the same
+// bits as the plain fetch, poisoned destinations fully overwritten, the returned ones empty.
+TEST(ModelGpu, FetchIntoDestinationsGivesTheSameBits) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Loaded data = load({"1ubq.pdb", "2hhb.pdb", "1ejg.pdb"});
+  AtomEncoder gpu(init_model(ModelConfig{}, 4), "fused");
+  auto plan = gpu.plan(data.batch());
+  gpu.run(*plan);
+  const auto plain = gpu.fetch(*plan);
+  ASSERT_EQ(plain.size(), 3u);
+  std::uint16_t* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(&pinned, plain[0].size() * sizeof(std::uint16_t)), cudaSuccess);
+  std::fill(pinned, pinned + plain[0].size(), std::uint16_t{0x7e00});  // fp16 NaN
+  std::vector<std::uint16_t> ordinary(plain[2].size(), 0x7e00);
+  gpu.run(*plan);
+  const auto got = gpu.fetch(*plan, nullptr, {pinned, nullptr, ordinary.data()});
+  EXPECT_TRUE(got[0].empty());
+  EXPECT_TRUE(got[2].empty());
+  EXPECT_EQ(got[1], plain[1]);
+  EXPECT_EQ(std::vector<std::uint16_t>(pinned, pinned + plain[0].size()), plain[0]);
+  EXPECT_EQ(ordinary, plain[2]);
+  cudaFreeHost(pinned);
+  // Every structure to a destination: no staged copy at all.
+  std::vector<std::vector<std::uint16_t>> all;
+  std::vector<void*> dests;
+  for (const auto& e : plain) all.emplace_back(e.size(), 0x7e00);
+  for (auto& a : all) dests.push_back(a.data());
+  gpu.run(*plan);
+  gpu.fetch(*plan, nullptr, dests);
+  for (std::size_t b = 0; b < plain.size(); ++b) EXPECT_EQ(all[b], plain[b]) << "structure " << b;
+  EXPECT_THROW(gpu.fetch(*plan, nullptr, {nullptr}), Error);  // one destination for three structures
+}
+
 TEST(ModelGpu, RunIsDeterministicAndCapturable) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const Loaded data = load({"1ubq.pdb", "2hhb.pdb"});

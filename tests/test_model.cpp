@@ -296,6 +296,21 @@ TEST_F(ModelTest, ForwardIsDeterministicAndBatchIndependent) {
   EXPECT_GT(ss / static_cast<double>(one[0].size()), 0.5);
 }
 
+TEST_F(ModelTest, FetchIntoDestinationsGivesTheSameBits) {
+  // A structure's embedding written into the caller's memory instead of returned: the same bits.
+  const Inputs a = read_inputs("1ubq.pdb"), b = read_inputs("1ejg.pdb");
+  AtomEncoder enc(init_model(small_config(), 5), "cpu");
+  auto plan = enc.plan({a.input(), b.input()});
+  enc.run(*plan);
+  const auto plain = enc.fetch(*plan);
+  std::vector<std::uint16_t> dest(plain[1].size(), 0x7e00);  // fp16 NaN
+  const auto got = enc.fetch(*plan, nullptr, {nullptr, dest.data()});
+  EXPECT_EQ(got[0], plain[0]);
+  EXPECT_TRUE(got[1].empty());
+  EXPECT_EQ(dest, plain[1]);
+  EXPECT_THROW(enc.fetch(*plan, nullptr, {dest.data()}), Error);  // one destination for two structures
+}
+
 TEST_F(ModelTest, LayoutBuiltByTheCallerGivesTheSameEmbedding) {
   // A server builds each structure's layout on the thread that received it; the plan takes it.
   const Inputs a = read_inputs("1ubq.pdb"), b = read_inputs("1ejg.pdb");

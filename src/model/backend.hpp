@@ -17,7 +17,9 @@ struct AtomEncoder::Backend {
                                                  const std::vector<AtomInput>& batch) = 0;
   virtual void run(ForwardPlan& plan, void* stream) = 0;
   virtual void wait(void* stream) = 0;
-  virtual std::vector<Embedding> fetch(ForwardPlan& plan, void* stream) = 0;
+  // dests: empty, or one per structure; a non-null one receives that structure's embedding
+  // (n x channels fp16, input order) and its returned Embedding stays empty.
+  virtual std::vector<Embedding> fetch(ForwardPlan& plan, void* stream, const std::vector<void*>& dests) = 0;
 };
 
 namespace model {

@@ -265,16 +265,20 @@ class CpuBackend final : public AtomEncoder::Backend {
 
   void wait(void*) override {}  // run() is synchronous
 
-  std::vector<Embedding> fetch(ForwardPlan& plan, void*) override {
+  std::vector<Embedding> fetch(ForwardPlan& plan, void*, const std::vector<void*>& dests) override {
     auto& p = as_cpu(plan);
     if (!p.ran) throw Error("atom_encoder: fetch before run");
     const int C = model_.config.channels;
     std::vector<Embedding> out(p.layouts.size());
     for (std::size_t b = 0; b < out.size(); ++b) {
-      out[b].resize(static_cast<std::size_t>(p.offsets[b + 1] - p.offsets[b]) * C);
+      std::uint16_t* to = b < dests.size() ? static_cast<std::uint16_t*>(dests[b]) : nullptr;
+      if (!to) {
+        out[b].resize(static_cast<std::size_t>(p.offsets[b + 1] - p.offsets[b]) * C);
+        to = out[b].data();
+      }
       for (std::int64_t r = p.offsets[b]; r < p.offsets[b + 1]; ++r) {
         const std::int64_t row = p.dest[r] - p.offsets[b];
-        floats_to_halves(p.y.data() + r * C, out[b].data() + row * C, C);
+        floats_to_halves(p.y.data() + r * C, to + row * C, C);
       }
     }
     return out;

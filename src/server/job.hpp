@@ -32,6 +32,14 @@ struct Job {
   std::vector<float> coords;            // (n, 3)
   std::vector<std::int32_t> elements;   // (n)
   std::vector<std::uint16_t> embedding; // (n, channels) fp16, request order
+  // atom_encoder whose one output is in a CUDA-registered shared-memory span: the inference
+  // thread has the embedding copied there from the device (out_written) instead of into
+  // `embedding`. out_mapping keeps the region mapped until then. out_claim: 0 nobody yet, 1 the
+  // inference thread copies, 2 the network thread gave the request up first (no copy then).
+  std::uint8_t* out_dest = nullptr;
+  std::shared_ptr<void> out_mapping;
+  std::atomic<int> out_claim{0};
+  bool out_written = false;
   Clock::time_point enqueued{};
   Clock::time_point deadline = Clock::time_point::max();
   std::atomic<bool> abandoned{false};   // the client left or the deadline passed: skip it

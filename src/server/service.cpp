@@ -40,6 +40,9 @@ Service::Service(const Options& opt, std::vector<ModelSpec> models)
   limits_.max_atoms = opt.max_request_atoms;
   limits_.max_heads = opt.max_heads;
   limits_.max_head_dim = opt.max_head_dim;
+  // With a GPU engine, shared-memory regions are registered with CUDA as they are added, so
+  // that atom_encoder answers are copied into them from the device directly.
+  shm_.pin_for_gpu(opt.allow_shared_memory && opt.engine != "cpu");
 }
 
 void Service::start() {
@@ -129,15 +132,25 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
                        draining_ ? "server is shutting down"
                                  : "queue full (" + std::to_string(opt_.max_queue) +
                                        " requests waiting); retry later");
+    // Giving a request up: the inference thread skips it; if it is already copying the answer
+    // into the client's shared memory, that copy is waited for (it is short), so that nothing is
+    // written there after the client was told the request failed.
+    const auto give_up = [&job] {
+      job->abandoned = true;
+      int free_claim = 0;
+      if (job->out_dest && !job->out_claim.compare_exchange_strong(free_claim, 2))
+        while (!job->wait_until(Clock::now() + std::chrono::seconds(1))) {
+        }
+    };
     for (;;) {
       const auto slice = std::min(Clock::now() + kPollSlice, job->deadline);
       if (job->wait_until(slice)) break;
       if (Clock::now() >= job->deadline) {
-        job->abandoned = true;
+        give_up();
         throw ServeError(Code::deadline_exceeded, "deadline passed before the result was ready");
       }
       if (client_gone && client_gone()) {
-        job->abandoned = true;
+        give_up();
         throw ServeError(Code::cancelled, "client went away");
       }
     }

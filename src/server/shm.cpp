@@ -9,6 +9,10 @@
 #include <cerrno>
 #include <cstring>
 
+#ifdef PROTATTN_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 #include "common.hpp"
 
 namespace protattn::server {
@@ -52,7 +56,22 @@ void ShmRegistry::add(const std::string& name, const std::string& key, std::uint
     throw invalid("shared memory region '" + name + "': cannot map key '" + key + "': " + std::strerror(map_errno));
   Entry e;
   e.region = {name, key, offset, byte_size};
-  e.mapping = std::shared_ptr<void>(p, [length](void* q) { munmap(q, length); });
+#ifdef PROTATTN_HAVE_CUDA
+  if (pin_) {
+    const std::size_t pinned_length = (length + page - 1) / page * page;  // whole pages, as mapped
+    e.pinned = cudaHostRegister(p, pinned_length, cudaHostRegisterPortable) == cudaSuccess;
+    if (!e.pinned) cudaGetLastError();  // not an error: answers are then copied by the CPU
+  }
+  if (e.pinned) {
+    e.mapping = std::shared_ptr<void>(p, [length](void* q) {
+      cudaHostUnregister(q);
+      munmap(q, length);
+    });
+  } else
+#endif
+  {
+    e.mapping = std::shared_ptr<void>(p, [length](void* q) { munmap(q, length); });
+  }
   e.base = static_cast<std::uint8_t*>(p) + (offset - start);
   std::lock_guard<std::mutex> lock(mu_);
   if (!regions_.emplace(name, std::move(e)).second)  // registered by another call meanwhile
@@ -92,7 +111,8 @@ ShmSpan ShmRegistry::span(const ShmRef& ref, const std::string& what) const {
     throw invalid(what + ": offset " + std::to_string(ref.offset) + " + byte_size " + std::to_string(ref.byte_size) +
                   " passes the end of shared memory region '" + ref.region + "' (" + std::to_string(r.byte_size) +
                   " bytes)");
-  return {it->second.mapping, it->second.base + ref.offset, static_cast<std::size_t>(ref.byte_size), ref};
+  return {it->second.mapping, it->second.base + ref.offset, static_cast<std::size_t>(ref.byte_size), ref,
+          it->second.pinned};
 }
 
 }  // namespace protattn::server

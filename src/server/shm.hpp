@@ -27,7 +27,8 @@ struct ShmSpan {
   std::shared_ptr<void> mapping;
   std::uint8_t* data = nullptr;
   std::size_t size = 0;
-  ShmRef ref;  // what named it
+  ShmRef ref;           // what named it
+  bool pinned = false;  // the region is registered with CUDA: the GPU can copy into it directly
 };
 
 class ShmRegistry {
@@ -48,13 +49,18 @@ class ShmRegistry {
   // The bytes `ref` names, checked against its region (unknown region, range outside it: errors
   // that name `what`, the tensor).
   ShmSpan span(const ShmRef& ref, const std::string& what) const;
+  // Regions added from now on are also registered with CUDA (page-locked, for every device), so
+  // that a GPU engine copies answers into them directly; a region CUDA refuses is used as is.
+  void pin_for_gpu(bool on) { pin_ = on; }
 
  private:
   struct Entry {
     Region region;
     std::shared_ptr<void> mapping;  // munmap'd when the last holder lets go
     std::uint8_t* base = nullptr;   // the region's first byte
+    bool pinned = false;
   };
+  bool pin_ = false;
   mutable std::mutex mu_;
   std::map<std::string, Entry> regions_;
 };

@@ -218,23 +218,41 @@ class GpuBackend final : public AtomEncoder::Backend {
     PROTATTN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr)));
   }
 
-  std::vector<Embedding> fetch(ForwardPlan& plan, void* stream_ptr) override {
+  std::vector<Embedding> fetch(ForwardPlan& plan, void* stream_ptr, const std::vector<void*>& dests) override {
     GpuPlan& p = as_gpu(plan);
     if (!p.ran) throw Error("atom_encoder: fetch before run");
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
     const std::size_t row_bytes = static_cast<std::size_t>(config_.channels) * sizeof(__half);
     const std::size_t nb = p.layouts.size();
     const auto total = static_cast<std::size_t>(p.total_n()) * row_bytes;
+    const auto stream = static_cast<cudaStream_t>(stream_ptr);
     std::vector<Embedding> out(nb);
+    // Structures with a destination: one copy each from the device (a direct one when the
+    // destination is pinned or registered, as a server's shared-memory regions are).
+    bool staged = dests.empty();
+    for (std::size_t b = 0; b < nb && !dests.empty(); ++b) {
+      if (!dests[b]) {
+        staged = true;
+        continue;
+      }
+      const std::size_t sb = static_cast<std::size_t>(p.offsets[b]) * row_bytes;
+      const std::size_t se = static_cast<std::size_t>(p.offsets[b + 1]) * row_bytes;
+      PROTATTN_CUDA_CHECK(cudaMemcpyAsync(dests[b], p.out.as<std::uint8_t>() + sb, se - sb, cudaMemcpyDeviceToHost, stream));
+    }
+    if (!staged) {
+      PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+      return out;
+    }
     // The structures' rows are consecutive in p.out: staged copies of all of it, each piece
     // copied out by several threads (one thread writes fresh memory at a few GB/s), the
     // structures shared out by atoms.
     const int parts = detail::resolve_threads(0, total, kFetchBytesPerThread);
     const std::vector<std::size_t> first = detail::weighted_ranges(p.offsets.data(), nb, parts);
-    cuda::download(p.out.get(), total, static_cast<cudaStream_t>(stream_ptr),
+    cuda::download(p.out.get(), total, stream,
                    [&](std::size_t off, const std::uint8_t* data, std::size_t n) {
                      detail::parallel_ranges(first, [&](int, std::size_t begin, std::size_t end) {
                        for (std::size_t b = begin; b < end; ++b) {
+                         if (!dests.empty() && dests[b]) continue;  // copied above
                          const std::size_t sb = static_cast<std::size_t>(p.offsets[b]) * row_bytes;
                          const std::size_t se = static_cast<std::size_t>(p.offsets[b + 1]) * row_bytes;
                          const std::size_t lo = std::max(sb, off), hi = std::min(se, off + n);
