@@ -21,7 +21,7 @@ struct BatchOptions {
   std::vector<int> devices{0};  // one inference thread (and engine) per entry; at least one
   std::int64_t max_batch_atoms = 65536;
   int max_batch_requests = 64;
-  double max_queue_delay_ms = 2.0;
+  double max_queue_delay_ms = 0.0;
   bool wait_full_delay = false;  // true: wait the whole delay even when no request is arriving
   int max_queue = 64;
   std::string gpu_wait = "auto";  // GPU engines: how an inference thread waits (auto, spin, yield, block)

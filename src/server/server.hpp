@@ -24,7 +24,7 @@ struct Options {
   int replicas = 1;                  // cpu engine: inference threads, each with engine_threads workers
   std::int64_t max_batch_atoms = 65536;   // atoms of one ragged batch (one engine run)
   int max_batch_requests = 64;            // requests of one batch
-  double max_queue_delay_ms = 2.0;        // the oldest request waits at most this for company
+  double max_queue_delay_ms = 0.0;        // the oldest request waits at most this for company (0: never)
   std::string batch_wait = "auto";        // arrivals: wait only while requests are being prepared;
                                           // full: always; auto: arrivals (measured best on CPU and GPU)
   int max_queue = 64;                     // requests waiting for the engine; past it: 503
