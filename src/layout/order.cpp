@@ -86,23 +86,26 @@ class HilbertTable {
       }
     }
   }
-  // Four keys at once, two levels per lookup after the first: four independent chains of
-  // lookups interleaved (one chain is a run of dependent loads; the processor overlaps the four).
+  // W keys at once, two levels per lookup after the first: W independent chains of lookups
+  // interleaved (one chain is a run of dependent loads; the processor overlaps them). Eight
+  // measured 5% faster than four on the build machine (a served request's layout 114 -> 108 us),
+  // sixteen no faster.
   // The digits come from the bits interleaved once (x in the low bit of each triple), so a step
   // of the chain is a shift, a mask and the lookup.
-  void key4(const std::uint32_t (&x)[4], const std::uint32_t (&y)[4], const std::uint32_t (&z)[4],
-            std::uint64_t (&out)[4]) const {
+  template <int W>
+  void keys(const std::uint32_t (&x)[W], const std::uint32_t (&y)[W], const std::uint32_t (&z)[W],
+            std::uint64_t (&out)[W]) const {
     static_assert(kKeyBits % 2 == 1, "one single level, then pairs");
-    std::uint64_t m[4];
-    unsigned s[4];
-    for (int j = 0; j < 4; ++j) {
+    std::uint64_t m[W];
+    unsigned s[W];
+    for (int j = 0; j < W; ++j) {
       m[j] = spread3(x[j]) | (spread3(y[j]) << 1) | (spread3(z[j]) << 2);
       const unsigned e0 = entry_[0][(m[j] >> (3 * (kKeyBits - 1))) & 7];
       out[j] = e0 & 7;
       s[j] = e0 >> 3;
     }
     for (int b = kKeyBits - 2; b > 0; b -= 2) {
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < W; ++j) {
         const unsigned e = entry2_[s[j]][(m[j] >> (3 * (b - 1))) & 63];
         out[j] = (out[j] << 6) | (e & 63);
         s[j] = e >> 6;
@@ -407,18 +410,19 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
       for (std::size_t i = b; i < e; ++i)
         keys[i] = (spread3(quant(i, 0)) << 2) | (spread3(quant(i, 1)) << 1) | spread3(quant(i, 2));
     } else {
-      // Four atoms at a time; the last group of a chunk repeats its last atom to fill the four.
-      for (std::size_t i = b; i < e; i += 4) {
-        std::uint32_t qx[4], qy[4], qz[4];
-        std::uint64_t k4[4];
-        for (std::size_t j = 0; j < 4; ++j) {
+      // kW atoms at a time; the last group of a chunk repeats its last atom to fill the group.
+      constexpr std::size_t kW = 8;
+      for (std::size_t i = b; i < e; i += kW) {
+        std::uint32_t qx[kW], qy[kW], qz[kW];
+        std::uint64_t k4[kW];
+        for (std::size_t j = 0; j < kW; ++j) {
           const std::size_t a = std::min(i + j, e - 1);
           qx[j] = quant(a, 0);
           qy[j] = quant(a, 1);
           qz[j] = quant(a, 2);
         }
-        table.key4(qx, qy, qz, k4);
-        for (std::size_t j = 0; j < 4 && i + j < e; ++j) keys[i + j] = k4[j];
+        table.keys<kW>(qx, qy, qz, k4);
+        for (std::size_t j = 0; j < kW && i + j < e; ++j) keys[i + j] = k4[j];
       }
     }
   });
