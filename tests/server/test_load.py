@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,27 @@ def test_lone_request_does_not_wait_for_company(make_server, ubq):
         code, o = post_binary(s.url, data, headers)
         assert code == 200 and np.array_equal(o, ubq["o"])
         assert time.monotonic() - t0 < 2.0
+
+
+def test_threads_are_named(make_server, ubq):
+    # The server names its threads so that per-thread CPU (top -H, /proc/PID/task, the serving
+    # benchmark's accounting) tells the inference threads and the HTTP connections apart.
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("no /proc")
+    s = make_server("--replicas", "2", "--threads", "1")
+    data, headers = binary_request(ubq)
+    code, _ = post_binary(s.url, data, headers)
+    assert code == 200
+
+    def names():
+        out = []
+        for t in Path(f"/proc/{s.proc.pid}/task").iterdir():
+            try:
+                out.append((t / "comm").read_text().strip())
+            except OSError:  # the thread ended meanwhile
+                pass
+        return out
+
+    got = names()
+    assert got.count("protattn-infer") == 2, got
+    assert "protattn-http" in got, got
