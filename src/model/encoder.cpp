@@ -83,7 +83,7 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
     }
   }
   const int parts = atoms_to_build == 0 ? 1
-                    : detail::resolve_threads(layout_threads_, static_cast<std::size_t>(offsets.back()), kAtomsPerLayoutThread);
+                    : detail::resolve_threads(layout_threads_, static_cast<std::size_t>(atoms_to_build), kAtomsPerLayoutThread);
   const std::vector<std::size_t> first = detail::weighted_ranges(offsets.data(), batch.size(), parts);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(parts));
   detail::parallel_ranges(first, [&](int part, std::size_t begin, std::size_t end) {
