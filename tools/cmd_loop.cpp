@@ -121,37 +121,33 @@ class Client {
     if (!o.api_key.empty()) headers_.emplace("Authorization", "Bearer " + o.api_key);
     const auto n = static_cast<std::int64_t>(elements.size());
     const std::int64_t coords_bytes = n * kFloatsPerAtom * 4, elements_bytes = n * 4;
-    if (!o.shared_memory) {
-      head_ = json{{"inputs",
-                    {{{"name", "COORDS"}, {"datatype", "FP32"}, {"shape", {n, kFloatsPerAtom}},
-                      {"parameters", {{"binary_data_size", coords_bytes}}}},
-                     {{"name", "ELEMENTS"}, {"datatype", "INT32"}, {"shape", {n}},
-                      {"parameters", {{"binary_data_size", elements_bytes}}}}}},
-                   {"outputs", {{{"name", "EMBEDDING"}, {"parameters", {{"binary_data", true}}}}}}}
-                  .dump();
-      headers_.emplace(kHeaderLength, std::to_string(head_.size()));
-      return;
+    if (o.shared_memory) {
+      // One region per loop: COORDS, then ELEMENTS (written once), then the EMBEDDING.
+      if (channels <= 0) throw Error("loop: the model's metadata gives no EMBEDDING width for --shared-memory");
+      embedding_offset_ = static_cast<std::size_t>(coords_bytes + elements_bytes);
+      region_channels_ = channels;
+      const std::size_t bytes = embedding_offset_ + static_cast<std::size_t>(n * channels * 2);
+      region_ = fmt::format("protattn-loop-{}-{}", getpid(), index);
+      shared_ = std::make_unique<SharedObject>("/" + region_, bytes);
+      std::memcpy(shared_->data() + coords_bytes, elements.data(), static_cast<std::size_t>(elements_bytes));
+      post_json("/v2/systemsharedmemory/region/" + region_ + "/register",
+                json{{"key", shared_->key()}, {"offset", 0}, {"byte_size", bytes}}.dump(), "registering shared memory");
+      registered_ = true;
     }
-    // One region per loop: COORDS, then ELEMENTS (written once), then the EMBEDDING.
-    if (channels <= 0) throw Error("loop: the model's metadata gives no EMBEDDING width for --shared-memory");
-    embedding_offset_ = static_cast<std::size_t>(coords_bytes + elements_bytes);
-    region_channels_ = channels;
-    const std::size_t bytes = embedding_offset_ + static_cast<std::size_t>(n * channels * 2);
-    region_ = fmt::format("protattn-loop-{}-{}", getpid(), index);
-    shared_ = std::make_unique<SharedObject>("/" + region_, bytes);
-    std::memcpy(shared_->data() + coords_bytes, elements.data(), static_cast<std::size_t>(elements_bytes));
-    post_json("/v2/systemsharedmemory/region/" + region_ + "/register",
-              json{{"key", shared_->key()}, {"offset", 0}, {"byte_size", bytes}}.dump(), "registering shared memory");
-    registered_ = true;
-    auto place = [&](std::int64_t offset, std::int64_t size) {
-      return json{{"shared_memory_region", region_}, {"shared_memory_offset", offset}, {"shared_memory_byte_size", size}};
+    // Where each tensor goes: at its place in the region, or as binary data after the JSON header.
+    auto where = [&](std::int64_t offset, std::int64_t size, bool output) {
+      if (shared_)
+        return json{{"shared_memory_region", region_}, {"shared_memory_offset", offset}, {"shared_memory_byte_size", size}};
+      return output ? json{{"binary_data", true}} : json{{"binary_data_size", size}};
     };
     head_ = json{{"inputs",
-                  {{{"name", "COORDS"}, {"datatype", "FP32"}, {"shape", {n, kFloatsPerAtom}}, {"parameters", place(0, coords_bytes)}},
-                   {{"name", "ELEMENTS"}, {"datatype", "INT32"}, {"shape", {n}}, {"parameters", place(coords_bytes, elements_bytes)}}}},
+                  {{{"name", "COORDS"}, {"datatype", "FP32"}, {"shape", {n, kFloatsPerAtom}}, {"parameters", where(0, coords_bytes, false)}},
+                   {{"name", "ELEMENTS"}, {"datatype", "INT32"}, {"shape", {n}},
+                    {"parameters", where(coords_bytes, elements_bytes, false)}}}},
                  {"outputs", {{{"name", "EMBEDDING"},
-                               {"parameters", place(static_cast<std::int64_t>(embedding_offset_), n * channels * 2)}}}}}
+                               {"parameters", where(static_cast<std::int64_t>(embedding_offset_), n * channels * 2, true)}}}}}
                 .dump();
+    if (!shared_) headers_.emplace(kHeaderLength, std::to_string(head_.size()));
   }
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
@@ -232,7 +228,6 @@ class Client {
     return j;
   }
 
- private:
   httplib::Client http_;
   std::string path_, head_, body_;
   std::vector<std::uint16_t> halves_;  // a message answer's EMBEDDING bits
