@@ -82,8 +82,7 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     if (auto st = check_key(ctx); !st.ok()) return st;
     r->set_name(kServerName);
     r->set_version(kServerVersion);
-    for (const char* e : {"binary_tensor_data", "model_configuration", "statistics"}) r->add_extensions(e);
-    if (svc_.options().allow_shared_memory) r->add_extensions("system_shared_memory");
+    for (const std::string& e : svc_.extensions()) r->add_extensions(e);
     return grpc::Status::OK;
   }
   grpc::Status ModelMetadata(grpc::ServerContext* ctx, const inference::ModelMetadataRequest* q,

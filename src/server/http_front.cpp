@@ -609,9 +609,7 @@ struct HttpFront::Impl {
     });
     http.Get("/v2", [this](const httplib::Request& req, httplib::Response& res) {
       if (!check_key(req, res)) return;
-      json ext = {"binary_tensor_data", "model_configuration", "statistics"};
-      if (svc.options().allow_shared_memory) ext.push_back("system_shared_memory");
-      send_json(res, 200, json{{"name", kServerName}, {"version", kServerVersion}, {"extensions", ext}});
+      send_json(res, 200, json{{"name", kServerName}, {"version", kServerVersion}, {"extensions", svc.extensions()}});
     });
     shm_routes();
     http.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {

@@ -45,6 +45,12 @@ Service::Service(const Options& opt, std::vector<ModelSpec> models)
   shm_.pin_for_gpu(opt.allow_shared_memory && opt.engine != "cpu");
 }
 
+std::vector<std::string> Service::extensions() const {
+  std::vector<std::string> e = {"binary_tensor_data", "model_configuration", "statistics"};
+  if (opt_.allow_shared_memory) e.push_back("system_shared_memory");
+  return e;
+}
+
 void Service::start() {
   batcher_.start(models_);
   started_ = true;

@@ -39,6 +39,8 @@ class Service {
   ShmRegistry& shm() { return shm_; }
   const ShmRegistry& shm() const { return shm_; }
   std::string engine_name() const { return batcher_.engine_name(); }
+  // The protocol extensions the server metadata lists (both fronts).
+  std::vector<std::string> extensions() const;
 
   // Runs one request: prepare, queue, wait (polling `client_gone` and the deadline), permute
   // outputs back. Called on a network thread; never throws. Logs one line per request.
