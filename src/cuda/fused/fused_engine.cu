@@ -237,12 +237,19 @@ class FusedEngine final : public Engine {
     // PROTATTN_FUSED_PINGPONG=0 turns them off, for comparison.
     const char* pingpong = std::getenv("PROTATTN_FUSED_PINGPONG");
     p.pingpong = pingpong && pingpong[0] == '0' ? 0 : 1;
-    p.any_atoms = any_atoms ? 1 : 0;
-    // For comparisons: PROTATTN_FUSED_WS_STAGES caps the ws kernel's stages;
-    // PROTATTN_FUSED_RESCALE_SLACK sets how far a row's max may rise without rescaling
-    // ("always" rescales on every rise, as plain online softmax does).
-    const char* stages = std::getenv("PROTATTN_FUSED_WS_STAGES");
-    p.ws_max_stages = stages ? std::max(1, std::atoi(stages)) : 0;
+    if (kernel == kKernelWs) {
+      // Its stages (those of coordinates too when a structure has mask atoms), as many as fit;
+      // PROTATTN_FUSED_WS_STAGES caps them, for comparison.
+      const char* stages = std::getenv("PROTATTN_FUSED_WS_STAGES");
+      const int max_stages = stages ? std::max(1, std::atoi(stages)) : 0;
+      const WsGeometry g =
+          dispatch(shape.dtype, shape.dim, [&]<typename T, int D>() { return ws_geometry<T, D>(any_atoms, max_stages); });
+      p.ws_stages = g.stages;
+      p.ws_stage_bytes = g.stage_bytes;
+      p.ws_smem = g.smem_bytes;
+    }
+    // For comparisons: PROTATTN_FUSED_RESCALE_SLACK sets how far a row's max may rise without
+    // rescaling ("always" rescales on every rise, as plain online softmax does).
     const char* slack = std::getenv("PROTATTN_FUSED_RESCALE_SLACK");
     p.rescale_slack = !slack ? kRescaleSlack
                       : std::string(slack) == "always" ? -std::numeric_limits<float>::infinity()

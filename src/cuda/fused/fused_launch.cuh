@@ -54,16 +54,7 @@ template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream) {
   if (p.n_items > 0) {
     const KernelChoice k = attention_kernel<T, D>(p.kernel);
-    if (p.kernel == kKernelWs) {
-      Params pw = p;
-      const WsGeometry g = ws_geometry<T, D>(p.any_atoms != 0, p.ws_max_stages);
-      pw.ws_stages = g.stages;
-      pw.ws_stage_bytes = g.stage_bytes;
-      pw.ws_smem = g.smem_bytes;
-      k.fn<<<p.n_items, k.threads, g.smem_bytes, stream>>>(pw);
-    } else {
-      k.fn<<<p.n_items, k.threads, k.smem, stream>>>(p);
-    }
+    k.fn<<<p.n_items, k.threads, p.kernel == kKernelWs ? p.ws_smem : k.smem, stream>>>(p);
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
   if (p.n_combines > 0) {
@@ -98,6 +89,7 @@ int fused_blocks_per_sm(int kernel) {
 
 #define PROTATTN_INSTANTIATE_FUSED(T, D)                      \
   template void launch_fused<T, D>(const Params&, cudaStream_t); \
-  template int fused_blocks_per_sm<T, D>(int);
+  template int fused_blocks_per_sm<T, D>(int);                  \
+  template WsGeometry ws_geometry<T, D>(bool, int);
 
 }  // namespace protattn::fused

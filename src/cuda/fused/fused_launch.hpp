@@ -11,6 +11,14 @@ namespace protattn::fused {
 template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream);
 
+// Stages of the ws kernel and its shared memory for a batch with (or without) mask `atoms`;
+// max_stages > 0 caps the count (for comparisons). The plan sets Params::ws_* from it.
+struct WsGeometry {
+  int stages, stage_bytes, smem_bytes;
+};
+template <typename T, int D>
+WsGeometry ws_geometry(bool atoms, int max_stages);
+
 // Blocks of attention kernel `kernel` (a KernelCode) that fit on one multiprocessor. Also raises
 // the kernel's shared-memory limit on the current device: a plan calls it (on its device) before
 // any launch there.

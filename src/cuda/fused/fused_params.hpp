@@ -66,9 +66,7 @@ struct Params {
   float scale_log2;             // softmax scale * log2(e)
   std::int32_t kernel;          // KernelCode
   std::int32_t pingpong;        // warp-specialised kernel: consumer warpgroups take turns issuing
-  std::int32_t any_atoms;       // some structure has mask atoms (the ws kernel stages coordinates)
-  std::int32_t ws_max_stages;   // cap on its ring of K/V stages (0: as many as fit)
-  std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // set at launch (ws_geometry)
+  std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // ws kernel: its ring of K/V stages (the plan: ws_geometry)
   float rescale_slack;          // its online softmax: rises of the max kept without rescaling
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;

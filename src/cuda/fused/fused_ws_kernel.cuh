@@ -15,6 +15,7 @@
 // not bit for bit. Each is deterministic.
 #pragma once
 #include "cuda/fused/fused_kernel.cuh"
+#include "cuda/fused/fused_launch.hpp"
 #include "cuda/fused/sm90_sync.cuh"
 
 namespace protattn::fused {
@@ -44,11 +45,7 @@ struct WsKernel {
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
 };
 
-// Stages of the ws kernel and its shared memory for a batch with (or without) mask `atoms`;
-// max_stages caps the count (for comparisons).
-struct WsGeometry {
-  int stages, stage_bytes, smem_bytes;
-};
+// Declared in fused_launch.hpp (the plan calls it).
 template <typename T, int D>
 WsGeometry ws_geometry(bool atoms, int max_stages) {
   using K_ = WsKernel<T, D>;
