@@ -119,12 +119,11 @@ class AtomEncoder {
   std::unique_ptr<ForwardPlan> plan(const std::vector<AtomInput>& batch);
   void run(ForwardPlan& plan, void* stream = nullptr);
   void wait(void* stream = nullptr);
-  std::vector<Embedding> fetch(ForwardPlan& plan, void* stream = nullptr);
-  // The same, but a structure whose `dests` entry is not null (one entry per structure) has its
-  // embedding written there (n x channels fp16, input order; on the GPU straight from the device,
-  // a direct copy when the memory is pinned or registered with CUDA) and an empty Embedding
-  // returned.
-  std::vector<Embedding> fetch(ForwardPlan& plan, void* stream, const std::vector<void*>& dests);
+  // `dests`, when given (one entry per structure): a structure whose entry is not null has its
+  // embedding written there instead (n x channels fp16, input order; on the GPU straight from the
+  // device, a direct copy when the memory is pinned or registered with CUDA) and an empty
+  // Embedding returned.
+  std::vector<Embedding> fetch(ForwardPlan& plan, void* stream = nullptr, const std::vector<void*>& dests = {});
 
   struct Backend;  // CPU or GPU implementation (private)
 

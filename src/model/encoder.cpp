@@ -109,8 +109,6 @@ void AtomEncoder::run(ForwardPlan& plan, void* stream) { backend_->run(plan, str
 
 void AtomEncoder::wait(void* stream) { backend_->wait(stream); }
 
-std::vector<Embedding> AtomEncoder::fetch(ForwardPlan& plan, void* stream) { return backend_->fetch(plan, stream, {}); }
-
 std::vector<Embedding> AtomEncoder::fetch(ForwardPlan& plan, void* stream, const std::vector<void*>& dests) {
   if (!dests.empty() && dests.size() != plan.layouts.size())
     throw Error("atom_encoder: fetch got " + std::to_string(dests.size()) + " destinations for " +
