@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -184,19 +183,8 @@ TEST_P(EngineTest, RaggedBatch) {
 
 TEST_P(EngineTest, W1SplitKeyRange) {
   // 32 query tiles and one head cannot fill the GPU: the plan splits the key ranges and
-  // combines the pieces (the wgmma kernel on chip, in clusters; the others afterwards).
+  // combines the pieces afterwards.
   check(Case{{make_w1_layout(32, 800, 12, 1)}, shape(1)}, 41);
-}
-
-TEST_P(EngineTest, W1SplitKeyRangeCombinedInGlobalMemory) {
-  // The same with the wgmma kernel's on-chip combine turned off: its pieces go through the
-  // workspace and the combine kernel, as the other kernels' do.
-  struct NoCluster {
-    NoCluster() { ::setenv("PROTATTN_FUSED_CLUSTER", "0", 1); }
-    ~NoCluster() { ::unsetenv("PROTATTN_FUSED_CLUSTER"); }
-  } no_cluster;
-  check(Case{{make_w1_layout(32, 800, 12, 1)}, shape(1)}, 41);
-  check(Case{{hand_layout(300, {{0, 2}, {}, {1, 2}})}, shape(3)}, 11);
 }
 
 // The fused engine as it chooses, then each of its kernels on every case (the Hopper ones on

@@ -205,8 +205,6 @@ nlohmann::json bench_one(Engine& engine, const Workload& w, const Options& o) {
     const auto s = fused::summarize(*plan);
     extra["items"] = s.items;
     extra["split_tiles"] = s.combines;
-    extra["cluster"] = s.cluster;
-    extra["cluster_fit"] = s.cluster_fit;
     extra["blocks_per_sm"] = s.blocks_per_sm;
     extra["kernel"] = s.kernel;
     extra["plan_device_bytes"] = s.device_bytes;

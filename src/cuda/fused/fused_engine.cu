@@ -26,8 +26,6 @@ namespace {
 constexpr int kMinTilesPerSplit = 2;
 // Most pieces one query tile is split into.
 constexpr int kMaxSplits = 16;
-// Most blocks of a cluster whose pieces are combined on chip (the portable cluster size).
-constexpr int kMaxCluster = 8;
 
 bool dim_compiled(int d) {
   switch (d) {
@@ -164,48 +162,10 @@ class FusedEngine final : public Engine {
     int splits = base_items >= target || base_items == 0
                      ? 1 : static_cast<int>(std::min<std::int64_t>(kMaxSplits, (target + base_items - 1) / base_items));
     if (const char* cap = std::getenv("PROTATTN_FUSED_MAX_SPLITS")) splits = std::max(1, std::min(splits, std::atoi(cap)));
-    // On Hopper the wgmma kernel combines split tiles on chip: the pieces of a tile run as one
-    // thread-block cluster of a power of two <= 8 blocks, every tile cut into that many pieces
-    // (some empty when a tile has few key tiles). PROTATTN_FUSED_CLUSTER=0 combines them in a
-    // second kernel through global memory instead, as the other kernels do, for comparison.
-    int cluster = 0, cluster_fit = 0;
-    if (kernel == kKernelWgmma && splits > 1) {
-      const char* e = std::getenv("PROTATTN_FUSED_CLUSTER");
-      const int forced = e ? std::atoi(e) : -1;
-      if (forced != 0) {
-        cluster = 2;
-        while (cluster * 2 <= std::min(forced > 0 ? forced : splits, kMaxCluster)) cluster *= 2;
-        cluster_fit = dispatch(shape.dtype, shape.dim, [&]<typename T, int D>() { return fused_active_clusters<T, D>(kernel, cluster); });
-        if (cluster_fit < 1) cluster = 0;
-      }
-    }
-    const char* order_env = std::getenv("PROTATTN_FUSED_ORDER");
     std::vector<WorkItem> items;
     std::vector<CombineItem> combines;
     int slots = 0;
-    if (cluster > 1) {
-      // Piece s of a tile: key tiles [s * len / C, (s + 1) * len / C) of its list. Tiles longest
-      // first (ties in layout order), as split pieces are below; PROTATTN_FUSED_ORDER=layout keeps
-      // the layout's order.
-      struct SplitTile {
-        int b, h, r, begin, len;
-      };
-      std::vector<SplitTile> tiles;
-      for (std::size_t b = 0; b < layouts.size(); ++b) {
-        const BlockLayout& l = *layouts[b];
-        for (int h = 0; h < shape.heads; ++h)
-          for (int r = 0; r < l.n_tiles; ++r)
-            tiles.push_back({static_cast<int>(b), h, r, static_cast<int>(edge_base[b] + l.row_ptr[r]), l.row_ptr[r + 1] - l.row_ptr[r]});
-      }
-      if (!(order_env && std::string(order_env) == "layout"))
-        std::stable_sort(tiles.begin(), tiles.end(), [](const SplitTile& a, const SplitTile& c) { return a.len > c.len; });
-      for (const SplitTile& tl : tiles) {
-        for (int s = 0; s < cluster; ++s)
-          items.push_back({tl.b, tl.h, tl.r, tl.begin + static_cast<int>(static_cast<std::int64_t>(s) * tl.len / cluster),
-                           tl.begin + static_cast<int>(static_cast<std::int64_t>(s + 1) * tl.len / cluster), -1});
-      }
-    }
-    for (std::size_t b = 0; b < layouts.size() && cluster == 0; ++b) {
+    for (std::size_t b = 0; b < layouts.size(); ++b) {
       const BlockLayout& l = *layouts[b];
       for (int h = 0; h < shape.heads; ++h) {
         for (int r = 0; r < l.n_tiles; ++r) {
@@ -230,10 +190,11 @@ class FusedEngine final : public Engine {
     // 16% faster than longest first). Split, longest first (ties in creation order), so that the
     // block scheduler approximates LPT over few long pieces. PROTATTN_FUSED_ORDER=layout|longest
     // overrides, for comparison.
+    const char* order_env = std::getenv("PROTATTN_FUSED_ORDER");
     const std::string order = order_env ? order_env : (splits > 1 ? "longest" : "layout");
     if (order != "layout" && order != "longest")
       throw Error("PROTATTN_FUSED_ORDER: unknown order '" + order + "' (layout or longest)");
-    if (order == "longest" && cluster == 0)
+    if (order == "longest")
       std::stable_sort(items.begin(), items.end(),
                        [](const WorkItem& a, const WorkItem& c) { return a.e_end - a.e_begin > c.e_end - c.e_begin; });
 
@@ -270,7 +231,6 @@ class FusedEngine final : public Engine {
     p.combines = fp.combines.as<CombineItem>();
     p.n_items = static_cast<int>(items.size());
     p.n_combines = static_cast<int>(combines.size());
-    p.cluster = cluster;
     p.scale_log2 = shape.effective_scale() * 1.4426950408889634f;
     p.kernel = kernel;
     // Turns between the consumer warpgroups (measured faster: W2 4.41 -> 4.30 ms on the H200);
@@ -298,9 +258,7 @@ class FusedEngine final : public Engine {
     p.part_ml = fp.part_ml.as<float>();
 
     fp.summary.items = p.n_items;
-    fp.summary.combines = cluster > 1 ? p.n_items / cluster : p.n_combines;
-    fp.summary.cluster = cluster;
-    fp.summary.cluster_fit = cluster_fit;
+    fp.summary.combines = p.n_combines;
     fp.summary.slots = slots;
     fp.summary.blocks_per_sm = bps;
     fp.summary.kernel = kernel == kKernelWs ? "ws" : kernel == kKernelWgmma ? "wgmma" : "mma_sync";

@@ -8,9 +8,7 @@ namespace protattn::fused {
 
 struct PlanSummary {
   int items = 0;      // attention blocks launched
-  int combines = 0;   // split query tiles combined afterwards (or on chip, cluster > 1)
-  int cluster = 0;    // > 1: pieces of a split tile run as one cluster of this many blocks
-  int cluster_fit = 0;  // clusters of that size resident at once on the device
+  int combines = 0;   // split query tiles combined afterwards
   int slots = 0;      // partial results in the workspace
   int blocks_per_sm = 0, sms = 0;
   const char* kernel = "";  // "ws", "wgmma" or "mma_sync" (docs/fused.md)

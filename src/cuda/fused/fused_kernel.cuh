@@ -15,7 +15,6 @@
 #include <type_traits>
 
 #include "cuda/fused/fused_params.hpp"
-#include "cuda/fused/sm90_sync.cuh"
 #include "cuda/fused/wgmma.cuh"
 
 namespace protattn::fused {
@@ -326,87 +325,6 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t 
 #endif
 }
 
-// Split query tiles combined on chip (wgmma back end, sm_90a): the p.cluster pieces of a tile
-// run as one thread-block cluster, rank s taking piece s. Each block leaves its unnormalised
-// partial (O, m, l) in its own shared memory; after a cluster barrier, rank r combines rows
-// [r, r + 1) * kTile / C from the shared memory of all C blocks, in rank order and with the
-// arithmetic of fused_combine_kernel (deterministic), and writes O and the LSE; a second barrier
-// keeps each block's shared memory until the others have read it. No partial leaves the chip.
-template <int D>
-struct ClusterPartial {
-  static constexpr int kRowFloats = D + 8;  // padded: the 8 rows of a warp's float2 stores start in different banks
-  static constexpr int kOBytes = kTile * kRowFloats * 4;
-  static constexpr int kBytes = kOBytes + kTile * 2 * 4;  // then (m, l) per row
-};
-
-template <typename T, int D>
-__device__ __forceinline__ void finish_rows_cluster(const Params& p, const WorkItem& item, const StructDesc& sd,
-                                                    std::int64_t head_off, const float (&o_acc)[D / 2],
-                                                    const float (&m_row)[2], float (&l_row)[2], int lrow0, int t,
-                                                    float* part) {
-#if PROTATTN_WGMMA_ARCH
-  using CP = ClusterPartial<D>;
-  constexpr int kQuads = D / 4;
-  constexpr int kMaxCluster = 8;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 1);
-    l_row[r] += __shfl_xor_sync(0xffffffffu, l_row[r], 2);
-  }
-  float* ml = part + CP::kOBytes / 4;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int lrow = lrow0 + r * 8;
-#pragma unroll
-    for (int dn = 0; dn < D / 8; ++dn)
-      *reinterpret_cast<float2*>(part + lrow * CP::kRowFloats + dn * 8 + 2 * t) =
-          make_float2(o_acc[4 * dn + 2 * r], o_acc[4 * dn + 2 * r + 1]);
-    if (t == 0) *reinterpret_cast<float2*>(ml + 2 * lrow) = make_float2(m_row[r], l_row[r]);
-  }
-  sm90::cluster_sync();
-  const int c = p.cluster, rows = kTile / c;
-  const int rank = static_cast<int>(sm90::cluster_rank());
-  const std::uint32_t s_part = smem_addr(part), s_ml = smem_addr(ml);
-  for (int w = static_cast<int>(threadIdx.x); w < rows * kQuads; w += static_cast<int>(blockDim.x)) {
-    const int lrow = rank * rows + w / kQuads, dq = w % kQuads;
-    const int row = item.q_tile * kTile + lrow;
-    if (row >= sd.n) continue;
-    float ms[kMaxCluster], ls[kMaxCluster];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int s = 0; s < kMaxCluster; ++s) {
-      if (s >= c) break;
-      const std::uint32_t a = sm90::cluster_map(s_ml + lrow * 8, static_cast<std::uint32_t>(s));
-      ms[s] = sm90::cluster_load(a);
-      ls[s] = sm90::cluster_load(a + 4);
-      mx = fmaxf(mx, ms[s]);
-    }
-    const float base = mx == -INFINITY ? 0.0f : mx;
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float l = 0.0f;
-#pragma unroll
-    for (int s = 0; s < kMaxCluster; ++s) {
-      if (s >= c) break;
-      const float wgt = fast_exp2(ms[s] - base);
-      l += wgt * ls[s];
-      const float4 x = sm90::cluster_load4(
-          sm90::cluster_map(s_part + (lrow * CP::kRowFloats + dq * 4) * 4, static_cast<std::uint32_t>(s)));
-      acc.x += wgt * x.x;
-      acc.y += wgt * x.y;
-      acc.z += wgt * x.z;
-      acc.w += wgt * x.w;
-    }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    T* og = static_cast<T*>(p.o) + head_off + static_cast<std::int64_t>(row) * D + dq * 4;
-    reinterpret_cast<std::uint32_t*>(og)[0] = ElemTraits<T>::pack(acc.x * inv, acc.y * inv);
-    reinterpret_cast<std::uint32_t*>(og)[1] = ElemTraits<T>::pack(acc.z * inv, acc.w * inv);
-    if (p.lse && dq == 0)
-      p.lse[static_cast<std::int64_t>(item.h) * p.total_n + sd.offset + row] = l > 0.0f ? (mx + log2f(l)) * kLn2 : -INFINITY;
-  }
-  sm90::cluster_sync();
-#endif
-}
-
 template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused_attention_kernel(const Params p) {
   using K_ = FusedKernel<T, D>;
@@ -624,14 +542,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     __syncthreads();  // the stage is refilled by the next iteration's prefetch
   }
 
-  if (kWgmma && p.cluster > 1) {
-    static_assert(ClusterPartial<D>::kBytes <= FusedKernel<T, D>::kSmemBytesWgmma, "the partial fits the block's shared memory");
-    cp_async_wait<0>();  // the copy of Q is still in flight when the piece is empty
-    __syncthreads();     // no warp reads the stages any more: the partial goes over them
-    finish_rows_cluster<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, warp * 16 + g, t, reinterpret_cast<float*>(smem));
-  } else {
-    finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, warp * 16 + g, t);
-  }
+  finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, warp * 16 + g, t);
   }
 }
 

@@ -52,23 +52,7 @@ void raise_smem_limit(int kernel) {
 
 template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream) {
-  if (p.n_items > 0 && p.cluster > 1) {
-    // Split tiles combined on chip: blocks in clusters of p.cluster (the plan checked that they fit).
-    const KernelChoice k = attention_kernel<T, D>(p.kernel);
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(p.n_items);
-    cfg.blockDim = dim3(k.threads);
-    cfg.dynamicSmemBytes = k.smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = p.cluster;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    PROTATTN_CUDA_CHECK(cudaLaunchKernelEx(&cfg, k.fn, p));
-  } else if (p.n_items > 0) {
+  if (p.n_items > 0) {
     const KernelChoice k = attention_kernel<T, D>(p.kernel);
     k.fn<<<p.n_items, k.threads, p.kernel == kKernelWs ? p.ws_smem : k.smem, stream>>>(p);
     PROTATTN_CUDA_CHECK_LAUNCH();
@@ -103,33 +87,9 @@ int fused_blocks_per_sm(int kernel) {
   return blocks > 0 ? blocks : 1;
 }
 
-template <typename T, int D>
-int fused_active_clusters(int kernel, int cluster) {
-  raise_smem_limit<T, D>(kernel);
-  const KernelChoice k = attention_kernel<T, D>(kernel);
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(cluster);
-  cfg.blockDim = dim3(k.threads);
-  cfg.dynamicSmemBytes = k.smem;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = cluster;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, k.fn, &cfg) != cudaSuccess) {
-    (void)cudaGetLastError();  // not launchable in clusters here: the plan combines in global memory
-    return 0;
-  }
-  return clusters;
-}
-
 #define PROTATTN_INSTANTIATE_FUSED(T, D)                      \
   template void launch_fused<T, D>(const Params&, cudaStream_t); \
   template int fused_blocks_per_sm<T, D>(int);                  \
-  template int fused_active_clusters<T, D>(int, int);           \
   template WsGeometry ws_geometry<T, D>(bool, int);
 
 }  // namespace protattn::fused

@@ -6,9 +6,8 @@
 
 namespace protattn::fused {
 
-// Launches the attention kernel p.kernel over p.n_items work items (in clusters of p.cluster
-// when that is > 1), then the combine kernel over p.n_combines split tiles, on `stream`.
-// Instantiated once per (T, D) in generated files.
+// Launches the attention kernel p.kernel over p.n_items work items, then the combine kernel
+// over p.n_combines split tiles, on `stream`. Instantiated once per (T, D) in generated files.
 template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream);
 
@@ -25,10 +24,5 @@ WsGeometry ws_geometry(bool atoms, int max_stages);
 // any launch there.
 template <typename T, int D>
 int fused_blocks_per_sm(int kernel);
-
-// Clusters of `cluster` blocks of attention kernel `kernel` that can be resident at once on the
-// current device (0: such clusters cannot be launched there).
-template <typename T, int D>
-int fused_active_clusters(int kernel, int cluster);
 
 }  // namespace protattn::fused

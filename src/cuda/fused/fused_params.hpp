@@ -68,8 +68,6 @@ struct Params {
   std::int32_t pingpong;        // warp-specialised kernel: consumer warpgroups take turns issuing
   std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // ws kernel: its ring of K/V stages (the plan: ws_geometry)
   float rescale_slack;          // its online softmax: rises of the max kept without rescaling
-  std::int32_t cluster;         // wgmma kernel: > 1, the items come in clusters of this many pieces of one
-                                // query tile, combined on chip (finish_rows_cluster); else 0
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

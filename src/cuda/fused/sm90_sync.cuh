@@ -1,6 +1,6 @@
 // protattn fused engine: Hopper synchronisation primitives of the warp-specialised kernel
 // (shared-memory mbarriers, cp.async completion tracked by an mbarrier, per-warpgroup register
-// limits, thread-block clusters), sm_90a only.
+// limits), sm_90a only.
 #pragma once
 #include <cstdint>
 
@@ -47,38 +47,6 @@ __device__ __forceinline__ void regs_release() {
 template <int N>
 __device__ __forceinline__ void regs_claim() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
-}
-
-// Thread-block clusters: this block's rank in its cluster, and a barrier over the whole cluster
-// (every thread of every block; release/acquire, so shared-memory writes before it are visible
-// to the cluster's other blocks after it).
-__device__ __forceinline__ std::uint32_t cluster_rank() {
-  std::uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// The address of this block's shared-memory word `addr` in block `rank` of the cluster, and
-// loads from such addresses (distributed shared memory).
-__device__ __forceinline__ std::uint32_t cluster_map(std::uint32_t addr, std::uint32_t rank) {
-  std::uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-  return r;
-}
-__device__ __forceinline__ float cluster_load(std::uint32_t addr) {
-  float v;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
-  return v;
-}
-__device__ __forceinline__ float4 cluster_load4(std::uint32_t addr) {
-  float4 v;
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(addr)
-               : "memory");
-  return v;
 }
 
 }  // namespace protattn::fused::sm90
