@@ -13,6 +13,7 @@
 #include "cuda/common/host_staging.hpp"
 #include "cuda/fused/fused_engine.hpp"
 #include "cuda/fused/fused_launch.hpp"
+#include "cuda/fused/split_plan.hpp"
 #include "engine/factories.hpp"
 #include "protattn/error.hpp"
 
@@ -159,9 +160,21 @@ class FusedEngine final : public Engine {
     if (forced_kernel_ >= 0) kernel = forced_kernel_;
     const int bps = dispatch(shape.dtype, shape.dim, [&]<typename T, int D>() { return fused_blocks_per_sm<T, D>(kernel); });
     const std::int64_t target = static_cast<std::int64_t>(sms_) * bps;
-    int splits = base_items >= target || base_items == 0
-                     ? 1 : static_cast<int>(std::min<std::int64_t>(kMaxSplits, (target + base_items - 1) / base_items));
-    if (const char* cap = std::getenv("PROTATTN_FUSED_MAX_SPLITS")) splits = std::max(1, std::min(splits, std::atoi(cap)));
+    // Too few query tiles x heads to fill the GPU: cut the key lists into pieces of at most
+    // `chunk` tiles, the chunk whose pieces finish first (split_plan.hpp: waves x chunk; W1-alt
+    // went from 309 blocks, two waves on 264 slots, to 252). PROTATTN_FUSED_MAX_SPLITS caps the
+    // pieces of a list (1: no split), for comparison.
+    int chunk = 0;  // 0: no list is cut
+    if (base_items < target && base_items > 0) {
+      int max_pieces = kMaxSplits;
+      if (const char* cap = std::getenv("PROTATTN_FUSED_MAX_SPLITS")) max_pieces = std::clamp(std::atoi(cap), 1, kMaxSplits);
+      std::vector<int> lens;
+      lens.reserve(static_cast<std::size_t>(base_items));
+      for (const BlockLayout* l : layouts)
+        for (int h = 0; h < shape.heads; ++h)
+          for (int r = 0; r < l->n_tiles; ++r) lens.push_back(l->row_ptr[r + 1] - l->row_ptr[r]);
+      if (max_pieces > 1) chunk = split_chunk(lens, target, kMinTilesPerSplit, max_pieces);
+    }
     std::vector<WorkItem> items;
     std::vector<CombineItem> combines;
     int slots = 0;
@@ -171,8 +184,7 @@ class FusedEngine final : public Engine {
         for (int r = 0; r < l.n_tiles; ++r) {
           const int begin = static_cast<int>(edge_base[b] + l.row_ptr[r]);
           const int len = l.row_ptr[r + 1] - l.row_ptr[r];
-          const int chunk = std::max(kMinTilesPerSplit, (len + splits - 1) / splits);
-          if (splits == 1 || len <= chunk) {
+          if (chunk == 0 || len <= chunk) {
             items.push_back({static_cast<int>(b), h, r, begin, begin + len, -1});
             continue;
           }
@@ -191,7 +203,7 @@ class FusedEngine final : public Engine {
     // block scheduler approximates LPT over few long pieces. PROTATTN_FUSED_ORDER=layout|longest
     // overrides, for comparison.
     const char* order_env = std::getenv("PROTATTN_FUSED_ORDER");
-    const std::string order = order_env ? order_env : (splits > 1 ? "longest" : "layout");
+    const std::string order = order_env ? order_env : (!combines.empty() ? "longest" : "layout");
     if (order != "layout" && order != "longest")
       throw Error("PROTATTN_FUSED_ORDER: unknown order '" + order + "' (layout or longest)");
     if (order == "longest")
