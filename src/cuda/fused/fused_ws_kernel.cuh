@@ -7,10 +7,9 @@
 // each, with raised register limits. They never wait for one another: per tile a consumer
 // waits for the stage to be full and, once its P V product has read the stage, arrives on the
 // stage's "empty" mbarrier, which the producer waits for before refilling it.
-// In the consumer, S = Q K^T of tile j+1 is issued on the tensor cores (in two 64-key halves)
-// together with O += P V of tile j, and the softmax of tile j+1 runs while P V of tile j is in
-// flight, its first half while the second half of S is (one 64 x 128 S accumulator and one P
-// in registers).
+// In the consumer, S = Q K^T of tile j+1 is issued on the tensor cores together with
+// O += P V of tile j, and the softmax of tile j+1 runs while P V of tile j is in flight
+// (one 64 x 128 S accumulator and one P in registers).
 // Rows, masks and results are those of fused_attention_kernel; the online softmax takes a whole
 // 128-key tile per step (that kernel takes 64 keys), so the two agree within the engine's bound,
 // not bit for bit. Each is deterministic.
@@ -162,24 +161,18 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
   std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
 
-  // S = Q K^T of the tile in stage s, in two commit groups of 64 keys (s_acc[0, 32) holds keys
-  // 0..63, s_acc[32, 64) keys 64..127), so that the softmax of the first half starts while the
-  // second is on the tensor cores.
+  // S = Q K^T of the tile in stage s (committed as one group).
   const auto issue_s = [&](int s) {
     const std::uint32_t s_k = stage_addr(s);
     sm90::fence();
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float(&s_half)[K_::kSAcc / 2] = *reinterpret_cast<float(*)[K_::kSAcc / 2]>(&s_acc[half * (K_::kSAcc / 2)]);
-#pragma unroll
-      for (int ks = 0; ks < K_::kKSteps; ++ks) {
-        const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
-        const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
-        const std::uint64_t db = sm90::smem_desc(s_k + k_off + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
-        wgmma_qk<T, kKeyChunk>(s_half, da, db, ks > 0);
-      }
-      sm90::commit();
+    for (int ks = 0; ks < K_::kKSteps; ++ks) {
+      const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
+      const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
+      const std::uint64_t db = sm90::smem_desc(s_k + k_off, 16, 1024);
+      wgmma_qk<T, kTile>(s_acc, da, db, ks > 0);
     }
+    sm90::commit();
   };
   // O += P V with the V of stage s (committed as one group).
   const auto issue_pv = [&](int s) {
@@ -193,19 +186,16 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   };
   // Whether key tile kt of kind `kind` needs the mask (PARTIAL, or past a structure's end).
   const auto tile_masked = [&](int kind, int kt) { return kind != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n; };
-  // Mask and online softmax of one 64-key half of the scores in s_acc (key tile kt, in stage s):
-  // the half becomes probabilities, m (the base) and l are updated, and alpha gathers the factors
-  // (one per row) by which the earlier O must be scaled; `rescaled` says whether any was needed.
-  // When the second half moves the base, the first half's probabilities are scaled with it.
-  bool rescaled = false;
-  const auto softmax_half = [&](int half, int kt, bool masked, int s, float2& alpha) {
-    constexpr int kH = K_::kSAcc / 2;  // accumulators of a half
-    const int i0 = half * kH;
+  // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
+  // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
+  // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
+  bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
+  const auto softmax = [&](int kt, bool masked, int s) {
     if (masked && atoms_mask) {
       // Element 4 nt + 2 r + c: row r of the thread's two, key nt * 8 + 2 t + c of the tile.
       const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
 #pragma unroll
-      for (int nt = half * kH / 4; nt < (half + 1) * kH / 4; ++nt) {
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           const int jl = nt * 8 + 2 * t + c;
@@ -217,19 +207,20 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       }
     } else if (masked) {
 #pragma unroll
-      for (int i = i0; i < i0 + kH; ++i) {
+      for (int i = 0; i < K_::kSAcc; ++i) {
         const int j = kt * kTile + (i / 4) * 8 + 2 * t + (i & 1);
         if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
       }
     }
-    // Max and sum over a row's 16 values per thread of the half in four independent chains.
+    // Max and sum over a row's 32 values per thread in four independent chains (the latency of a
+    // dependent chain of 32, not the issue rate, would set the time with two warps per scheduler).
     float m_new[2];
     bool grow = false;  // some row's max rose by more than p.rescale_slack
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
-      for (int nt = half * kH / 4; nt < (half + 1) * kH / 4; ++nt)
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt)
         m4[nt % 4] = fmaxf(m4[nt % 4], fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
       float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -241,45 +232,26 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // warp needs it; otherwise the old base stays (probabilities up to 2^p.rescale_slack, exact the
     // same after the final O / l) and the rescaling is skipped (warp-uniform: one vote).
     const bool rescale = __any_sync(0xffffffffu, grow);
+    float2 alpha = make_float2(1.0f, 1.0f);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       if (rescale) {
         const float base_new = m_new[r] == -INFINITY ? 0.0f : m_new[r];  // no key yet: keep exp2 finite
-        const float a = fast_exp2(m_row[r] - base_new);
-        (r == 0 ? alpha.x : alpha.y) *= a;
-        l_row[r] *= a;
+        (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base_new);
         m_row[r] = m_new[r];
-        if (half == 1) {
-#pragma unroll
-          for (int nt = 0; nt < kH / 4; ++nt) {
-            s_acc[4 * nt + 2 * r] *= a;
-            s_acc[4 * nt + 2 * r + 1] *= a;
-          }
-        }
       }
       const float base = m_row[r] == -INFINITY ? 0.0f : m_row[r];
       float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-      for (int nt = half * kH / 4; nt < (half + 1) * kH / 4; ++nt) {
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
         s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
         s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
         s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
       }
-      l_row[r] += (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      const float sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
     }
-    rescaled |= rescale;
-  };
-  // Both halves of the tile in stage s, each once its S has landed: on entry the two S groups,
-  // and the P V group after them when pv_pending, are in flight.
-  const auto softmax = [&](int kt, bool masked, int s, bool pv_pending) {
-    float2 alpha = make_float2(1.0f, 1.0f);
-    rescaled = false;
-    if (pv_pending) sm90::wait<2>();
-    else sm90::wait<1>();
-    softmax_half(0, kt, masked, s, alpha);
-    if (pv_pending) sm90::wait<1>();
-    else sm90::wait<0>();
-    softmax_half(1, kt, masked, s, alpha);
+    rescaled = rescale;
     return alpha;
   };
   const auto pack_p = [&] {
@@ -316,7 +288,8 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     turn_wait();
     issue_s(0);
     turn_pass();
-    softmax(kt, masked, 0, false);  // O is still zero: alpha is not needed
+    sm90::wait<0>();
+    softmax(kt, masked, 0);  // O is still zero: alpha is not needed
     pack_p();
     for (int it = 1; it < n_kv; ++it) {
       const int prev = s;
@@ -334,9 +307,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       sm90::fence_proxy_async();
       turn_wait();
       issue_s(s);      // S of this tile ...
-      issue_pv(prev);  // ... and P V of the one before, all in flight
+      issue_pv(prev);  // ... and P V of the one before, both in flight
       turn_pass();
-      const float2 alpha = softmax(kt, masked, s, true);  // under the P V
+      sm90::wait<1>();
+      const float2 alpha = softmax(kt, masked, s);  // under the P V
       sm90::wait<0>();
       if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
       if (rescaled) {
