@@ -2,7 +2,9 @@
 // (src/cuda/fused/split_plan.hpp; host code, checked without a GPU).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -11,54 +13,73 @@
 namespace protattn::fused {
 namespace {
 
-// The brute-force estimate the choice minimises: waves times chunk.
-std::int64_t cost(const std::vector<int>& lens, std::int64_t slots, int chunk) {
-  return (split_pieces(lens, chunk) + slots - 1) / slots * chunk;
+int longest_piece(const std::vector<int>& lens, const std::vector<int>& pieces) {
+  int m = 0;
+  for (std::size_t i = 0; i < lens.size(); ++i) m = std::max(m, (lens[i] + pieces[i] - 1) / pieces[i]);
+  return m;
 }
 
-TEST(FusedSplit, PiecesCountEmptyListsOnce) {
-  EXPECT_EQ(split_pieces({0, 1, 4, 5}, 2), 1 + 1 + 2 + 3);
-  EXPECT_EQ(split_pieces({}, 3), 0);
+// Whether some allocation within the limits keeps every piece at most `len` tiles.
+bool feasible(const std::vector<int>& lens, std::int64_t slots, int min_tiles, int max_pieces, int len) {
+  std::int64_t need = 0;
+  for (int l : lens) {
+    const int p = std::max(1, (l + len - 1) / len);
+    const int cap = std::max(1, std::min(max_pieces, l / min_tiles));
+    if (p > cap) return false;
+    need += p;
+  }
+  return need <= std::max<std::int64_t>(slots, static_cast<std::int64_t>(lens.size()));
 }
 
-TEST(FusedSplit, StaysInOneWaveWhenThatIsFastest) {
-  // 63 lists of 12-13 tiles on 264 slots: chunks of 3 make 5 pieces a list (315 > 264, two
-  // waves); chunks of 4 make 4 (252, one wave of at most 4 tiles).
+TEST(FusedSplit, W1LikeListsFillTheSlots) {
+  // 32 lists of about 25 tiles on 264 slots: about 8 pieces each, none longer than 4 tiles.
+  std::vector<int> lens(32, 25);
+  for (int i = 0; i < 8; ++i) lens[static_cast<std::size_t>(i)] = 28;
+  const auto p = split_counts(lens, 264, 2, 16);
+  EXPECT_EQ(std::accumulate(p.begin(), p.end(), 0), 264);
+  EXPECT_EQ(longest_piece(lens, p), 4);
+  EXPECT_FALSE(feasible(lens, 264, 2, 16, 3));
+}
+
+TEST(FusedSplit, W1AltLikeListsStayInOneWave) {
+  // 63 lists of 12-13 tiles: 4 pieces each (252), then 12 lists a fifth (264), all within the slots.
   std::vector<int> lens(63, 13);
   for (int i = 0; i < 20; ++i) lens[static_cast<std::size_t>(i)] = 12;
-  EXPECT_EQ(split_chunk(lens, 264, 2, 16), 4);
-  EXPECT_LE(split_pieces(lens, 4), 264);
-}
-
-TEST(FusedSplit, DoesNotCutWhatFitsAlready) {
-  EXPECT_EQ(split_chunk(std::vector<int>(200, 5), 132, 2, 16), 5);  // one wave unsplit
-  EXPECT_EQ(split_chunk({1, 1, 1}, 264, 2, 16), 1);
-  EXPECT_EQ(split_chunk({0, 0}, 264, 2, 16), 1);
-  EXPECT_EQ(split_chunk({}, 264, 2, 16), 1);
+  const auto p = split_counts(lens, 264, 2, 16);
+  EXPECT_EQ(std::accumulate(p.begin(), p.end(), 0), 264);
+  EXPECT_EQ(longest_piece(lens, p), 4);
 }
 
 TEST(FusedSplit, RespectsTheLimits) {
-  // One list of 100 tiles on many slots: at most 16 pieces, so chunks of at least 7.
-  EXPECT_EQ(split_chunk({100}, 10000, 2, 16), 7);
-  // Never below the smallest piece.
-  EXPECT_EQ(split_chunk({9, 9}, 10000, 3, 16), 3);
+  EXPECT_EQ(split_counts({100}, 10000, 2, 16), std::vector<int>{16});  // at most 16 pieces
+  EXPECT_EQ(split_counts({9, 9}, 10000, 3, 16), (std::vector<int>{3, 3}));  // pieces of >= 3 tiles
+  EXPECT_EQ(split_counts({0, 1, 3}, 100, 2, 16), (std::vector<int>{1, 1, 1}));  // nothing to cut
+  EXPECT_TRUE(split_counts({}, 100, 2, 16).empty());
+  EXPECT_EQ(split_counts({40, 40}, 2, 2, 16), (std::vector<int>{1, 1}));  // the slots are full
 }
 
-TEST(FusedSplit, IsTheCheapestChunkOnRandomBatches) {
+TEST(FusedSplit, ShortestLongestPieceOnRandomBatches) {
   std::mt19937 rng(7);
-  for (int round = 0; round < 300; ++round) {
+  for (int round = 0; round < 500; ++round) {
     std::vector<int> lens(1 + rng() % 140);
     for (int& l : lens) l = static_cast<int>(rng() % 60);
-    const std::int64_t slots = 1 + rng() % 300;
-    const int c = split_chunk(lens, slots, 2, 16);
-    int longest = 1;
-    for (int l : lens) longest = std::max(longest, l);
-    ASSERT_GE(c, 1);
-    ASSERT_LE(c, longest);
-    for (int d = std::max(2, (longest + 15) / 16); d <= longest; ++d) {
-      ASSERT_LE(cost(lens, slots, c), cost(lens, slots, d)) << "round " << round << " chunk " << d;
-      if (cost(lens, slots, c) == cost(lens, slots, d)) ASSERT_GE(c, d) << "ties go to the longer chunk";
+    const std::int64_t slots = static_cast<std::int64_t>(lens.size()) + rng() % 300;
+    const int min_tiles = 1 + static_cast<int>(rng() % 3);
+    const auto p = split_counts(lens, slots, min_tiles, 16);
+    ASSERT_EQ(p.size(), lens.size());
+    std::int64_t total = 0;
+    bool could_take = false;
+    for (std::size_t i = 0; i < lens.size(); ++i) {
+      ASSERT_GE(p[i], 1);
+      ASSERT_LE(p[i], 16);
+      if (p[i] > 1) ASSERT_GE(lens[i], min_tiles * p[i]) << "round " << round;
+      could_take |= p[i] < 16 && lens[i] >= min_tiles * (p[i] + 1);
+      total += p[i];
     }
+    ASSERT_LE(total, slots);
+    if (could_take) ASSERT_EQ(total, slots) << "round " << round << ": slots left unused";
+    const int m = longest_piece(lens, p);
+    if (m > 1) ASSERT_FALSE(feasible(lens, slots, min_tiles, 16, m - 1)) << "round " << round << ": pieces of " << m - 1 << " fit";
   }
 }
 

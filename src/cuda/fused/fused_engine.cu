@@ -160,11 +160,10 @@ class FusedEngine final : public Engine {
     if (forced_kernel_ >= 0) kernel = forced_kernel_;
     const int bps = dispatch(shape.dtype, shape.dim, [&]<typename T, int D>() { return fused_blocks_per_sm<T, D>(kernel); });
     const std::int64_t target = static_cast<std::int64_t>(sms_) * bps;
-    // Too few query tiles x heads to fill the GPU: cut the key lists into pieces of at most
-    // `chunk` tiles, the chunk whose pieces finish first (split_plan.hpp: waves x chunk; W1-alt
-    // went from 309 blocks, two waves on 264 slots, to 252). PROTATTN_FUSED_MAX_SPLITS caps the
-    // pieces of a list (1: no split), for comparison.
-    int chunk = 0;  // 0: no list is cut
+    // Too few query tiles x heads to fill the GPU: cut the key lists into pieces, the longest
+    // lists into the most (split_plan.hpp), until the pieces fill the block slots.
+    // PROTATTN_FUSED_MAX_SPLITS caps the pieces of a list (1: no list is cut), for comparison.
+    std::vector<int> pieces;  // per list in creation order; empty: none is cut
     if (base_items < target && base_items > 0) {
       int max_pieces = kMaxSplits;
       if (const char* cap = std::getenv("PROTATTN_FUSED_MAX_SPLITS")) max_pieces = std::clamp(std::atoi(cap), 1, kMaxSplits);
@@ -173,25 +172,27 @@ class FusedEngine final : public Engine {
       for (const BlockLayout* l : layouts)
         for (int h = 0; h < shape.heads; ++h)
           for (int r = 0; r < l->n_tiles; ++r) lens.push_back(l->row_ptr[r + 1] - l->row_ptr[r]);
-      if (max_pieces > 1) chunk = split_chunk(lens, target, kMinTilesPerSplit, max_pieces);
+      pieces = split_counts(lens, target, kMinTilesPerSplit, max_pieces);
     }
     std::vector<WorkItem> items;
     std::vector<CombineItem> combines;
     int slots = 0;
+    std::size_t list = 0;
     for (std::size_t b = 0; b < layouts.size(); ++b) {
       const BlockLayout& l = *layouts[b];
       for (int h = 0; h < shape.heads; ++h) {
-        for (int r = 0; r < l.n_tiles; ++r) {
+        for (int r = 0; r < l.n_tiles; ++r, ++list) {
           const int begin = static_cast<int>(edge_base[b] + l.row_ptr[r]);
           const int len = l.row_ptr[r + 1] - l.row_ptr[r];
-          if (chunk == 0 || len <= chunk) {
+          const int n_pieces = pieces.empty() ? 1 : pieces[list];
+          if (n_pieces == 1) {
             items.push_back({static_cast<int>(b), h, r, begin, begin + len, -1});
             continue;
           }
-          const int pieces = (len + chunk - 1) / chunk;
-          combines.push_back({static_cast<int>(b), h, r, slots, pieces, 0});
-          for (int s = 0; s < pieces; ++s) {
-            const int e0 = begin + s * chunk, e1 = std::min(begin + len, e0 + chunk);
+          combines.push_back({static_cast<int>(b), h, r, slots, n_pieces, 0});
+          for (int s = 0; s < n_pieces; ++s) {
+            const int e0 = begin + static_cast<int>(static_cast<std::int64_t>(len) * s / n_pieces);
+            const int e1 = begin + static_cast<int>(static_cast<std::int64_t>(len) * (s + 1) / n_pieces);
             items.push_back({static_cast<int>(b), h, r, e0, e1, slots++});
           }
         }

@@ -3,37 +3,36 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <queue>
+#include <utility>
 #include <vector>
 
 namespace protattn::fused {
 
-// Pieces when each key list of `lens` (kept key tiles per query tile and head) is cut into
-// pieces of at most `chunk` tiles; an empty list is still one (it writes zeros).
-inline std::int64_t split_pieces(const std::vector<int>& lens, int chunk) {
-  std::int64_t pieces = 0;
-  for (int len : lens) pieces += std::max(1, (len + chunk - 1) / chunk);
-  return pieces;
-}
-
-// The chunk (most key tiles per piece) for lists too few to fill `slots` block slots: the one
-// whose pieces finish first, estimated as waves of the GPU (pieces / slots, rounded up) times
-// the chunk; ties go to the longer chunk (fewer partials to combine). A chunk is at least
-// `min_chunk` tiles and cuts no list into more than `max_pieces`. Returns the longest list's
-// length (at least 1) when cutting does not pay.
-inline int split_chunk(const std::vector<int>& lens, std::int64_t slots, int min_chunk, int max_pieces) {
-  const int longest = std::max(1, lens.empty() ? 1 : *std::max_element(lens.begin(), lens.end()));
-  slots = std::max<std::int64_t>(1, slots);
-  int best = longest;
-  std::int64_t best_cost = (split_pieces(lens, longest) + slots - 1) / slots * longest;
-  const int first = std::max({1, min_chunk, (longest + max_pieces - 1) / std::max(1, max_pieces)});
-  for (int c = longest - 1; c >= first; --c) {
-    const std::int64_t cost = (split_pieces(lens, c) + slots - 1) / slots * c;
-    if (cost < best_cost) {
-      best = c;
-      best_cost = cost;
-    }
+// Pieces per key list (lens: kept key tiles per query tile and head) when the lists are too few
+// for the `slots` block slots of the GPU. Every list starts as one piece; each further piece goes
+// to the list whose pieces are longest now (ceil(len / pieces); ties: the earlier list), until
+// the pieces fill the slots or no list can take one more: a piece keeps at least `min_tiles`
+// tiles, a list is cut into at most `max_pieces`. This gives the shortest longest piece the slots
+// allow, and spreads the rest of the slots over the next longest, so that the multiprocessors
+// get about the same number of tiles. A list of p pieces is cut at len * s / p, s = 1 .. p - 1.
+inline std::vector<int> split_counts(const std::vector<int>& lens, std::int64_t slots, int min_tiles, int max_pieces) {
+  std::vector<int> pieces(lens.size(), 1);
+  const auto longest_piece = [&](std::size_t i) { return (lens[i] + pieces[i] - 1) / pieces[i]; };
+  const auto can_take = [&](std::size_t i) {
+    return pieces[i] < max_pieces && static_cast<std::int64_t>(lens[i]) >= static_cast<std::int64_t>(min_tiles) * (pieces[i] + 1);
+  };
+  // (longest piece, -index): the top is the list with the longest pieces, the earliest on ties.
+  std::priority_queue<std::pair<int, std::int64_t>> queue;
+  for (std::size_t i = 0; i < lens.size(); ++i)
+    if (can_take(i)) queue.push({longest_piece(i), -static_cast<std::int64_t>(i)});
+  for (auto used = static_cast<std::int64_t>(lens.size()); used < slots && !queue.empty(); ++used) {
+    const auto i = static_cast<std::size_t>(-queue.top().second);
+    queue.pop();
+    ++pieces[i];
+    if (can_take(i)) queue.push({longest_piece(i), -static_cast<std::int64_t>(i)});
   }
-  return best;
+  return pieces;
 }
 
 }  // namespace protattn::fused
