@@ -85,6 +85,53 @@ class HilbertTable {
         }
       }
     }
+    // The first three levels from the start state in one lookup: first3_[r1 << 6 | r2 << 3 | r3]
+    // holds the state after them and their three digits.
+    for (unsigned r1 = 0; r1 < 8; ++r1) {
+      const unsigned e1 = entry_[0][r1];
+      for (unsigned r23 = 0; r23 < 64; ++r23) {
+        const unsigned e23 = entry2_[e1 >> 3][r23];
+        first3_[(r1 << 6) | r23] = static_cast<std::uint16_t>(((e23 >> 6) << 9) | ((e1 & 7) << 6) | (e23 & 63));
+      }
+    }
+  }
+  // W shallow keys at once: the first `levels` levels only (1 <= levels <= 21), m holding the
+  // top `levels` bits of each coordinate interleaved as below (3 * levels bits). The result is
+  // the top 3 * levels bits of the full key (the machine reads the levels from the top and emits
+  // one digit per level). An odd count starts with three levels in one lookup (or the one level).
+  template <int W>
+  void shallow_keys(const std::uint64_t (&m)[W], int levels, std::uint64_t (&out)[W]) const {
+    unsigned s[W];
+    int b = levels;  // levels still to read
+    if (levels % 2 == 1) {
+      if (levels >= 3) {
+        for (int j = 0; j < W; ++j) {
+          const unsigned e = first3_[(m[j] >> (3 * (levels - 3))) & 511];
+          out[j] = e & 511;
+          s[j] = e >> 9;
+        }
+        b -= 3;
+      } else {
+        for (int j = 0; j < W; ++j) {
+          const unsigned e = entry_[0][m[j] & 7];
+          out[j] = e & 7;
+          s[j] = e >> 3;
+        }
+        b = 0;
+      }
+    } else {
+      for (int j = 0; j < W; ++j) {
+        out[j] = 0;
+        s[j] = 0;
+      }
+    }
+    for (; b > 0; b -= 2) {
+      for (int j = 0; j < W; ++j) {
+        const unsigned e = entry2_[s[j]][(m[j] >> (3 * (b - 2))) & 63];
+        out[j] = (out[j] << 6) | (e & 63);
+        s[j] = e >> 6;
+      }
+    }
   }
   // W keys at once, two levels per lookup after the first: W independent chains of lookups
   // interleaved (one chain is a run of dependent loads; the processor overlaps them). Eight
@@ -114,6 +161,7 @@ class HilbertTable {
   static constexpr std::size_t kMaxStates = 96;  // 48 signed permutations x 2 parities
   std::array<std::array<std::uint16_t, 8>, kMaxStates> entry_{};
   std::array<std::array<std::uint16_t, 64>, kMaxStates> entry2_{};
+  std::array<std::uint16_t, 512> first3_{};
 };
 
 // Up to kSmallSortAtoms sort_small; then, below
@@ -209,6 +257,134 @@ void sort_small(const std::uint64_t* keys, std::int32_t* perm, std::size_t n) {
     for (std::size_t j = s; j < e; ++j) kv.emplace_back(k[j], perm[j]);
     std::sort(kv.begin(), kv.end());
     for (std::size_t j = s; j < e; ++j) perm[j] = kv[j - s].second;
+  }
+}
+
+const HilbertTable& hilbert_table() {
+  static const HilbertTable table;
+  return table;
+}
+
+// Quantised coordinate of an atom: the cube of the largest bounding-box side on kGridMax steps.
+// q is in [0, kGridMax] (x >= lo), so the conversion through int32 is exact.
+inline std::uint32_t quantise(float x, float lo, double scale) {
+  const double q = (double{x} - lo) * scale;
+  return static_cast<std::uint32_t>(static_cast<std::int32_t>(std::min<double>(q, kGridMax)));
+}
+
+// Hilbert order of up to kSmallSortAtoms atoms, shallow keys first.
+//
+// Why it is the same order as the stable sort by the full key. The key machine reads the levels
+// of the quantised coordinates from the most significant and emits one 3-bit digit per level,
+// so the key of the first L levels (the shallow key S, 3L bits) is exactly the top 3L bits of
+// the full 63-bit key K, and K = S * 2^(3 (21 - L)) + R with R < 2^(3 (21 - L)). Ordering by
+// (K, index) is therefore ordering by (S, R, index): sort by (S, index) first, then every run of
+// atoms with equal S (atoms sharing a cell at depth L) by (K, index), and the result is the
+// order by (K, index), which is the stable sort by K. Atoms of a molecule are about 1 A apart or
+// more, so with cells of at most kShallowCell they rarely share one and the full keys are rarely
+// needed; when they are (duplicate atoms, a far outlier stretching the box) the order is the same,
+// only slower.
+//
+// The pairs (S, index) are sorted as one word, S above kIndexBits index bits (distinct words, so
+// any sort gives the same order): a counting pass on the word's top bits (cells of level four at
+// most), then insertion sort within the buckets.
+constexpr int kIndexBits = 15;
+static_assert(kSmallSortAtoms <= (std::size_t{1} << kIndexBits), "indices fit the word");
+constexpr int kShallowMaxLevels = (64 - kIndexBits) / 3;  // 16
+constexpr double kShallowCell = 0.5;  // Angstrom: cells of the shallow keys at most this side
+
+// Levels of the shallow keys: cells of at most kShallowCell, and at least eight cells per atom.
+int shallow_levels(double extent, std::size_t n) {
+  int levels = 1;
+  while (levels < kShallowMaxLevels &&
+         (extent > kShallowCell * static_cast<double>(std::uint64_t{1} << levels) ||
+          (std::uint64_t{1} << (3 * levels)) < 8 * n))
+    ++levels;
+  return levels;
+}
+
+void hilbert_order_small(const float* xyz, std::size_t n, const float lo[3], double scale, double extent,
+                         std::int32_t* perm) {
+  const HilbertTable& table = hilbert_table();
+  const int levels = shallow_levels(extent, n);
+  const int drop = kKeyBits - levels;  // low bits of each coordinate left out of the shallow key
+  std::unique_ptr<std::uint64_t[]> buf(new std::uint64_t[2 * n]);
+  std::uint64_t* words = buf.get();
+  std::uint64_t* sorted = buf.get() + n;
+  constexpr std::size_t kW = 8;
+  for (std::size_t i = 0; i < n; i += kW) {
+    std::uint64_t m[kW], k[kW];
+    for (std::size_t j = 0; j < kW; ++j) {
+      const float* a = xyz + 3 * std::min(i + j, n - 1);
+      m[j] = spread3(quantise(a[0], lo[0], scale) >> drop) | (spread3(quantise(a[1], lo[1], scale) >> drop) << 1) |
+             (spread3(quantise(a[2], lo[2], scale) >> drop) << 2);
+    }
+    table.shallow_keys<kW>(m, levels, k);
+    for (std::size_t j = 0; j < kW && i + j < n; ++j) words[i + j] = (k[j] << kIndexBits) | (i + j);
+  }
+  // Counting pass on the top `top` bits of the shallow key.
+  const int top = std::min(12, 3 * levels);
+  const int shift = kIndexBits + 3 * levels - top;
+  std::array<std::uint32_t, (1u << 12) + 1> start;
+  std::fill(start.begin(), start.begin() + (1 << top) + 1, 0u);
+  for (std::size_t i = 0; i < n; ++i) ++start[(words[i] >> shift) + 1];
+  std::uint32_t largest = 0;
+  for (std::size_t b = 1; b <= (1u << top); ++b) {
+    largest = std::max(largest, start[b]);
+    start[b] += start[b - 1];
+  }
+  {
+    std::array<std::uint32_t, (1u << 12)> cursor;
+    std::copy(start.begin(), start.begin() + (1 << top), cursor.begin());
+    for (std::size_t i = 0; i < n; ++i) sorted[cursor[words[i] >> shift]++] = words[i];
+  }
+  auto insertion_sort = [](std::uint64_t* w, std::size_t count) {
+    for (std::size_t j = 1; j < count; ++j) {
+      const std::uint64_t v = w[j];
+      std::size_t m = j;
+      for (; m > 0 && w[m - 1] > v; --m) w[m] = w[m - 1];
+      w[m] = v;
+    }
+  };
+  constexpr std::uint32_t kInsertionMax = 32;
+  if (largest <= kInsertionMax) {
+    // One insertion sort over all: a word never moves past the smaller words of earlier buckets.
+    insertion_sort(sorted, n);
+  } else {
+    for (std::size_t b = 0; b < (1u << top); ++b) {
+      const std::uint32_t s0 = start[b], count = start[b + 1] - s0;
+      if (count <= kInsertionMax) insertion_sort(sorted + s0, count);
+      else std::sort(sorted + s0, sorted + s0 + count);
+    }
+  }
+  constexpr std::uint64_t kIndexMask = (std::uint64_t{1} << kIndexBits) - 1;
+  bool shared = false;  // some atoms share a cell at this depth
+  perm[0] = static_cast<std::int32_t>(sorted[0] & kIndexMask);
+  for (std::size_t p = 1; p < n; ++p) {
+    perm[p] = static_cast<std::int32_t>(sorted[p] & kIndexMask);
+    shared |= ((sorted[p] ^ sorted[p - 1]) >> kIndexBits) == 0;
+  }
+  if (!shared) return;
+  // Runs of equal shallow keys, by (full key, index).
+  std::vector<std::pair<std::uint64_t, std::int32_t>> run;
+  for (std::size_t a = 0; a < n;) {
+    std::size_t e = a + 1;
+    while (e < n && ((sorted[e] ^ sorted[a]) >> kIndexBits) == 0) ++e;
+    if (e - a > 1) {
+      run.clear();
+      for (std::size_t p = a; p < e; ++p) {
+        const std::size_t i = static_cast<std::size_t>(perm[p]);
+        const std::uint64_t m[1] = {spread3(quantise(xyz[3 * i], lo[0], scale)) |
+                                    (spread3(quantise(xyz[3 * i + 1], lo[1], scale)) << 1) |
+                                    (spread3(quantise(xyz[3 * i + 2], lo[2], scale)) << 2)};
+        std::uint64_t key[1];
+        table.keys<1>(m, key);
+        run.emplace_back(key[0], perm[p]);
+      }
+      std::sort(run.begin(), run.end());
+      for (std::size_t p = a; p < e; ++p) perm[p] = run[p - a].second;
+    }
+    a = e;
   }
 }
 
@@ -393,16 +569,16 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
   detail::bounding_box_parallel(xyz, n, lo, hi, parts);
   const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
   const double scale = extent > 0 ? kGridMax / extent : 0.0;
-  // q is in [0, kGridMax] (x >= lo), so the conversion through int32 is exact, and a loop of it
-  // vectorises.
-  auto quant = [&](std::size_t i, int c) {
-    const double q = (double{xyz[3 * i + c]} - lo[c]) * scale;
-    return static_cast<std::uint32_t>(static_cast<std::int32_t>(std::min<double>(q, kGridMax)));
-  };
+  if (order == Order::hilbert && n <= kSmallSortAtoms) {
+    if (extent > 0) hilbert_order_small(xyz, n, lo, scale, extent, perm.data());
+    else std::iota(perm.begin(), perm.end(), 0);  // one point: every key 0, file order
+    return perm;
+  }
+  auto quant = [&](std::size_t i, int c) { return quantise(xyz[3 * i + c], lo[c], scale); };
   // Sort buffers left uninitialised: the key pass and the sort's scatters write them on the
   // threads, not one thread zero-filling 20 bytes per atom first.
   std::unique_ptr<std::uint64_t[]> keys(new std::uint64_t[n]);
-  static const HilbertTable table;
+  const HilbertTable& table = hilbert_table();
   detail::parallel_chunks(n, parts, [&](int, std::size_t b, std::size_t e) {
     for (std::size_t i = b; i < e; ++i) perm[i] = static_cast<std::int32_t>(i);
     if (order == Order::morton) {
