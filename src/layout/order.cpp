@@ -5,6 +5,10 @@
 #include <memory>
 #include <numeric>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "layout/detail.hpp"
 #include "protattn/error.hpp"
 #include "protattn/layout.hpp"
@@ -303,6 +307,61 @@ int shallow_levels(double extent, std::size_t n) {
   return levels;
 }
 
+// Bit b of an 8-bit value moved to bit 3b (spread3 by table).
+constexpr std::array<std::uint32_t, 256> kSpread8 = [] {
+  std::array<std::uint32_t, 256> t{};
+  for (std::uint32_t v = 0; v < 256; ++v)
+    for (int b = 0; b < 8; ++b) t[v] |= ((v >> b) & 1u) << (3 * b);
+  return t;
+}();
+
+// spread3 of a value below 2^16.
+inline std::uint64_t spread16(std::uint32_t v) {
+  return kSpread8[v & 255] | (std::uint64_t{kSpread8[(v >> 8) & 255]} << 24);
+}
+
+// quantise() of the 3 coordinates of 4 atoms, each shifted right by `drop`, into q[12]: the same
+// double arithmetic two coordinates at a time (min(q, kGridMax) as minpd: equal values either
+// way; no NaN here).
+struct Quantiser {
+  const float* lo;
+  double scale;
+  int drop;
+#if defined(__SSE2__)
+  __m128d lo_a, lo_b, lo_c, sc, grid_max;
+  __m128i count;
+  Quantiser(const float lo_[3], double scale_, int drop_) : lo(lo_), scale(scale_), drop(drop_) {
+    // Atoms 3 floats each: the pairs of 4 atoms are (x y) (z x) (y z) (x y) (z x) (y z).
+    lo_a = _mm_set_pd(lo[1], lo[0]);
+    lo_b = _mm_set_pd(lo[0], lo[2]);
+    lo_c = _mm_set_pd(lo[2], lo[1]);
+    sc = _mm_set1_pd(scale);
+    grid_max = _mm_set1_pd(kGridMax);
+    count = _mm_cvtsi32_si128(drop);
+  }
+  __m128i two(__m128 f, __m128d l) const {  // the two low floats of f; result in the low half
+    return _mm_cvttpd_epi32(_mm_min_pd(_mm_mul_pd(_mm_sub_pd(_mm_cvtps_pd(f), l), sc), grid_max));
+  }
+  void four(const float* p, std::uint32_t* q) const {
+    const __m128 a = _mm_loadu_ps(p), b = _mm_loadu_ps(p + 4), c = _mm_loadu_ps(p + 8);
+    const __m128i r0 = _mm_unpacklo_epi64(two(a, lo_a), two(_mm_movehl_ps(a, a), lo_b));
+    const __m128i r1 = _mm_unpacklo_epi64(two(b, lo_c), two(_mm_movehl_ps(b, b), lo_a));
+    const __m128i r2 = _mm_unpacklo_epi64(two(c, lo_b), two(_mm_movehl_ps(c, c), lo_c));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_srl_epi32(r0, count));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 4), _mm_srl_epi32(r1, count));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 8), _mm_srl_epi32(r2, count));
+  }
+#else
+  Quantiser(const float lo_[3], double scale_, int drop_) : lo(lo_), scale(scale_), drop(drop_) {}
+  void four(const float* p, std::uint32_t* q) const {
+    for (int k = 0; k < 12; ++k) q[k] = quantise(p[k], lo[k % 3], scale) >> drop;
+  }
+#endif
+  void one(const float* p, std::uint32_t* q) const {
+    for (int c = 0; c < 3; ++c) q[c] = quantise(p[c], lo[c], scale) >> drop;
+  }
+};
+
 void hilbert_order_small(const float* xyz, std::size_t n, const float lo[3], double scale, double extent,
                          std::int32_t* perm) {
   const HilbertTable& table = hilbert_table();
@@ -312,13 +371,18 @@ void hilbert_order_small(const float* xyz, std::size_t n, const float lo[3], dou
   std::uint64_t* words = buf.get();
   std::uint64_t* sorted = buf.get() + n;
   constexpr std::size_t kW = 8;
+  static_assert(kShallowMaxLevels <= 16, "shallow coordinates below 2^16");
+  const Quantiser quant(lo, scale, drop);
   for (std::size_t i = 0; i < n; i += kW) {
-    std::uint64_t m[kW], k[kW];
-    for (std::size_t j = 0; j < kW; ++j) {
-      const float* a = xyz + 3 * std::min(i + j, n - 1);
-      m[j] = spread3(quantise(a[0], lo[0], scale) >> drop) | (spread3(quantise(a[1], lo[1], scale) >> drop) << 1) |
-             (spread3(quantise(a[2], lo[2], scale) >> drop) << 2);
+    std::uint32_t q[3 * kW];
+    if (i + kW <= n) {
+      for (std::size_t j = 0; j < kW; j += 4) quant.four(xyz + 3 * (i + j), q + 3 * j);
+    } else {  // the last group repeats its last atom
+      for (std::size_t j = 0; j < kW; ++j) quant.one(xyz + 3 * std::min(i + j, n - 1), q + 3 * j);
     }
+    std::uint64_t m[kW], k[kW];
+    for (std::size_t j = 0; j < kW; ++j)
+      m[j] = spread16(q[3 * j]) | (spread16(q[3 * j + 1]) << 1) | (spread16(q[3 * j + 2]) << 2);
     table.shallow_keys<kW>(m, levels, k);
     for (std::size_t j = 0; j < kW && i + j < n; ++j) words[i + j] = (k[j] << kIndexBits) | (i + j);
   }
