@@ -120,15 +120,6 @@ std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile, int threa
   return boxes;
 }
 
-double box_min_dist2(const Box& a, const Box& b) {
-  double d2 = 0;
-  for (int c = 0; c < 3; ++c) {
-    const double gap = std::max({0.0, double{b.lo[c]} - a.hi[c], double{a.lo[c]} - b.hi[c]});
-    d2 += gap * gap;
-  }
-  return d2;
-}
-
 double box_max_dist2(const Box& a, const Box& b) {
   double d2 = 0;
   for (int c = 0; c < 3; ++c) {
