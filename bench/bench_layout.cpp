@@ -117,6 +117,16 @@ void BM_spatial_order_size(benchmark::State& state) {
 }
 BENCHMARK(BM_spatial_order_size)->Arg(4096)->Arg(20000)->Arg(65536)->Arg(k1MAtoms)->Unit(benchmark::kMicrosecond);
 
+// The same with the Hilbert order (the served requests' order), one thread.
+void BM_spatial_order_size_hilbert(benchmark::State& state) {
+  const Structure s = make_globule(static_cast<std::size_t>(state.range(0)), kW2Density);
+  for (auto _ : state) {
+    auto perm = spatial_order(s.xyz.data(), s.size(), Order::hilbert, 1);
+    benchmark::DoNotOptimize(perm.data());
+  }
+}
+BENCHMARK(BM_spatial_order_size_hilbert)->Arg(4096)->Arg(20000)->Arg(32768)->Arg(65536)->Unit(benchmark::kMicrosecond);
+
 void BM_w2_knn_layout(benchmark::State& state) {
   const Structure& s = w2_globule();
   LayoutOptions opt;

@@ -201,6 +201,156 @@ TEST(SpatialOrder, SmallInputsAreStablySortedByTheMortonKey) {
   for (std::size_t n : {2u, 3u, 100u, 4095u, 4096u, 4097u, 30000u, 32768u, 32769u}) expect_stable_morton_order(n);
 }
 
+// Independent reference for the Hilbert order: coordinates quantised as spatial_order defines it
+// (the cube of the largest bounding-box side on 2^21 - 1 steps per axis), each key by Skilling's
+// transpose algorithm ("Programming the Hilbert curve", 2004) worked one level at a time from the
+// top, x the most significant bit of each 3-bit digit, then a stable sort by the full 63-bit key.
+std::uint64_t skilling_hilbert_key(std::uint32_t q[3]) {
+  constexpr std::uint32_t top = 1u << 20;
+  std::uint32_t x[3] = {q[0], q[1], q[2]};
+  for (std::uint32_t level = top; level > 1; level >>= 1) {  // undo excess work, level by level
+    const std::uint32_t below = level - 1;
+    for (int i = 0; i < 3; ++i) {
+      if (x[i] & level) {
+        x[0] ^= below;  // invert
+      } else {
+        const std::uint32_t t = (x[0] ^ x[i]) & below;  // exchange
+        x[0] ^= t;
+        x[i] ^= t;
+      }
+    }
+  }
+  for (int i = 1; i < 3; ++i) x[i] ^= x[i - 1];  // Gray encode
+  std::uint32_t t = 0;
+  for (std::uint32_t level = top; level > 1; level >>= 1)
+    if (x[2] & level) t ^= level - 1;
+  for (auto& v : x) v ^= t;
+  std::uint64_t key = 0;
+  for (int b = 20; b >= 0; --b)
+    key = (key << 3) | (std::uint64_t{(x[0] >> b) & 1} << 2) | (std::uint64_t{(x[1] >> b) & 1} << 1) | ((x[2] >> b) & 1);
+  return key;
+}
+
+std::vector<std::int32_t> reference_hilbert_order(const std::vector<float>& xyz) {
+  const std::size_t n = xyz.size() / 3;
+  float lo[3], hi[3];
+  for (int c = 0; c < 3; ++c) {
+    lo[c] = hi[c] = xyz[static_cast<std::size_t>(c)];
+    for (std::size_t i = 0; i < n; ++i) {
+      lo[c] = std::min(lo[c], xyz[3 * i + c]);
+      hi[c] = std::max(hi[c], xyz[3 * i + c]);
+    }
+  }
+  const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
+  const double grid_max = (1 << 21) - 1;
+  const double scale = extent > 0 ? grid_max / extent : 0.0;
+  std::vector<std::uint64_t> key(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t q[3];
+    for (int c = 0; c < 3; ++c)
+      q[c] = static_cast<std::uint32_t>(std::min((double{xyz[3 * i + c]} - lo[c]) * scale, grid_max));
+    key[i] = skilling_hilbert_key(q);
+  }
+  std::vector<std::int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) { return key[a] < key[b]; });
+  return order;
+}
+
+// The Hilbert order takes shortcuts on small inputs (keys of fewer levels first, the full key
+// only where atoms share a cell at that depth): it must still be exactly the reference order,
+// ties in file order, on easy and adversarial inputs alike.
+TEST(SpatialOrder, HilbertMatchesTheFullKeyReference) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  struct Case {
+    std::string name;
+    std::vector<float> xyz;
+  };
+  std::vector<Case> cases;
+  auto uniform = [&](std::size_t n, float side) {
+    std::vector<float> v(3 * n);
+    for (auto& x : v) x = unit(rng) * side;
+    return v;
+  };
+  for (std::size_t n : {2u, 3u, 7u, 64u, 1000u, 4095u, 4096u, 4097u, 12345u, 30000u})
+    cases.push_back({"uniform " + std::to_string(n), uniform(n, 60.0f)});
+  for (std::size_t n : {4096u, 20000u, 30000u}) {
+    const Structure g = make_globule(n, 0.058, 9);
+    cases.push_back({"globule " + std::to_string(n), g.xyz});
+    // The same with one far atom stretching the box a thousandfold: most atoms share cells.
+    std::vector<float> v = g.xyz;
+    v[3 * (n / 2) + 0] = 9.5e4f;
+    v[3 * (n / 2) + 1] = -9.0e4f;
+    cases.push_back({"globule + outlier " + std::to_string(n), v});
+  }
+  {
+    const Structure s = real("2hhb.pdb");
+    cases.push_back({"2hhb 4096", std::vector<float>(s.xyz.begin(), s.xyz.begin() + 3 * 4096)});
+    cases.push_back({"2hhb", s.xyz});
+  }
+  for (std::size_t n : {2u, 100u, 5000u}) {  // every atom on one point
+    cases.push_back({"one point " + std::to_string(n), std::vector<float>(3 * n, -7.25f)});
+  }
+  for (std::size_t n : {3000u, 25000u}) {  // duplicates: many atoms on a few points, shuffled
+    std::vector<float> pts = uniform(16, 40.0f), v(3 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t k = rng() % 16;
+      for (int c = 0; c < 3; ++c) v[3 * i + c] = pts[3 * k + c];
+    }
+    cases.push_back({"duplicates " + std::to_string(n), v});
+  }
+  for (std::size_t n : {4000u, 30000u}) {  // a crowd in one tiny cell inside a spread structure
+    std::vector<float> v = uniform(n, 80.0f);
+    for (std::size_t i = 0; i < n; i += 3)
+      for (int c = 0; c < 3; ++c) v[3 * i + c] = 31.0f + unit(rng) * 1e-4f;
+    cases.push_back({"tiny crowd " + std::to_string(n), v});
+  }
+  for (std::size_t n : {500u, 9000u}) {  // on a line, and on a line with neighbours 1e-6 apart
+    std::vector<float> v(3 * n), w(3 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const float t = unit(rng);
+      v[3 * i] = 100.0f * t;
+      v[3 * i + 1] = 4.0f;
+      v[3 * i + 2] = -3.0f;
+      w[3 * i] = 1.0f + 1e-6f * static_cast<float>(rng() % 64);
+      w[3 * i + 1] = w[3 * i];
+      w[3 * i + 2] = 2.0f * w[3 * i];
+    }
+    cases.push_back({"line " + std::to_string(n), v});
+    cases.push_back({"diagonal steps " + std::to_string(n), w});
+  }
+  {  // integer grid points (atoms on cell boundaries at every depth), shuffled, some repeated
+    std::vector<int> cells;
+    std::vector<float> v = shuffled_grid(24, cells);
+    v.insert(v.end(), v.begin(), v.begin() + 3 * 2000);
+    cases.push_back({"grid 24 + repeats", v});
+  }
+  for (int k = 0; k < 24; ++k) {  // random sizes: clumps of atoms of random spread, some far out
+    const std::size_t n = 2 + rng() % 29999;
+    std::vector<float> v(3 * n);
+    float centre[3] = {0, 0, 0}, spread = 1;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (rng() % 64 == 0) {  // a new clump
+        for (auto& c : centre) c = (unit(rng) - 0.5f) * (rng() % 8 == 0 ? 2e4f : 100.0f);
+        spread = std::pow(10.0f, -4.0f + 6.0f * unit(rng));
+      }
+      for (int c = 0; c < 3; ++c) v[3 * i + c] = centre[c] + (unit(rng) - 0.5f) * spread;
+    }
+    cases.push_back({"clumps " + std::to_string(n), v});
+  }
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::size_t n = c.xyz.size() / 3;
+    const auto expected = reference_hilbert_order(c.xyz);
+    ASSERT_EQ(spatial_order(c.xyz.data(), n, Order::hilbert, 1), expected);
+    LayoutOptions opt;
+    opt.order = Order::hilbert;
+    opt.count_pairs = false;
+    ASSERT_EQ(build_cutoff_layout(c.xyz.data(), n, opt).perm, expected);
+  }
+}
+
 TEST(CutoffLayout, CompleteAndExactAgainstBruteForce) {
   struct Case {
     std::string name;

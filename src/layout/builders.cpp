@@ -23,6 +23,7 @@ constexpr int kWindowKeys = 128;         // ... attend 128 keys centred on the w
 constexpr std::size_t kTileCellsPerTile = 8;  // grid size bound for the tile cell lists
 constexpr double kKnnAtomsPerCell = 0.2;  // knn grid: about k/5 atoms per cell (bounding-box estimate)
 constexpr std::size_t kTilesPerThread = 512;  // tile rows per thread below which threads do not pay
+constexpr std::size_t kDirectTiles = 64;  // up to this many tiles all pairs are tested directly
 
 // Checks the arguments, orders the atoms and gathers their coordinates in the new order.
 BlockLayout begin_layout(const char* builder, const float* xyz, std::size_t n, const LayoutOptions& opt,
@@ -55,8 +56,23 @@ void require_cutoff(const char* builder, float cutoff) {
                 std::to_string(cutoff));
 }
 
-// Fills row_ptr / col_idx from sorted unique rows and the kinds: windows mode PARTIAL; atoms mode
-// FULL only when the farthest corners of the two tile boxes are within the cutoff; tiles FULL.
+// The kinds of the blocks of row_ptr / col_idx: windows mode PARTIAL; atoms mode FULL only when
+// the farthest corners of the two tile boxes are within the cutoff; tiles FULL.
+void finish_kinds(BlockLayout& l, const std::vector<detail::Box>* boxes) {
+  l.kind.assign(l.col_idx.size(), BlockKind::full);
+  if (l.mask == MaskMode::windows) {
+    std::fill(l.kind.begin(), l.kind.end(), BlockKind::partial);
+  } else if (l.mask == MaskMode::atoms) {
+    const double full2 = std::pow(double{l.cutoff} * (1 - detail::kCutoffSlack), 2);
+    for (std::size_t r = 0; r < static_cast<std::size_t>(l.n_tiles); ++r)
+      for (auto k = l.row_ptr[r]; k < l.row_ptr[r + 1]; ++k) {
+        const auto c = static_cast<std::size_t>(l.col_idx[static_cast<std::size_t>(k)]);
+        if (detail::box_max_dist2((*boxes)[r], (*boxes)[c]) > full2) l.kind[static_cast<std::size_t>(k)] = BlockKind::partial;
+      }
+  }
+}
+
+// Fills row_ptr / col_idx from sorted unique rows (one per tile), then the kinds.
 void finish_blocks(BlockLayout& l, const Rows& rows, const std::vector<detail::Box>* boxes) {
   l.row_ptr.assign(static_cast<std::size_t>(l.n_tiles) + 1, 0);
   for (std::size_t r = 0; r < rows.size(); ++r)
@@ -64,17 +80,7 @@ void finish_blocks(BlockLayout& l, const Rows& rows, const std::vector<detail::B
   l.col_idx.clear();
   l.col_idx.reserve(static_cast<std::size_t>(l.row_ptr.back()));
   for (const auto& r : rows) l.col_idx.insert(l.col_idx.end(), r.begin(), r.end());
-  l.kind.assign(l.col_idx.size(), BlockKind::full);
-  if (l.mask == MaskMode::windows) {
-    std::fill(l.kind.begin(), l.kind.end(), BlockKind::partial);
-  } else if (l.mask == MaskMode::atoms) {
-    const double full2 = std::pow(double{l.cutoff} * (1 - detail::kCutoffSlack), 2);
-    for (std::size_t r = 0; r < rows.size(); ++r)
-      for (auto k = l.row_ptr[r]; k < l.row_ptr[r + 1]; ++k) {
-        const auto c = static_cast<std::size_t>(l.col_idx[static_cast<std::size_t>(k)]);
-        if (detail::box_max_dist2((*boxes)[r], (*boxes)[c]) > full2) l.kind[static_cast<std::size_t>(k)] = BlockKind::partial;
-      }
-  }
+  finish_kinds(l, boxes);
 }
 
 void fill_stats(BlockLayout& l, const LayoutOptions& opt, bool count) {
@@ -88,9 +94,10 @@ void fill_stats(BlockLayout& l, const LayoutOptions& opt, bool count) {
   }
 }
 
-// Tile pairs whose boxes come within `cutoff`: each tile is entered in every grid cell its box
-// overlaps; a tile's candidates are the tiles in the cells its box, grown by the cutoff, overlaps.
-Rows tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff, int threads) {
+// Tile pairs whose boxes come within `cutoff`, into l.row_ptr / l.col_idx (rows of boxes.size()
+// tiles): each tile is entered in every grid cell its box overlaps; a tile's candidates are the
+// tiles in the cells its box, grown by the cutoff, overlaps.
+void tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff, int threads, BlockLayout& l) {
   const std::size_t t = boxes.size();
   float lo[3], hi[3];
   for (int c = 0; c < 3; ++c) {
@@ -118,6 +125,39 @@ Rows tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff, int
       for (auto cy = a[1]; cy <= z[1]; ++cy)
         for (auto cx = a[0]; cx <= z[0]; ++cx) fn(static_cast<std::size_t>(g.index(cx, cy, cz)));
   };
+  const double cut2 = cutoff * cutoff * (1 + detail::kCutoffSlack);
+  if (t <= kDirectTiles) {
+    // Few tiles: every pair directly. Tile j is a candidate of row i when a cell overlapped by
+    // box i grown by the cutoff is also overlapped by box j, that is when their ranges of cell
+    // coordinates meet on each axis: exactly the candidates of the cell lists below, then the
+    // same box test, columns in increasing order (what the sort below gives).
+    struct CellRange {
+      std::int64_t own_lo[3], own_hi[3], grown_lo[3], grown_hi[3];
+    };
+    std::vector<CellRange> range(t);
+    for (std::size_t i = 0; i < t; ++i)
+      for (int c = 0; c < 3; ++c) {
+        range[i].own_lo[c] = g.coord(boxes[i].lo[c] - 0.0, c);
+        range[i].own_hi[c] = g.coord(boxes[i].hi[c] + 0.0, c);
+        range[i].grown_lo[c] = g.coord(boxes[i].lo[c] - cutoff, c);
+        range[i].grown_hi[c] = g.coord(boxes[i].hi[c] + cutoff, c);
+      }
+    l.row_ptr.assign(t + 1, 0);
+    l.col_idx.resize(t * t);  // at most; trimmed below
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < t; ++i) {
+      const CellRange& a = range[i];
+      for (std::size_t j = 0; j < t; ++j) {
+        const CellRange& b = range[j];
+        bool meet = true;
+        for (int c = 0; c < 3; ++c) meet = meet && a.grown_lo[c] <= b.own_hi[c] && b.own_lo[c] <= a.grown_hi[c];
+        if (meet && detail::box_min_dist2(boxes[i], boxes[j]) <= cut2) l.col_idx[kept++] = static_cast<std::int32_t>(j);
+      }
+      l.row_ptr[i + 1] = static_cast<std::int32_t>(kept);
+    }
+    l.col_idx.resize(kept);
+    return;
+  }
   // Cell -> tiles overlapping it, as CSR (count, prefix sum, fill).
   std::vector<std::int32_t> start(g.cells() + 1, 0);
   for (const auto& b : boxes) for_cells(b, 0, [&](std::size_t cell) { ++start[cell + 1]; });
@@ -129,7 +169,6 @@ Rows tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff, int
       items[static_cast<std::size_t>(fill[cell]++)] = static_cast<std::int32_t>(i);
     });
 
-  const double cut2 = cutoff * cutoff * (1 + detail::kCutoffSlack);
   Rows rows(t);
   // Rows are independent: each thread fills its own range of them.
   detail::parallel_chunks(t, detail::resolve_threads(threads, t, kTilesPerThread), [&](int, std::size_t r0, std::size_t r1) {
@@ -147,7 +186,11 @@ Rows tile_pairs_within(const std::vector<detail::Box>& boxes, double cutoff, int
       std::sort(row.begin(), row.end());
     }
   });
-  return rows;
+  l.row_ptr.assign(t + 1, 0);
+  for (std::size_t r = 0; r < t; ++r) l.row_ptr[r + 1] = l.row_ptr[r] + static_cast<std::int32_t>(rows[r].size());
+  l.col_idx.clear();
+  l.col_idx.reserve(static_cast<std::size_t>(l.row_ptr.back()));
+  for (const auto& r : rows) l.col_idx.insert(l.col_idx.end(), r.begin(), r.end());
 }
 
 Rows all_pairs(std::int32_t t) {
@@ -168,7 +211,8 @@ BlockLayout build_cutoff_layout(const float* xyz, std::size_t n, const LayoutOpt
   l.cutoff = opt.cutoff;
   const auto t0 = Clock::now();
   const auto boxes = detail::tile_boxes(l.coords.data(), n, l.tile, opt.threads);
-  finish_blocks(l, tile_pairs_within(boxes, opt.cutoff, opt.threads), &boxes);
+  tile_pairs_within(boxes, opt.cutoff, opt.threads, l);
+  finish_kinds(l, &boxes);
   l.stats.build_ms = ms_since(t0);
   fill_stats(l, opt, true);
   return l;

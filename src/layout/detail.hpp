@@ -1,5 +1,6 @@
 // Layout internals: bounding boxes, uniform cell grids and O(N) neighbour counting.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -33,7 +34,14 @@ struct Box {
 // Bounding box of each tile of `tile` consecutive atoms (the last one may be short).
 std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile, int threads = 1);
 // Smallest / largest distance between two boxes, squared, in double.
-double box_min_dist2(const Box& a, const Box& b);
+inline double box_min_dist2(const Box& a, const Box& b) {  // inline: the cutoff builder's inner loop
+  double d2 = 0;
+  for (int c = 0; c < 3; ++c) {
+    const double gap = std::max({0.0, double{b.lo[c]} - a.hi[c], double{a.lo[c]} - b.hi[c]});
+    d2 += gap * gap;
+  }
+  return d2;
+}
 double box_max_dist2(const Box& a, const Box& b);
 
 // Uniform grid of cubic cells over a box; cells are enlarged past `min_cell` when needed to keep

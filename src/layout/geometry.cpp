@@ -2,6 +2,10 @@
 #include <algorithm>
 #include <cmath>
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include "layout/detail.hpp"
 #include "protattn/error.hpp"
 #include "protattn/structure.hpp"
@@ -15,11 +19,42 @@ constexpr std::size_t kMaxCellsPerAtom = 2;  // grid size bound for the pair cou
 
 void bounding_box(const float* xyz, std::size_t n, float lo[3], float hi[3]) {
   for (int c = 0; c < 3; ++c) lo[c] = hi[c] = n > 0 ? xyz[c] : 0.0f;
+  std::size_t i = 1;
+#if defined(__SSE2__)
+  // Four atoms (twelve floats, three vectors: x y z x | y z x y | z x y z) at a time, then the
+  // lanes of each axis merged. min and max of the same values in another grouping: the same box
+  // (the coordinates are finite; at most the sign of a zero bound can differ, and every user
+  // of a box subtracts it from a coordinate or another bound, where a zero's sign is lost).
+  if (n >= 8) {
+    __m128 l0 = _mm_loadu_ps(xyz), l1 = _mm_loadu_ps(xyz + 4), l2 = _mm_loadu_ps(xyz + 8);
+    __m128 h0 = l0, h1 = l1, h2 = l2;
+    for (i = 4; i + 4 <= n; i += 4) {
+      const float* p = xyz + 3 * i;
+      const __m128 a = _mm_loadu_ps(p), b = _mm_loadu_ps(p + 4), c = _mm_loadu_ps(p + 8);
+      l0 = _mm_min_ps(a, l0);
+      l1 = _mm_min_ps(b, l1);
+      l2 = _mm_min_ps(c, l2);
+      h0 = _mm_max_ps(a, h0);
+      h1 = _mm_max_ps(b, h1);
+      h2 = _mm_max_ps(c, h2);
+    }
+    float l[12], h[12];
+    _mm_storeu_ps(l, l0);
+    _mm_storeu_ps(l + 4, l1);
+    _mm_storeu_ps(l + 8, l2);
+    _mm_storeu_ps(h, h0);
+    _mm_storeu_ps(h + 4, h1);
+    _mm_storeu_ps(h + 8, h2);
+    for (int k = 0; k < 12; ++k) {
+      lo[k % 3] = std::min(lo[k % 3], l[k]);
+      hi[k % 3] = std::max(hi[k % 3], h[k]);
+    }
+  }
+#endif
   // Four atoms at a time into four boxes (independent chains of min and max), then merged.
   float l4[4][3], h4[4][3];
   for (auto& b : l4) std::copy(lo, lo + 3, b);
   for (auto& b : h4) std::copy(hi, hi + 3, b);
-  std::size_t i = 1;
   for (; i + 4 <= n; i += 4)
     for (int a = 0; a < 4; ++a)
       for (int c = 0; c < 3; ++c) {
@@ -83,15 +118,6 @@ std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile, int threa
     }
   });
   return boxes;
-}
-
-double box_min_dist2(const Box& a, const Box& b) {
-  double d2 = 0;
-  for (int c = 0; c < 3; ++c) {
-    const double gap = std::max({0.0, double{b.lo[c]} - a.hi[c], double{a.lo[c]} - b.hi[c]});
-    d2 += gap * gap;
-  }
-  return d2;
 }
 
 double box_max_dist2(const Box& a, const Box& b) {

@@ -4,6 +4,11 @@
 #include <cmath>
 #include <memory>
 #include <numeric>
+#include <utility>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "layout/detail.hpp"
 #include "protattn/error.hpp"
@@ -85,6 +90,53 @@ class HilbertTable {
         }
       }
     }
+    // The first three levels from the start state in one lookup: first3_[r1 << 6 | r2 << 3 | r3]
+    // holds the state after them and their three digits.
+    for (unsigned r1 = 0; r1 < 8; ++r1) {
+      const unsigned e1 = entry_[0][r1];
+      for (unsigned r23 = 0; r23 < 64; ++r23) {
+        const unsigned e23 = entry2_[e1 >> 3][r23];
+        first3_[(r1 << 6) | r23] = static_cast<std::uint16_t>(((e23 >> 6) << 9) | ((e1 & 7) << 6) | (e23 & 63));
+      }
+    }
+  }
+  // W shallow keys at once: the first L levels only (1 <= L <= 21), m holding the top L bits of
+  // each coordinate interleaved as below (3L bits). The result is the top 3L bits of the full key
+  // (the machine reads the levels from the top and emits one digit per level). An odd count
+  // starts with three levels in one lookup (or the one level); L a constant, so the chain is
+  // unrolled (7% faster on the served request than a loop over a run-time count).
+  template <int W, int L>
+  void shallow_keys(const std::uint64_t (&m)[W], std::uint64_t (&out)[W]) const {
+    static_assert(L >= 1 && L <= kKeyBits);
+    unsigned s[W];
+    constexpr int first = L % 2 == 0 ? 0 : (L >= 3 ? 3 : 1);  // levels of the first lookup
+    for (int j = 0; j < W; ++j) {
+      if constexpr (first == 3) {
+        const unsigned e = first3_[(m[j] >> (3 * (L - 3))) & 511];
+        out[j] = e & 511;
+        s[j] = e >> 9;
+      } else if constexpr (first == 1) {
+        const unsigned e = entry_[0][m[j] & 7];
+        out[j] = e & 7;
+        s[j] = e >> 3;
+      } else {
+        const unsigned e = entry2_[0][(m[j] >> (3 * (L - 2))) & 63];
+        out[j] = e & 63;
+        s[j] = e >> 6;
+      }
+    }
+    constexpr int rest = L - (first == 0 ? 2 : first);
+    [&]<int... P>(std::integer_sequence<int, P...>) {
+      (([&] {
+         constexpr int b = rest - 2 * P;  // levels still to read before this lookup
+         for (int j = 0; j < W; ++j) {
+           const unsigned e = entry2_[s[j]][(m[j] >> (3 * (b - 2))) & 63];
+           out[j] = (out[j] << 6) | (e & 63);
+           s[j] = e >> 6;
+         }
+       }()),
+       ...);
+    }(std::make_integer_sequence<int, rest / 2>{});
   }
   // W keys at once, two levels per lookup after the first: W independent chains of lookups
   // interleaved (one chain is a run of dependent loads; the processor overlaps them). Eight
@@ -114,6 +166,7 @@ class HilbertTable {
   static constexpr std::size_t kMaxStates = 96;  // 48 signed permutations x 2 parities
   std::array<std::array<std::uint16_t, 8>, kMaxStates> entry_{};
   std::array<std::array<std::uint16_t, 64>, kMaxStates> entry2_{};
+  std::array<std::uint16_t, 512> first3_{};
 };
 
 // Up to kSmallSortAtoms sort_small; then, below
@@ -209,6 +262,238 @@ void sort_small(const std::uint64_t* keys, std::int32_t* perm, std::size_t n) {
     for (std::size_t j = s; j < e; ++j) kv.emplace_back(k[j], perm[j]);
     std::sort(kv.begin(), kv.end());
     for (std::size_t j = s; j < e; ++j) perm[j] = kv[j - s].second;
+  }
+}
+
+const HilbertTable& hilbert_table() {
+  static const HilbertTable table;
+  return table;
+}
+
+// Quantised coordinate of an atom: the cube of the largest bounding-box side on kGridMax steps.
+// q is in [0, kGridMax] (x >= lo), so the conversion through int32 is exact.
+inline std::uint32_t quantise(float x, float lo, double scale) {
+  const double q = (double{x} - lo) * scale;
+  return static_cast<std::uint32_t>(static_cast<std::int32_t>(std::min<double>(q, kGridMax)));
+}
+
+// Hilbert order of up to kSmallSortAtoms atoms, shallow keys first.
+//
+// Why it is the same order as the stable sort by the full key. The key machine reads the levels
+// of the quantised coordinates from the most significant and emits one 3-bit digit per level,
+// so the key of the first L levels (the shallow key S, 3L bits) is exactly the top 3L bits of
+// the full 63-bit key K, and K = S * 2^(3 (21 - L)) + R with R < 2^(3 (21 - L)). Ordering by
+// (K, index) is therefore ordering by (S, R, index): sort by (S, index) first, then every run of
+// atoms with equal S (atoms sharing a cell at depth L) by (K, index), and the result is the
+// order by (K, index), which is the stable sort by K. Atoms of a molecule are about 1 A apart or
+// more, so with cells of at most kShallowCell they rarely share one and the full keys are rarely
+// needed; when they are (duplicate atoms, a far outlier stretching the box) the order is the same,
+// only slower.
+//
+// The pairs (S, index) are sorted as one word, S above kIndexBits index bits (distinct words, so
+// any sort gives the same order): a counting pass on the word's top bits (cells of level four at
+// most), then insertion sort within the buckets.
+constexpr int kIndexBits = 15;
+static_assert(kSmallSortAtoms <= (std::size_t{1} << kIndexBits), "indices fit the word");
+constexpr int kShallowMaxLevels = (64 - kIndexBits) / 3;  // 16
+constexpr int kBucketBits = 12;  // counting pass on the top bits of the shallow key: cells of level 4
+constexpr double kShallowCell = 0.5;  // Angstrom: cells of the shallow keys at most this side
+
+// Levels of the shallow keys: cells of at most kShallowCell, and at least eight cells per atom.
+int shallow_levels(double extent, std::size_t n) {
+  int levels = 1;
+  while (levels < kShallowMaxLevels &&
+         (extent > kShallowCell * static_cast<double>(std::uint64_t{1} << levels) ||
+          (std::uint64_t{1} << (3 * levels)) < 8 * n))
+    ++levels;
+  return levels;
+}
+
+// Bit b of an 8-bit value moved to bit 3b (spread3 by table).
+constexpr std::array<std::uint32_t, 256> kSpread8 = [] {
+  std::array<std::uint32_t, 256> t{};
+  for (std::uint32_t v = 0; v < 256; ++v)
+    for (int b = 0; b < 8; ++b) t[v] |= ((v >> b) & 1u) << (3 * b);
+  return t;
+}();
+
+// spread3 of a value below 2^16.
+inline std::uint64_t spread16(std::uint32_t v) {
+  return kSpread8[v & 255] | (std::uint64_t{kSpread8[(v >> 8) & 255]} << 24);
+}
+
+// quantise() of the 3 coordinates of 4 atoms, each shifted right by `drop`, into q[12]: the same
+// double arithmetic two coordinates at a time (min(q, kGridMax) as minpd: equal values either
+// way; no NaN here).
+struct Quantiser {
+  const float* lo;
+  double scale;
+  int drop;
+#if defined(__SSE2__)
+  __m128d lo_a, lo_b, lo_c, sc, grid_max;
+  __m128i count;
+  Quantiser(const float lo_[3], double scale_, int drop_) : lo(lo_), scale(scale_), drop(drop_) {
+    // Atoms 3 floats each: the pairs of 4 atoms are (x y) (z x) (y z) (x y) (z x) (y z).
+    lo_a = _mm_set_pd(lo[1], lo[0]);
+    lo_b = _mm_set_pd(lo[0], lo[2]);
+    lo_c = _mm_set_pd(lo[2], lo[1]);
+    sc = _mm_set1_pd(scale);
+    grid_max = _mm_set1_pd(kGridMax);
+    count = _mm_cvtsi32_si128(drop);
+  }
+  __m128i two(__m128 f, __m128d l) const {  // the two low floats of f; result in the low half
+    return _mm_cvttpd_epi32(_mm_min_pd(_mm_mul_pd(_mm_sub_pd(_mm_cvtps_pd(f), l), sc), grid_max));
+  }
+  void four(const float* p, std::uint32_t* q) const {
+    const __m128 a = _mm_loadu_ps(p), b = _mm_loadu_ps(p + 4), c = _mm_loadu_ps(p + 8);
+    const __m128i r0 = _mm_unpacklo_epi64(two(a, lo_a), two(_mm_movehl_ps(a, a), lo_b));
+    const __m128i r1 = _mm_unpacklo_epi64(two(b, lo_c), two(_mm_movehl_ps(b, b), lo_a));
+    const __m128i r2 = _mm_unpacklo_epi64(two(c, lo_b), two(_mm_movehl_ps(c, c), lo_c));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm_srl_epi32(r0, count));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 4), _mm_srl_epi32(r1, count));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 8), _mm_srl_epi32(r2, count));
+  }
+#else
+  Quantiser(const float lo_[3], double scale_, int drop_) : lo(lo_), scale(scale_), drop(drop_) {}
+  void four(const float* p, std::uint32_t* q) const {
+    for (int k = 0; k < 12; ++k) q[k] = quantise(p[k], lo[k % 3], scale) >> drop;
+  }
+#endif
+  void one(const float* p, std::uint32_t* q) const {
+    for (int c = 0; c < 3; ++c) q[c] = quantise(p[c], lo[c], scale) >> drop;
+  }
+};
+
+// The words (shallow key << kIndexBits | index) of atoms [0, n), keys of L levels, each counted
+// in count[] by its bucket (the key's top min(kBucketBits, 3L) bits; counted here, where the
+// increments overlap the key work, rather than in a pass of their own: 1 us less a request).
+template <int L>
+void shallow_words(const float* xyz, std::size_t n, const float lo[3], double scale, std::uint64_t* words,
+                   std::uint32_t* count) {
+  constexpr int kTop = std::min(kBucketBits, 3 * L);
+  const HilbertTable& table = hilbert_table();
+  const Quantiser quant(lo, scale, kKeyBits - L);
+  auto spread = [](std::uint32_t v) -> std::uint64_t {
+    if constexpr (L <= 8) return kSpread8[v];
+    else return spread16(v);
+  };
+  constexpr std::size_t kW = 8;
+  for (std::size_t i = 0; i < n; i += kW) {
+    std::uint32_t q[3 * kW];
+    if (i + kW <= n) {
+      for (std::size_t j = 0; j < kW; j += 4) quant.four(xyz + 3 * (i + j), q + 3 * j);
+    } else {  // the last group repeats its last atom
+      for (std::size_t j = 0; j < kW; ++j) quant.one(xyz + 3 * std::min(i + j, n - 1), q + 3 * j);
+    }
+    std::uint64_t m[kW], k[kW];
+    for (std::size_t j = 0; j < kW; ++j) m[j] = spread(q[3 * j]) | (spread(q[3 * j + 1]) << 1) | (spread(q[3 * j + 2]) << 2);
+    table.shallow_keys<kW, L>(m, k);
+    for (std::size_t j = 0; j < kW && i + j < n; ++j) {
+      words[i + j] = (k[j] << kIndexBits) | (i + j);
+      ++count[k[j] >> (3 * L - kTop)];
+    }
+  }
+}
+
+template <int... L>
+constexpr auto shallow_words_table(std::integer_sequence<int, L...>) {
+  return std::array<void (*)(const float*, std::size_t, const float*, double, std::uint64_t*, std::uint32_t*),
+                    sizeof...(L)>{
+      &shallow_words<L + 1>...};
+}
+
+void hilbert_order_small(const float* xyz, std::size_t n, const float lo[3], double scale, double extent,
+                         std::int32_t* perm) {
+  const HilbertTable& table = hilbert_table();
+  const int levels = shallow_levels(extent, n);
+  std::unique_ptr<std::uint64_t[]> buf(new std::uint64_t[2 * n]);
+  std::uint64_t* words = buf.get();
+  std::uint64_t* sorted = buf.get() + n;
+  static_assert(kShallowMaxLevels <= 16, "shallow coordinates below 2^16");
+  static constexpr auto kPasses = shallow_words_table(std::make_integer_sequence<int, kShallowMaxLevels>{});
+  // The words, and the count of each bucket (the top `top` bits of the shallow key).
+  const int top = std::min(kBucketBits, 3 * levels);
+  const std::size_t buckets = std::size_t{1} << top;  // 8 or more
+  std::array<std::uint32_t, std::size_t{1} << kBucketBits> bucket;
+  std::fill(bucket.begin(), bucket.begin() + static_cast<std::ptrdiff_t>(buckets), 0u);
+  kPasses[static_cast<std::size_t>(levels - 1)](xyz, n, lo, scale, words, bucket.data());
+  // Counts to first positions (exclusive prefix sum), noting whether a bucket holds more than
+  // kInsertionMax words; then the words scattered, bucket[b] ending as the end of bucket b.
+  constexpr std::uint32_t kInsertionMax = 32;
+  bool crowded = false;
+  std::size_t b = 0;
+  std::uint32_t sum = 0;
+#if defined(__SSE2__)
+  {
+    __m128i carry = _mm_setzero_si128(), over = _mm_setzero_si128();
+    const __m128i limit = _mm_set1_epi32(static_cast<int>(kInsertionMax));
+    for (; b + 4 <= buckets; b += 4) {
+      __m128i* p = reinterpret_cast<__m128i*>(bucket.data() + b);
+      const __m128i x = _mm_loadu_si128(p);
+      over = _mm_or_si128(over, _mm_cmpgt_epi32(x, limit));  // counts <= 2^15: no sign trouble
+      __m128i inclusive = _mm_add_epi32(x, _mm_slli_si128(x, 4));
+      inclusive = _mm_add_epi32(inclusive, _mm_slli_si128(inclusive, 8));
+      _mm_storeu_si128(p, _mm_add_epi32(_mm_sub_epi32(inclusive, x), carry));
+      carry = _mm_shuffle_epi32(_mm_add_epi32(inclusive, carry), 0xFF);
+    }
+    crowded = _mm_movemask_epi8(over) != 0;
+    sum = static_cast<std::uint32_t>(_mm_cvtsi128_si32(carry));
+  }
+#endif
+  for (; b < buckets; ++b) {
+    const std::uint32_t v = bucket[b];
+    crowded = crowded || v > kInsertionMax;
+    bucket[b] = sum;
+    sum += v;
+  }
+  const int shift = kIndexBits + 3 * levels - top;
+  for (std::size_t i = 0; i < n; ++i) sorted[bucket[words[i] >> shift]++] = words[i];
+  auto insertion_sort = [](std::uint64_t* w, std::size_t count) {
+    for (std::size_t j = 1; j < count; ++j) {
+      const std::uint64_t v = w[j];
+      std::size_t m = j;
+      for (; m > 0 && w[m - 1] > v; --m) w[m] = w[m - 1];
+      w[m] = v;
+    }
+  };
+  if (!crowded) {
+    // One insertion sort over all: a word never moves past the smaller words of earlier buckets.
+    insertion_sort(sorted, n);
+  } else {
+    for (std::size_t d = 0; d < buckets; ++d) {
+      const std::uint32_t s0 = d == 0 ? 0 : bucket[d - 1], count = bucket[d] - s0;
+      if (count <= kInsertionMax) insertion_sort(sorted + s0, count);
+      else std::sort(sorted + s0, sorted + s0 + count);
+    }
+  }
+  constexpr std::uint64_t kIndexMask = (std::uint64_t{1} << kIndexBits) - 1;
+  bool shared = false;  // some atoms share a cell at this depth
+  perm[0] = static_cast<std::int32_t>(sorted[0] & kIndexMask);
+  for (std::size_t p = 1; p < n; ++p) {
+    perm[p] = static_cast<std::int32_t>(sorted[p] & kIndexMask);
+    shared |= ((sorted[p] ^ sorted[p - 1]) >> kIndexBits) == 0;
+  }
+  if (!shared) return;
+  // Runs of equal shallow keys, by (full key, index).
+  std::vector<std::pair<std::uint64_t, std::int32_t>> run;
+  for (std::size_t a = 0; a < n;) {
+    std::size_t e = a + 1;
+    while (e < n && ((sorted[e] ^ sorted[a]) >> kIndexBits) == 0) ++e;
+    if (e - a > 1) {
+      run.clear();
+      for (std::size_t p = a; p < e; ++p) {
+        const std::size_t i = static_cast<std::size_t>(perm[p]);
+        const std::uint64_t m[1] = {spread3(quantise(xyz[3 * i], lo[0], scale)) |
+                                    (spread3(quantise(xyz[3 * i + 1], lo[1], scale)) << 1) |
+                                    (spread3(quantise(xyz[3 * i + 2], lo[2], scale)) << 2)};
+        std::uint64_t key[1];
+        table.keys<1>(m, key);
+        run.emplace_back(key[0], perm[p]);
+      }
+      std::sort(run.begin(), run.end());
+      for (std::size_t p = a; p < e; ++p) perm[p] = run[p - a].second;
+    }
+    a = e;
   }
 }
 
@@ -393,16 +678,16 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
   detail::bounding_box_parallel(xyz, n, lo, hi, parts);
   const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
   const double scale = extent > 0 ? kGridMax / extent : 0.0;
-  // q is in [0, kGridMax] (x >= lo), so the conversion through int32 is exact, and a loop of it
-  // vectorises.
-  auto quant = [&](std::size_t i, int c) {
-    const double q = (double{xyz[3 * i + c]} - lo[c]) * scale;
-    return static_cast<std::uint32_t>(static_cast<std::int32_t>(std::min<double>(q, kGridMax)));
-  };
+  if (order == Order::hilbert && n <= kSmallSortAtoms) {
+    if (extent > 0) hilbert_order_small(xyz, n, lo, scale, extent, perm.data());
+    else std::iota(perm.begin(), perm.end(), 0);  // one point: every key 0, file order
+    return perm;
+  }
+  auto quant = [&](std::size_t i, int c) { return quantise(xyz[3 * i + c], lo[c], scale); };
   // Sort buffers left uninitialised: the key pass and the sort's scatters write them on the
   // threads, not one thread zero-filling 20 bytes per atom first.
   std::unique_ptr<std::uint64_t[]> keys(new std::uint64_t[n]);
-  static const HilbertTable table;
+  const HilbertTable& table = hilbert_table();
   detail::parallel_chunks(n, parts, [&](int, std::size_t b, std::size_t e) {
     for (std::size_t i = b; i < e; ++i) perm[i] = static_cast<std::int32_t>(i);
     if (order == Order::morton) {
