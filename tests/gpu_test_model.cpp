@@ -133,6 +133,21 @@ TEST(ModelGpu, MatchesCpuWithTilesMaskAndHeadDim128) {
   compare(gpu.forward(data.batch()), cpu.forward(data.batch()), "batch 2hhb+1ubq, mask tiles, d=128, C=96, 3 layers");
 }
 
+// Channels that are not a multiple of 4 take the row kernels' one-element path (the embedding
+// rows); the rest take 16-byte vectors.
+TEST(ModelGpu, MatchesCpuWithChannelsNotAMultipleOfFour) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Loaded data = load({"1ubq.pdb", "1ejg.pdb"});
+  ModelConfig c;
+  c.channels = 30;
+  c.layers = 1;
+  c.heads = 3;
+  c.head_dim = 64;
+  const Model m = init_model(c, 5);
+  AtomEncoder cpu(m, "cpu"), gpu(m, "fused");
+  compare(gpu.forward(data.batch()), cpu.forward(data.batch()), "batch 1ubq+1ejg, mask atoms, C=30, 3 heads");
+}
+
 // Embeddings fetched into the caller's memory (as a server does into registered shared memory):
 // one structure into page-locked memory, one into ordinary memory, one the usual way; the same
 // bits as the plain fetch, poisoned destinations fully overwritten, the returned ones empty.

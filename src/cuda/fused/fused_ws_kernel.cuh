@@ -152,6 +152,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   QueryPos qpos[2];
   query_positions(p, sd, row0 + cw * 16 + g, qpos);
   const bool atoms_mask = sd.mask == kMaskAtoms;
+  const float cut2[2] = {qpos[0].row < sd.n ? sd.cutoff2 : -1.0f, qpos[1].row < sd.n ? sd.cutoff2 : -1.0f};  // within_atoms
 
   float o_acc[K_::kOAcc];
 #pragma unroll
@@ -194,15 +195,28 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     if (masked && atoms_mask) {
       // Element 4 nt + 2 r + c: row r of the thread's two, key nt * 8 + 2 t + c of the tile.
       const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
+      if ((kt + 1) * kTile <= sd.n) {  // every key inside the structure
 #pragma unroll
-      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+        for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
 #pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          const int jl = nt * 8 + 2 * t + c;
-          const float4 kc = kxyz[jl];
+          for (int c = 0; c < 2; ++c) {
+            const float4 kc = kxyz[nt * 8 + 2 * t + c];
 #pragma unroll
-          for (int r = 0; r < 2; ++r)
-            if (!allowed_atoms(sd, qpos[r], kt * kTile + jl, kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
+            for (int r = 0; r < 2; ++r)
+              if (!within_atoms(qpos[r], cut2[r], kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
+          }
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int jl = nt * 8 + 2 * t + c;
+            const float4 kc = kxyz[jl];
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+              if (!allowed_atoms(sd, qpos[r], kt * kTile + jl, kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
+          }
         }
       }
     } else if (masked) {

@@ -34,8 +34,19 @@ void check_cublas(cublasStatus_t s, const char* stmt, const char* file, int line
 }
 #define PROTATTN_CUBLAS_CHECK(stmt) check_cublas((stmt), #stmt, __FILE__, __LINE__)
 
-unsigned grid_for(std::int64_t total) {
-  return static_cast<unsigned>(std::clamp<std::int64_t>((total + gpu::kThreads - 1) / gpu::kThreads, 1, kMaxGridBlocks));
+// Launch shape of a row kernel (model_kernels.cuh): rows of `vecs` vectors, `groups` groups of
+// rows (blockIdx.y).
+struct RowGrid {
+  dim3 grid;
+  unsigned threads;
+  int tpr;  // threads per row
+};
+RowGrid row_grid(std::int64_t rows, int vecs, unsigned groups = 1) {
+  const int tpr = std::clamp(vecs, 1, gpu::kThreads);
+  const int rows_per_block = gpu::kThreads / tpr;
+  const std::int64_t cap = std::max<std::int64_t>(1, kMaxGridBlocks / groups);
+  const auto blocks = static_cast<unsigned>(std::clamp<std::int64_t>((rows + rows_per_block - 1) / rows_per_block, 1, cap));
+  return {dim3(blocks, groups), static_cast<unsigned>(tpr * rows_per_block), tpr};
 }
 
 DeviceBuffer upload_f32(const std::vector<float>& v) {
@@ -180,7 +191,13 @@ class GpuBackend final : public AtomEncoder::Backend {
     auto* qkv = p.qkv.as<__half>();
     const std::int64_t head_block = static_cast<std::int64_t>(H) * T * d;
 
-    gpu::embed_rows<<<grid_for(T * C), gpu::kThreads, 0, stream>>>(x, embed_.as<float>(), p.element.as<std::int32_t>(), T, C);
+    if (C % 4 == 0) {
+      const RowGrid g = row_grid(T, C / 4);
+      gpu::embed_rows<4><<<g.grid, g.threads, 0, stream>>>(x, embed_.as<float>(), p.element.as<std::int32_t>(), T, C, g.tpr);
+    } else {
+      const RowGrid g = row_grid(T, C);
+      gpu::embed_rows<1><<<g.grid, g.threads, 0, stream>>>(x, embed_.as<float>(), p.element.as<std::int32_t>(), T, C, g.tpr);
+    }
     PROTATTN_CUDA_CHECK_LAUNCH();
     const float* pending = nullptr;  // fc2 output of the previous block, added with pending_bias
     const float* pending_bias = nullptr;
@@ -190,19 +207,23 @@ class GpuBackend final : public AtomEncoder::Backend {
       PROTATTN_CUDA_CHECK_LAUNCH();
       // Q, K, V: one batched GEMM over the 3 H head slices, each [T, d] = xn [T, C] . W_g^T.
       gemm(L.wqkv.get(), xn, tmp, d, T, C, static_cast<std::int64_t>(d) * C, T * d, 3 * H);
-      gpu::bias_act_half<false><<<grid_for(3 * head_block), gpu::kThreads, 0, stream>>>(tmp, L.bqkv.as<float>(), qkv, 3 * H, T, d);
-      PROTATTN_CUDA_CHECK_LAUNCH();
+      bias_act<false>(tmp, L.bqkv.as<float>(), qkv, 3 * H, T, d, stream);
       RunArgs args{qkv, qkv + head_block, qkv + 2 * head_block, p.o.get(), nullptr, stream};
       engine_->run(*p.attn, args);
-      gpu::heads_to_rows<<<grid_for(head_block), gpu::kThreads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d);
+      if (d % 8 == 0) {
+        const RowGrid g = row_grid(T, d / 8, static_cast<unsigned>(H));
+        gpu::heads_to_rows<8><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
+      } else {
+        const RowGrid g = row_grid(T, d, static_cast<unsigned>(H));
+        gpu::heads_to_rows<1><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
+      }
       PROTATTN_CUDA_CHECK_LAUNCH();
       gemm(L.wo.get(), p.cat.get(), tmp, C, T, Q, 0, 0, 1);
       gpu::residual_layernorm<<<row_blocks, row_threads, 0, stream>>>(x, tmp, L.bo.as<float>(), L.norm2.g.as<float>(),
                                                                       L.norm2.b.as<float>(), xn, nullptr, T, C, kLayerNormEps);
       PROTATTN_CUDA_CHECK_LAUNCH();
       gemm(L.w1.get(), xn, tmp, M, T, C, 0, 0, 1);
-      gpu::bias_act_half<true><<<grid_for(T * M), gpu::kThreads, 0, stream>>>(tmp, L.b1.as<float>(), p.hidden.as<__half>(), 1, T, M);
-      PROTATTN_CUDA_CHECK_LAUNCH();
+      bias_act<true>(tmp, L.b1.as<float>(), p.hidden.as<__half>(), 1, T, M, stream);
       gemm(L.w2.get(), p.hidden.get(), tmp, C, T, M, 0, 0, 1);
       pending = tmp;
       pending_bias = L.b2.as<float>();
@@ -275,6 +296,20 @@ class GpuBackend final : public AtomEncoder::Backend {
     auto* p = dynamic_cast<GpuPlan*>(&plan);
     if (!p) throw Error("atom_encoder: the plan was made by another backend");
     return *p;
+  }
+
+  // out = fp16(act(in + bias)) over `groups` blocks of [rows, width] (bias [groups, width]).
+  template <bool kGelu>
+  static void bias_act(const float* in, const float* bias, __half* out, int groups, std::int64_t rows, int width,
+                       cudaStream_t stream) {
+    if (width % 4 == 0) {
+      const RowGrid g = row_grid(rows, width / 4, static_cast<unsigned>(groups));
+      gpu::bias_act_half<kGelu, 4><<<g.grid, g.threads, 0, stream>>>(in, bias, out, rows, width, g.tpr);
+    } else {
+      const RowGrid g = row_grid(rows, width, static_cast<unsigned>(groups));
+      gpu::bias_act_half<kGelu, 1><<<g.grid, g.threads, 0, stream>>>(in, bias, out, rows, width, g.tpr);
+    }
+    PROTATTN_CUDA_CHECK_LAUNCH();
   }
 
   // Row-major Y_g [rows, out] (fp32) = X [rows, in] (fp16) . W_g^T (W_g fp16 [out, in]) for g < batch,

@@ -17,14 +17,31 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// x[r, :] = emb[element[r], :]. x: [T, C] float32; emb: [119, C] float32.
+// The row kernels below (embedding, bias + activation, head transpose) give each row of `width`
+// elements tpr threads (threads per row, tpr = blockDim.x / rows per block), each taking VEC
+// consecutive elements at a time: no division per element (a 64-bit one costs dozens of
+// instructions), and 16-byte loads where the width allows. Rows of a block are strided by
+// gridDim.x; blockIdx.y picks a group where there is one.
+struct RowThreads {
+  int lane, row0, rows_per_block;
+  __device__ explicit RowThreads(int tpr)
+      : lane(static_cast<int>(threadIdx.x) % tpr), row0(static_cast<int>(threadIdx.x) / tpr),
+        rows_per_block(static_cast<int>(blockDim.x) / tpr) {}
+};
+
+// x[r, :] = emb[element[r], :]. x: [T, C] float32; emb: [119, C] float32. VEC 4 needs C % 4 == 0.
+template <int VEC>
 __global__ void embed_rows(float* __restrict__ x, const float* __restrict__ emb, const std::int32_t* __restrict__ element,
-                           std::int64_t T, int C) {
-  const std::int64_t total = T * C;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = i / C;
-    x[i] = emb[static_cast<std::int64_t>(element[r]) * C + i % C];
+                           std::int64_t T, int C, int tpr) {
+  const RowThreads rt(tpr);
+  for (std::int64_t r = blockIdx.x * static_cast<std::int64_t>(rt.rows_per_block) + rt.row0; r < T;
+       r += static_cast<std::int64_t>(gridDim.x) * rt.rows_per_block) {
+    const float* er = emb + static_cast<std::int64_t>(element[r]) * C;
+    float* xr = x + r * C;
+    for (int v = rt.lane; v < C / VEC; v += tpr) {
+      if constexpr (VEC == 4) reinterpret_cast<float4*>(xr)[v] = reinterpret_cast<const float4*>(er)[v];
+      else xr[v] = er[v];
+    }
   }
 }
 
@@ -57,28 +74,57 @@ __global__ void residual_layernorm(float* __restrict__ x, const float* __restric
   for (int j = lane; j < C; j += kWarp) yr[j] = __float2half_rn((xr[j] - mean) * inv * g[j] + b[j]);
 }
 
-// out[i] = fp16(act(in[i] + bias[(i / (rows * width)) * width + i % width])) over groups of
-// [rows, width] blocks: the Q/K/V projections ([3H, T, d], bias [3H, d]) and fc1 ([T, M], one group).
 template <bool kGelu>
+__device__ __forceinline__ float activate(float v) {
+  if constexpr (kGelu) v = 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + kGeluCubic * v * v * v)));
+  return v;
+}
+
+// out[g, r, j] = fp16(act(in[g, r, j] + bias[g, j])) for groups g = blockIdx.y of [rows, width]
+// blocks: the Q/K/V projections ([3H, T, d], bias [3H, d]) and fc1 ([T, M], one group). VEC 4
+// needs width % 4 == 0.
+template <bool kGelu, int VEC>
 __global__ void bias_act_half(const float* __restrict__ in, const float* __restrict__ bias, __half* __restrict__ out,
-                              std::int64_t groups, std::int64_t rows, int width) {
-  const std::int64_t per_group = rows * width, total = groups * per_group;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    float v = in[i] + bias[(i / per_group) * width + i % width];
-    if constexpr (kGelu) v = 0.5f * v * (1.0f + tanhf(kSqrt2OverPi * (v + kGeluCubic * v * v * v)));
-    out[i] = __float2half_rn(v);
+                              std::int64_t rows, int width, int tpr) {
+  const RowThreads rt(tpr);
+  const std::int64_t group = blockIdx.y;
+  in += group * rows * width;
+  out += group * rows * width;
+  bias += group * width;
+  for (std::int64_t r = blockIdx.x * static_cast<std::int64_t>(rt.rows_per_block) + rt.row0; r < rows;
+       r += static_cast<std::int64_t>(gridDim.x) * rt.rows_per_block) {
+    const float* ir = in + r * width;
+    __half* orow = out + r * width;
+    for (int v = rt.lane; v < width / VEC; v += tpr) {
+      if constexpr (VEC == 4) {
+        const float4 a = reinterpret_cast<const float4*>(ir)[v], b = reinterpret_cast<const float4*>(bias)[v];
+        const __half2 lo = __halves2half2(__float2half_rn(activate<kGelu>(a.x + b.x)), __float2half_rn(activate<kGelu>(a.y + b.y)));
+        const __half2 hi = __halves2half2(__float2half_rn(activate<kGelu>(a.z + b.z)), __float2half_rn(activate<kGelu>(a.w + b.w)));
+        uint2 packed;
+        packed.x = *reinterpret_cast<const unsigned*>(&lo);
+        packed.y = *reinterpret_cast<const unsigned*>(&hi);
+        reinterpret_cast<uint2*>(orow)[v] = packed;
+      } else {
+        orow[v] = __float2half_rn(activate<kGelu>(ir[v] + bias[v]));
+      }
+    }
   }
 }
 
-// cat[t, h * d + j] = o[h, t, j]: the attention output as rows for the output projection.
-__global__ void heads_to_rows(const __half* __restrict__ o, __half* __restrict__ cat, int H, std::int64_t T, int d) {
-  const std::int64_t total = static_cast<std::int64_t>(H) * T * d;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t t = i / (static_cast<std::int64_t>(H) * d), rem = i % (static_cast<std::int64_t>(H) * d);
-    const std::int64_t h = rem / d, j = rem % d;
-    cat[i] = o[(h * T + t) * d + j];
+// cat[t, h * d + j] = o[h, t, j]: the attention output as rows for the output projection; head
+// h = blockIdx.y. VEC 8 (16-byte copies) needs d % 8 == 0.
+template <int VEC>
+__global__ void heads_to_rows(const __half* __restrict__ o, __half* __restrict__ cat, int H, std::int64_t T, int d, int tpr) {
+  const RowThreads rt(tpr);
+  const std::int64_t h = blockIdx.y;
+  for (std::int64_t t = blockIdx.x * static_cast<std::int64_t>(rt.rows_per_block) + rt.row0; t < T;
+       t += static_cast<std::int64_t>(gridDim.x) * rt.rows_per_block) {
+    const __half* src = o + (h * T + t) * d;
+    __half* dst = cat + t * H * d + h * d;
+    for (int v = rt.lane; v < d / VEC; v += tpr) {
+      if constexpr (VEC == 8) reinterpret_cast<uint4*>(dst)[v] = reinterpret_cast<const uint4*>(src)[v];
+      else dst[v] = src[v];
+    }
   }
 }
 
