@@ -82,6 +82,21 @@ class TempDir {
   fs::path path_;
 };
 
+// The low corner of the bounding box of xyz ([n, 3]) and its largest side, as the spatial orders
+// compute them before quantising.
+double box_extent(const std::vector<float>& xyz, float (&lo)[3]) {
+  const std::size_t n = xyz.size() / 3;
+  float hi[3];
+  for (int c = 0; c < 3; ++c) {
+    lo[c] = hi[c] = xyz[static_cast<std::size_t>(c)];
+    for (std::size_t i = 0; i < n; ++i) {
+      lo[c] = std::min(lo[c], xyz[3 * i + c]);
+      hi[c] = std::max(hi[c], xyz[3 * i + c]);
+    }
+  }
+  return std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
+}
+
 }  // namespace
 
 TEST(Names, RoundTripAndErrorsListValidNames) {
@@ -159,15 +174,8 @@ void expect_stable_morton_order(std::size_t n) {
     const bool crowd = i % 3 == 0;  // a third of the atoms on one point: one big bucket of ties
     for (int c = 0; c < 3; ++c) xyz[3 * i + c] = crowd ? 17.0f : static_cast<float>(cell(rng)) * 0.75f - 3.0f;
   }
-  float lo[3], hi[3];
-  for (int c = 0; c < 3; ++c) {
-    lo[c] = hi[c] = xyz[static_cast<std::size_t>(c)];
-    for (std::size_t i = 0; i < n; ++i) {
-      lo[c] = std::min(lo[c], xyz[3 * i + c]);
-      hi[c] = std::max(hi[c], xyz[3 * i + c]);
-    }
-  }
-  const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
+  float lo[3];
+  const double extent = box_extent(xyz, lo);
   const double grid_max = (1 << 21) - 1;
   std::vector<std::uint64_t> key(n);
   for (std::size_t i = 0; i < n; ++i) {
@@ -233,15 +241,8 @@ std::uint64_t skilling_hilbert_key(std::uint32_t q[3]) {
 
 std::vector<std::int32_t> reference_hilbert_order(const std::vector<float>& xyz) {
   const std::size_t n = xyz.size() / 3;
-  float lo[3], hi[3];
-  for (int c = 0; c < 3; ++c) {
-    lo[c] = hi[c] = xyz[static_cast<std::size_t>(c)];
-    for (std::size_t i = 0; i < n; ++i) {
-      lo[c] = std::min(lo[c], xyz[3 * i + c]);
-      hi[c] = std::max(hi[c], xyz[3 * i + c]);
-    }
-  }
-  const double extent = std::max({double{hi[0]} - lo[0], double{hi[1]} - lo[1], double{hi[2]} - lo[2]});
+  float lo[3];
+  const double extent = box_extent(xyz, lo);
   const double grid_max = (1 << 21) - 1;
   const double scale = extent > 0 ? grid_max / extent : 0.0;
   std::vector<std::uint64_t> key(n);

@@ -156,6 +156,39 @@ __device__ __forceinline__ bool within_atoms(const QueryPos& qp, float cut2, flo
   return d2 <= cut2;
 }
 
+// Mask `atoms` on a thread's slice of N scores in accumulator layout (element 4 nt + 2 r + c: row
+// r of the thread's two, key key0 + nt * 8 + 2 t + c), the 2N keys' coordinates at kxyz[0, 2N):
+// the short test of within_atoms when every key of the slice is inside the structure, the full
+// rule otherwise. cut2: within_atoms' thresholds of the two rows.
+template <int N>
+__device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc& sd, const QueryPos (&qpos)[2],
+                                                 const float (&cut2)[2], const float4* kxyz, int key0, int t) {
+  if (key0 + 2 * N <= sd.n) {
+#pragma unroll
+    for (int nt = 0; nt < N / 4; ++nt) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const float4 kc = kxyz[nt * 8 + 2 * t + c];
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          if (!within_atoms(qpos[r], cut2[r], kc.x, kc.y, kc.z)) s[4 * nt + 2 * r + c] = -INFINITY;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < N / 4; ++nt) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int jl = nt * 8 + 2 * t + c;
+        const float4 kc = kxyz[jl];
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+          if (!allowed_atoms(sd, qpos[r], key0 + jl, kc.x, kc.y, kc.z)) s[4 * nt + 2 * r + c] = -INFINITY;
+      }
+    }
+  }
+}
+
 // The mask rule of mask_allows() for any mode, key coordinates read from `coords`.
 __device__ __forceinline__ bool allowed(const StructDesc& sd, const float* coords, const QueryPos& qp, int j) {
   if (j >= sd.n || qp.row >= sd.n) return false;
@@ -452,33 +485,8 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
         // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
         // folds into one FFMA before each exp2.
         if (masked && atoms_mask) {
-          // Element 4 nt + 2 r + c: row r of the thread's two, key nt * 8 + 2 t + c of the half.
-          const float4* kxyz = key_xyz + (it & 1) * kTile + half * kKeyChunk;
-          if ((kt + 1) * kTile <= sd.n) {  // every key inside the structure
-#pragma unroll
-            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const float4 kc = kxyz[nt * 8 + 2 * t + c];
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-                  if (!within_atoms(qpos[r], cut2[r], kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
-              }
-            }
-          } else {
-#pragma unroll
-            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const int jl = nt * 8 + 2 * t + c;
-                const int j = kt * kTile + half * kKeyChunk + jl;
-                const float4 kc = kxyz[jl];
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-                  if (!allowed_atoms(sd, qpos[r], j, kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
-              }
-            }
-          }
+          mask_atoms_slice(s_acc, sd, qpos, cut2, key_xyz + (it & 1) * kTile + half * kKeyChunk,
+                           kt * kTile + half * kKeyChunk, t);
         } else if (masked) {
 #pragma unroll
           for (int i = 0; i < K_::kSAcc; ++i) {

@@ -193,32 +193,8 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
   const auto softmax = [&](int kt, bool masked, int s) {
     if (masked && atoms_mask) {
-      // Element 4 nt + 2 r + c: row r of the thread's two, key nt * 8 + 2 t + c of the tile.
       const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
-      if ((kt + 1) * kTile <= sd.n) {  // every key inside the structure
-#pragma unroll
-        for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const float4 kc = kxyz[nt * 8 + 2 * t + c];
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-              if (!within_atoms(qpos[r], cut2[r], kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
-          }
-        }
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int jl = nt * 8 + 2 * t + c;
-            const float4 kc = kxyz[jl];
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-              if (!allowed_atoms(sd, qpos[r], kt * kTile + jl, kc.x, kc.y, kc.z)) s_acc[4 * nt + 2 * r + c] = -INFINITY;
-          }
-        }
-      }
+      mask_atoms_slice(s_acc, sd, qpos, cut2, kxyz, kt * kTile, t);
     } else if (masked) {
 #pragma unroll
       for (int i = 0; i < K_::kSAcc; ++i) {
