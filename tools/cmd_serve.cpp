@@ -44,6 +44,11 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--device", opt->device, "CUDA device of the GPU engines")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--device-threads", opt->device_threads,
+                  "GPU engines: inference threads on --device, each with its own CUDA stream, so that one "
+                  "batch's host-side plan overlaps another's kernels (0: " + std::to_string(server::kDeviceThreads) +
+                  "; --devices instead lists a device per thread)")
+      ->check(CLI::Range(0, 64))->capture_default_str();
   cmd->add_option("--devices", opt->devices,
                   "GPU engines on several GPUs: one inference thread per listed device (e.g. 0,1,2,3), "
                   "all taking batches from the one queue; a device listed twice (0,0) gets two threads, "

@@ -28,7 +28,7 @@ void check_options(const Options& o) {
   if (o.batch_wait != "auto" && o.batch_wait != "arrivals" && o.batch_wait != "full")
     throw Error("--batch-wait must be 'auto', 'arrivals' or 'full', got '" + o.batch_wait + "'");
   if (o.replicas > 1 && o.engine != "cpu")
-    throw Error("--replicas is for the cpu engine; a GPU engine takes --devices (one inference thread per GPU)");
+    throw Error("--replicas is for the cpu engine; a GPU engine takes --device-threads (threads on --device) or --devices (a device per thread)");
   if (!o.devices.empty() && o.engine == "cpu")
     throw Error("--devices is for the GPU engines; the cpu engine takes --replicas");
   if (o.gpu_wait != "auto" && o.gpu_wait != "spin" && o.gpu_wait != "yield" && o.gpu_wait != "block")
@@ -39,6 +39,10 @@ void check_options(const Options& o) {
   for (int d : o.devices)
     if (d < 0) throw Error("--devices: device ordinals are >= 0");
   if (o.devices.size() > 64) throw Error("--devices: at most 64 inference threads");
+  if (o.device_threads < 0 || o.device_threads > 64) throw Error("--device-threads must be in 1..64");
+  if (o.device_threads > 0 && o.engine == "cpu") throw Error("--device-threads is for the GPU engines; the cpu engine takes --replicas");
+  if (o.device_threads > 0 && !o.devices.empty())
+    throw Error("--device-threads and --devices both set the inference threads: give one (list a device twice in --devices for two threads on it)");
   if (!(o.max_queue_delay_ms >= 0)) throw Error("--max-queue-delay-ms must be >= 0");
   if (o.max_request_atoms < 1 || o.max_heads < 1 || o.max_head_dim < 1)
     throw Error("request limits must be >= 1");
@@ -76,7 +80,8 @@ class SignalMask {
 
 std::vector<int> inference_devices(const Options& opt) {
   if (!opt.devices.empty()) return opt.devices;
-  if (opt.engine != "cpu") return {opt.device};
+  if (opt.engine != "cpu")
+    return std::vector<int>(static_cast<std::size_t>(opt.device_threads > 0 ? opt.device_threads : kDeviceThreads), opt.device);
   std::vector<int> replicas(static_cast<std::size_t>(opt.replicas));
   for (int r = 0; r < opt.replicas; ++r) replicas[static_cast<std::size_t>(r)] = r;
   return replicas;

@@ -19,7 +19,8 @@ struct Options {
   int grpc_threads = 0;              // gRPC calls at once (0: max_queue + max_batch_requests + 16)
   std::string engine = "cpu";        // engine of the inference thread
   int engine_threads = 0;            // cpu engine workers (0: all cores)
-  int device = 0;                    // CUDA device of device engines (one inference thread)
+  int device = 0;                    // CUDA device of device engines
+  int device_threads = 0;            // device engines without `devices`: inference threads on `device` (0: kDeviceThreads)
   std::vector<int> devices;          // device engines: one inference thread per device (overrides device)
   int replicas = 1;                  // cpu engine: inference threads, each with engine_threads workers
   std::int64_t max_batch_atoms = 65536;   // atoms of one ragged batch (one engine run)
@@ -44,8 +45,16 @@ struct Options {
 // (0 after a clean drain); never calls exit(). Throws protattn::Error on a bad configuration.
 int run(const Options& opt);
 
+// Inference threads a GPU engine runs on --device when neither --devices nor --device-threads
+// says: while one thread plans a batch on the host, another's kernels run. On an H200 serving
+// encoder_w1 on 4,096 atoms: two threads 2,801 infer/s against 1,536 for one (an older build,
+// bench/results/2026-11-30-h200-d27d765); four and six within a few percent of each other at
+// 99734a9 (19,764 and 20,363 infer/s at 48 in flight, same run, -99734a9-serve).
+inline constexpr int kDeviceThreads = 4;
+
 // The device of each inference thread `opt` asks for: --devices as given; else one per cpu
-// replica (numbered 0..N-1, which the cpu engine ignores), or the one --device of a GPU engine.
+// replica (numbered 0..N-1, which the cpu engine ignores), or --device-threads (kDeviceThreads)
+// threads on the one --device of a GPU engine.
 std::vector<int> inference_devices(const Options& opt);
 
 // The gRPC thread budget `opt` asks for: grpc_threads, or when 0 enough for every call the

@@ -199,11 +199,14 @@ def test_replicas_share_the_queue(make_server, ubq):
     assert ready and ready[0]["inference_threads"] == 2
 
 
-def test_replicas_devices_and_gpu_wait_options_are_checked(repo, tmp_path):
+def test_replicas_devices_device_threads_and_gpu_wait_options_are_checked(repo, tmp_path):
     from conftest import BINARY
     for args, words in ((["--replicas", "2", "--engine", "fused"], "--replicas is for the cpu engine"),
                         (["--devices", "0,1"], "--devices is for the GPU engines"),
                         (["--gpu-wait", "block"], "--gpu-wait is for the GPU engines"),
+                        (["--device-threads", "2"], "--device-threads is for the GPU engines"),
+                        (["--device-threads", "2", "--devices", "0", "--engine", "fused"], "--device-threads and --devices"),
+                        (["--device-threads", "65", "--engine", "fused"], "--device-threads"),
                         (["--gpu-wait", "nap", "--engine", "fused"], "--gpu-wait"),
                         (["--replicas", "0"], "replicas")):
         p = subprocess.run([str(BINARY), "serve", "--models", str(repo), "--http-port", "0", "--grpc-port", "-1",
