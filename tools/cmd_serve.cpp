@@ -21,7 +21,9 @@ void add_serve_command(CLI::App& app) {
       "Serve the models of a repository over the Open Inference Protocol (KServe v2): HTTP/REST "
       "(JSON and binary tensors) and gRPC (GRPCInferenceService). Endpoints: /v2/health/{live,ready}, "
       "/v2, /v2/models/NAME[/ready|/config|/stats], POST /v2/models/NAME/infer, /metrics "
-      "(Prometheus). One inference thread owns the engine; concurrent requests are batched. "
+      "(Prometheus). Each inference thread owns an engine (the cpu engine: --replicas, one by "
+      "default; a GPU engine: --device-threads or --devices, four on --device by default); concurrent "
+      "requests are batched and the threads take batches from one queue. "
       "SIGTERM or SIGINT drains: stop accepting, answer what was accepted, exit 0.");
   cmd->add_option("--model-repository,--models", opt->model_repository,
                   "folder with one sub-folder per model holding its config.json")
