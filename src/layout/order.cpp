@@ -277,6 +277,13 @@ inline std::uint32_t quantise(float x, float lo, double scale) {
   return static_cast<std::uint32_t>(static_cast<std::int32_t>(std::min<double>(q, kGridMax)));
 }
 
+// The key machine's input for atom i: its quantised coordinates' bits interleaved, x in the low
+// bit of each triple (HilbertTable::keys).
+inline std::uint64_t interleaved_bits(const float* xyz, std::size_t i, const float lo[3], double scale) {
+  return spread3(quantise(xyz[3 * i], lo[0], scale)) | (spread3(quantise(xyz[3 * i + 1], lo[1], scale)) << 1) |
+         (spread3(quantise(xyz[3 * i + 2], lo[2], scale)) << 2);
+}
+
 // Hilbert order of up to kSmallSortAtoms atoms, shallow keys first.
 //
 // Why it is the same order as the stable sort by the full key. The key machine reads the levels
@@ -483,9 +490,7 @@ void hilbert_order_small(const float* xyz, std::size_t n, const float lo[3], dou
       run.clear();
       for (std::size_t p = a; p < e; ++p) {
         const std::size_t i = static_cast<std::size_t>(perm[p]);
-        const std::uint64_t m[1] = {spread3(quantise(xyz[3 * i], lo[0], scale)) |
-                                    (spread3(quantise(xyz[3 * i + 1], lo[1], scale)) << 1) |
-                                    (spread3(quantise(xyz[3 * i + 2], lo[2], scale)) << 2)};
+        const std::uint64_t m[1] = {interleaved_bits(xyz, i, lo, scale)};
         std::uint64_t key[1];
         table.keys<1>(m, key);
         run.emplace_back(key[0], perm[p]);
@@ -696,8 +701,7 @@ std::vector<std::int32_t> detail::spatial_order_unchecked(const float* xyz, std:
     } else {
       // First every atom's interleaved bits (a plain loop, vectorised), then the state machine
       // over them kW atoms at a time; the last group of a chunk repeats its last atom.
-      for (std::size_t i = b; i < e; ++i)
-        keys[i] = spread3(quant(i, 0)) | (spread3(quant(i, 1)) << 1) | (spread3(quant(i, 2)) << 2);
+      for (std::size_t i = b; i < e; ++i) keys[i] = interleaved_bits(xyz, i, lo, scale);
       constexpr std::size_t kW = 8;
       for (std::size_t i = b; i < e; i += kW) {
         std::uint64_t m[kW], k[kW];
