@@ -39,7 +39,7 @@ void check_options(const Options& o) {
   for (int d : o.devices)
     if (d < 0) throw Error("--devices: device ordinals are >= 0");
   if (o.devices.size() > 64) throw Error("--devices: at most 64 inference threads");
-  if (o.device_threads < 0 || o.device_threads > 64) throw Error("--device-threads must be in 1..64");
+  if (o.device_threads < 0 || o.device_threads > 64) throw Error("--device-threads must be in 0..64 (0: the default, " + std::to_string(kDeviceThreads) + ")");
   if (o.device_threads > 0 && o.engine == "cpu") throw Error("--device-threads is for the GPU engines; the cpu engine takes --replicas");
   if (o.device_threads > 0 && !o.devices.empty())
     throw Error("--device-threads and --devices both set the inference threads: give one (list a device twice in --devices for two threads on it)");
