@@ -3,6 +3,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 #include <numeric>
@@ -158,7 +159,7 @@ class FusedEngine final : public Engine {
     int kernel = kKernelMmaSync;
     if (hopper_) kernel = base_items >= sms_ ? kKernelWs : kKernelWgmma;
     if (forced_kernel_ >= 0) kernel = forced_kernel_;
-    const int bps = dispatch(shape.dtype, shape.dim, [&]<typename T, int D>() { return fused_blocks_per_sm<T, D>(kernel); });
+    const int bps = blocks_per_sm(shape, kernel);
     const std::int64_t target = static_cast<std::int64_t>(sms_) * bps;
     // Too few query tiles x heads to fill the GPU: cut the key lists into pieces, the longest
     // lists into the most (split_plan.hpp), until the pieces fill the block slots.
@@ -296,10 +297,24 @@ class FusedEngine final : public Engine {
   }
 
  private:
+  // Resident blocks per SM of the plan's kernel, asked of CUDA once per (dtype, dim, kernel) and
+  // kept: a server plans a batch on every inference thread, and the query (with the shared-memory
+  // limit it raises first) takes a lock. Racing threads store the same value.
+  int blocks_per_sm(const ProblemShape& shape, int kernel) {
+    std::atomic<int>& slot = bps_[shape.dtype == DType::bf16 ? 1 : 0][shape.dim == 128 ? 1 : 0][kernel];
+    int bps = slot.load(std::memory_order_relaxed);
+    if (bps == 0) {
+      bps = dispatch(shape.dtype, shape.dim, [&]<typename T, int D>() { return fused_blocks_per_sm<T, D>(kernel); });
+      slot.store(bps, std::memory_order_relaxed);
+    }
+    return bps;
+  }
+
   int device_ = 0;
   int sms_ = 0;
   bool hopper_ = false;
   int forced_kernel_ = -1;  // a KernelCode from the environment, or -1
+  std::atomic<int> bps_[2][2][3] = {};  // [fp16, bf16][d 64, 128][KernelCode]; 0: not asked yet
 };
 
 }  // namespace

@@ -117,6 +117,7 @@ __device__ __forceinline__ void load_tile(std::uint32_t smem, const std::uint16_
 struct QueryPos {
   int row;  // local row within the structure
   float x, y, z;
+  float cut2;  // within_atoms' threshold: the structure's cutoff^2, -1 for a padding row
 };
 
 // Positions of a thread's two query rows (row0 and row0 + 8, local to the structure); the
@@ -126,6 +127,7 @@ __device__ __forceinline__ void query_positions(const Params& p, const StructDes
   for (int r = 0; r < 2; ++r) {
     qpos[r].row = row0 + r * 8;
     qpos[r].x = qpos[r].y = qpos[r].z = 0.0f;
+    qpos[r].cut2 = qpos[r].row < sd.n ? sd.cutoff2 : -1.0f;
     if (sd.mask == kMaskAtoms && qpos[r].row < sd.n) {
       const float* c = p.coords + (sd.offset + qpos[r].row) * 3;
       qpos[r].x = c[0];
@@ -146,23 +148,23 @@ __device__ __forceinline__ bool allowed_atoms(const StructDesc& sd, const QueryP
   return d2 <= sd.cutoff2;
 }
 
-// The atoms rule, shortened for a key inside the structure: `cut2` is the structure's cutoff^2
-// for a query row inside it and -1 for a padding row (nothing passes). Key == query needs no
+// The atoms rule, shortened for a key inside the structure: the row's cut2 is the structure's
+// cutoff^2 for a query row inside it and -1 for a padding row (nothing passes). Key == query needs no
 // test of its own: its d2 is 0, within any cutoff, for the finite coordinates a layout has.
 // Ten instructions a pair instead of about fifteen: proteins make nearly every kept tile PARTIAL.
-__device__ __forceinline__ bool within_atoms(const QueryPos& qp, float cut2, float kx, float ky, float kz) {
+__device__ __forceinline__ bool within_atoms(const QueryPos& qp, float kx, float ky, float kz) {
   const float dx = __fsub_rn(qp.x, kx), dy = __fsub_rn(qp.y, ky), dz = __fsub_rn(qp.z, kz);
   const float d2 = __fadd_rn(__fadd_rn(__fmul_rn(dx, dx), __fmul_rn(dy, dy)), __fmul_rn(dz, dz));
-  return d2 <= cut2;
+  return d2 <= qp.cut2;
 }
 
 // Mask `atoms` on a thread's slice of N scores in accumulator layout (element 4 nt + 2 r + c: row
 // r of the thread's two, key key0 + nt * 8 + 2 t + c), the 2N keys' coordinates at kxyz[0, 2N):
 // the short test of within_atoms when every key of the slice is inside the structure, the full
-// rule otherwise. cut2: within_atoms' thresholds of the two rows.
+// rule otherwise.
 template <int N>
 __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc& sd, const QueryPos (&qpos)[2],
-                                                 const float (&cut2)[2], const float4* kxyz, int key0, int t) {
+                                                 const float4* kxyz, int key0, int t) {
   if (key0 + 2 * N <= sd.n) {
 #pragma unroll
     for (int nt = 0; nt < N / 4; ++nt) {
@@ -171,7 +173,7 @@ __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc
         const float4 kc = kxyz[nt * 8 + 2 * t + c];
 #pragma unroll
         for (int r = 0; r < 2; ++r)
-          if (!within_atoms(qpos[r], cut2[r], kc.x, kc.y, kc.z)) s[4 * nt + 2 * r + c] = -INFINITY;
+          if (!within_atoms(qpos[r], kc.x, kc.y, kc.z)) s[4 * nt + 2 * r + c] = -INFINITY;
       }
     }
   } else {
@@ -399,7 +401,6 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
   // Query positions of this thread's two rows (g and g + 8 of the warp's 16).
   QueryPos qpos[2];
   query_positions(p, sd, row0 + warp * 16 + g, qpos);
-  const float cut2[2] = {qpos[0].row < sd.n ? sd.cutoff2 : -1.0f, qpos[1].row < sd.n ? sd.cutoff2 : -1.0f};  // within_atoms
 
   // Key coordinates of a tile into stage `stage` (mask `atoms`, wgmma back end): plain loads and
   // stores, visible after the __syncthreads that also waits for the tile's K and V.
@@ -485,7 +486,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
         // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
         // folds into one FFMA before each exp2.
         if (masked && atoms_mask) {
-          mask_atoms_slice(s_acc, sd, qpos, cut2, key_xyz + (it & 1) * kTile + half * kKeyChunk,
+          mask_atoms_slice(s_acc, sd, qpos, key_xyz + (it & 1) * kTile + half * kKeyChunk,
                            kt * kTile + half * kKeyChunk, t);
         } else if (masked) {
 #pragma unroll

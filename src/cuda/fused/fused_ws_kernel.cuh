@@ -152,7 +152,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   QueryPos qpos[2];
   query_positions(p, sd, row0 + cw * 16 + g, qpos);
   const bool atoms_mask = sd.mask == kMaskAtoms;
-  const float cut2[2] = {qpos[0].row < sd.n ? sd.cutoff2 : -1.0f, qpos[1].row < sd.n ? sd.cutoff2 : -1.0f};  // within_atoms
 
   float o_acc[K_::kOAcc];
 #pragma unroll
@@ -194,7 +193,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const auto softmax = [&](int kt, bool masked, int s) {
     if (masked && atoms_mask) {
       const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
-      mask_atoms_slice(s_acc, sd, qpos, cut2, kxyz, kt * kTile, t);
+      mask_atoms_slice(s_acc, sd, qpos, kxyz, kt * kTile, t);
     } else if (masked) {
 #pragma unroll
       for (int i = 0; i < K_::kSAcc; ++i) {
