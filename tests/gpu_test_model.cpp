@@ -182,6 +182,44 @@ TEST(ModelGpu, FetchIntoDestinationsGivesTheSameBits) {
   EXPECT_THROW(gpu.fetch(*plan, nullptr, {nullptr}), Error);  // one destination for three structures
 }
 
+// EngineOptions::gpu_wait_poll (serve --gpu-wait=poll): fetch waits by polling an event. The
+// destinations are page-locked, so the copies are asynchronous: a wait that returned early would
+// leave the poison in them.
+TEST(ModelGpu, PollingWaitGivesTheSameBits) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Loaded data = load({"2hhb.pdb", "1ubq.pdb"});
+  const Model model = init_model(ModelConfig{}, 6);
+  AtomEncoder spin(model, "fused");
+  EngineOptions eo;
+  eo.gpu_wait_poll = true;
+  AtomEncoder poll(model, "fused", eo);
+  auto p_spin = spin.plan(data.batch());
+  spin.run(*p_spin);
+  const auto want = spin.fetch(*p_spin);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  auto plan = poll.plan(data.batch());
+  for (int round = 0; round < 3; ++round) {
+    std::vector<void*> dests;
+    for (const auto& e : want) {
+      std::uint16_t* d = nullptr;
+      ASSERT_EQ(cudaMallocHost(&d, e.size() * sizeof(std::uint16_t)), cudaSuccess);
+      std::fill(d, d + e.size(), std::uint16_t{0x7e00});  // fp16 NaN
+      dests.push_back(d);
+    }
+    poll.run(*plan, stream);
+    poll.fetch(*plan, stream, dests);
+    for (std::size_t b = 0; b < want.size(); ++b) {
+      const auto* d = static_cast<const std::uint16_t*>(dests[b]);
+      EXPECT_EQ(std::vector<std::uint16_t>(d, d + want[b].size()), want[b]) << "round " << round << ", structure " << b;
+      cudaFreeHost(dests[b]);
+    }
+    poll.run(*plan, stream);
+    EXPECT_EQ(poll.fetch(*plan, stream), want) << "round " << round << ", staged";
+  }
+  cudaStreamDestroy(stream);
+}
+
 TEST(ModelGpu, RunIsDeterministicAndCapturable) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const Loaded data = load({"1ubq.pdb", "2hhb.pdb"});

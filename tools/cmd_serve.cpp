@@ -79,9 +79,11 @@ void add_serve_command(CLI::App& app) {
                "the server read and write any shared-memory object it may open)");
   cmd->add_option("--gpu-wait", opt->gpu_wait,
                   "GPU engines: how an inference thread waits for its GPU: spin (lowest latency, a core "
-                  "busy meanwhile), yield, block (sleeps; frees the core for the other threads), or auto "
-                  "(CUDA's choice: spin while the process has fewer GPU contexts than cores)")
-      ->check(CLI::IsMember({"auto", "spin", "yield", "block"}))->capture_default_str();
+                  "busy meanwhile), yield, block (sleeps until the GPU wakes it; frees the core for the "
+                  "other threads), poll (atom_encoder models: queries the GPU every ~20 us and sleeps "
+                  "between; others wait as auto), or auto (CUDA's choice: spin while the process has fewer "
+                  "GPU contexts than cores)")
+      ->check(CLI::IsMember({"auto", "spin", "yield", "block", "poll"}))->capture_default_str();
   cmd->add_option("--batch-wait", opt->batch_wait,
                   "arrivals: the oldest request waits for company only while others are being "
                   "received and prepared; full: it always waits --max-queue-delay-ms (as Triton does); "

@@ -71,6 +71,10 @@ struct EngineOptions {
   // fused: the attention kernel, "ws", "wgmma" or "mma_sync" (docs/fused.md); empty: the
   // environment's PROTATTN_FUSED_KERNEL, else chosen per plan.
   std::string fused_kernel;
+  // The atom_encoder's GPU forward: how fetch() waits for the device. false: the CUDA stream
+  // synchronisation (spin, yield or block as the device's schedule flag says); true: an event
+  // polled with short sleeps between queries (serve --gpu-wait=poll; less CPU than a spin).
+  bool gpu_wait_poll = false;
 };
 
 class Engine {

@@ -26,7 +26,8 @@ namespace model {
 
 std::unique_ptr<AtomEncoder::Backend> make_cpu_backend(Model m, std::unique_ptr<Engine> engine, int threads);
 #ifdef PROTATTN_MODEL_GPU
-std::unique_ptr<AtomEncoder::Backend> make_gpu_backend(Model m, std::unique_ptr<Engine> engine, int device);
+// poll: wait for the device by polling (EngineOptions::gpu_wait_poll).
+std::unique_ptr<AtomEncoder::Backend> make_gpu_backend(Model m, std::unique_ptr<Engine> engine, int device, bool poll);
 #endif
 
 // Tensor names (docs/model.md lists them all).

@@ -23,7 +23,7 @@ AtomEncoder::AtomEncoder(Model model, const std::string& engine, const EngineOpt
   std::unique_ptr<Engine> e = make_engine(engine, opt);
   if (e->on_device()) {
 #ifdef PROTATTN_MODEL_GPU
-    backend_ = model::make_gpu_backend(std::move(model), std::move(e), opt.device);
+    backend_ = model::make_gpu_backend(std::move(model), std::move(e), opt.device, opt.gpu_wait_poll);
 #else
     throw Error("AtomEncoder: engine '" + engine + "' runs on a device but this build has no GPU forward of the model");
 #endif

@@ -5,6 +5,9 @@
 #include <future>
 #include <map>
 #include <tuple>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "common.hpp"
 #include "encoder_model.hpp"
@@ -65,8 +68,16 @@ void unpack(const std::vector<T>& packed, std::vector<T>& dst, int heads, std::i
 
 #ifdef PROTATTN_HAVE_CUDA
 // How the calling inference thread waits for `device` (--gpu-wait): auto keeps CUDA's heuristic
-// (spin while the process has fewer contexts than cores), the others set its schedule flag.
+// (spin while the process has fewer contexts than cores), poll keeps it too (the encoder's fetch
+// polls, EngineOptions::gpu_wait_poll) and makes this thread's short sleeps short (Linux timer
+// slack 1 us instead of 50), the others set the schedule flag.
 void set_gpu_wait(int device, const std::string& how) {
+  if (how == "poll") {
+#ifdef __linux__
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);  // best effort: a longer sleep is only slower
+#endif
+    return;
+  }
   if (how == "auto") return;
   const unsigned flag = how == "spin"    ? cudaDeviceScheduleSpin
                         : how == "yield" ? cudaDeviceScheduleYield
@@ -105,6 +116,7 @@ void Batcher::start(const std::vector<ModelSpec>& models) {
         EngineOptions eo;
         eo.threads = opt_.engine_threads;
         eo.device = st.device;
+        eo.gpu_wait_poll = opt_.gpu_wait == "poll";
         st.engine = make_engine(opt_.engine, eo);
         for (const ModelSpec& m : models)
           if (m.is_encoder())

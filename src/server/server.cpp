@@ -31,8 +31,9 @@ void check_options(const Options& o) {
     throw Error("--replicas is for the cpu engine; a GPU engine takes --device-threads (threads on --device) or --devices (a device per thread)");
   if (!o.devices.empty() && o.engine == "cpu")
     throw Error("--devices is for the GPU engines; the cpu engine takes --replicas");
-  if (o.gpu_wait != "auto" && o.gpu_wait != "spin" && o.gpu_wait != "yield" && o.gpu_wait != "block")
-    throw Error("--gpu-wait: auto, spin, yield or block, not '" + o.gpu_wait + "'");
+  if (o.gpu_wait != "auto" && o.gpu_wait != "spin" && o.gpu_wait != "yield" && o.gpu_wait != "block" &&
+      o.gpu_wait != "poll")
+    throw Error("--gpu-wait: auto, spin, yield, block or poll, not '" + o.gpu_wait + "'");
   if (o.gpu_wait != "auto" && o.engine == "cpu") throw Error("--gpu-wait is for the GPU engines");
   // A device may be listed more than once: its inference threads then overlap one batch's
   // host-side work (plan, layouts, uploads) with another's kernels.

@@ -11,6 +11,7 @@
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/device_buffer.hpp"
 #include "cuda/common/host_staging.hpp"
+#include "cuda/common/stream_wait.hpp"
 #include "model/backend.hpp"
 #include "model/cuda/model_kernels.cuh"
 #include "protattn/error.hpp"
@@ -92,7 +93,8 @@ class GpuPlan final : public ForwardPlan {
 
 class GpuBackend final : public AtomEncoder::Backend {
  public:
-  GpuBackend(Model m, std::unique_ptr<Engine> engine, int device) : engine_(std::move(engine)), device_(device) {
+  GpuBackend(Model m, std::unique_ptr<Engine> engine, int device, bool poll)
+      : engine_(std::move(engine)), device_(device), poll_(poll) {
     config_ = m.config;
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
     PROTATTN_CUBLAS_CHECK(cublasCreate(&handle_));
@@ -236,7 +238,7 @@ class GpuBackend final : public AtomEncoder::Backend {
 
   void wait(void* stream_ptr) override {
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
-    PROTATTN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_ptr)));
+    cuda::stream_wait(static_cast<cudaStream_t>(stream_ptr), poll_);
   }
 
   std::vector<Embedding> fetch(ForwardPlan& plan, void* stream_ptr, const std::vector<void*>& dests) override {
@@ -261,7 +263,7 @@ class GpuBackend final : public AtomEncoder::Backend {
       PROTATTN_CUDA_CHECK(cudaMemcpyAsync(dests[b], p.out.as<std::uint8_t>() + sb, se - sb, cudaMemcpyDeviceToHost, stream));
     }
     if (!staged) {
-      PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+      cuda::stream_wait(stream, poll_);
       return out;
     }
     // The structures' rows are consecutive in p.out: staged copies of all of it, each piece
@@ -327,6 +329,7 @@ class GpuBackend final : public AtomEncoder::Backend {
   ModelConfig config_;
   std::unique_ptr<Engine> engine_;
   int device_ = 0;
+  bool poll_ = false;  // EngineOptions::gpu_wait_poll
   cublasHandle_t handle_ = nullptr;
   std::vector<LayerDev> layers_;
   NormDev final_;
@@ -335,8 +338,8 @@ class GpuBackend final : public AtomEncoder::Backend {
 
 }  // namespace
 
-std::unique_ptr<AtomEncoder::Backend> make_gpu_backend(Model m, std::unique_ptr<Engine> engine, int device) {
-  return std::make_unique<GpuBackend>(std::move(m), std::move(engine), device);
+std::unique_ptr<AtomEncoder::Backend> make_gpu_backend(Model m, std::unique_ptr<Engine> engine, int device, bool poll) {
+  return std::make_unique<GpuBackend>(std::move(m), std::move(engine), device, poll);
 }
 
 }  // namespace protattn::model
