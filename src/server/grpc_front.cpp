@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <thread>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
@@ -56,7 +58,10 @@ void fill_stats(inference::ModelStatistics* out, const ModelSpec& m, const Model
   set(st->mutable_compute_output(), s.compute_count, 0);
 }
 
-class InferenceService final : public inference::GRPCInferenceService::Service {
+// The protocol's service on `Base`: GRPCInferenceService::Service (every method synchronous), or
+// that with ModelInfer served from completion queues (AsyncInfer below).
+template <class Base>
+class InferenceService final : public Base {
  public:
   explicit InferenceService(server::Service& s) : svc_(s) {}
 
@@ -197,9 +202,82 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     const InferResult res = svc_.infer(call, [ctx] { return ctx->IsCancelled(); });
     ctx->AddTrailingMetadata("x-request-id", res.request_id);
     if (!res.status.ok()) return grpc::Status(grpc_code(res.status.code), res.status.message);
-    r->set_model_name(m->name);
-    r->set_model_version(m->version);
-    r->set_id(q->id());
+    fill_response(*m, *q, res, r);
+    return grpc::Status::OK;
+  }
+
+  // ModelInfer from completion queues (Base = WithAsyncMethod_ModelInfer<...>): a call's state
+  // from its arrival to the end of its answer. A thread of serve_queue() takes the call, checks
+  // and prepares it (the layout too) and queues it (Service::infer_async); the thread that
+  // completes the job answers (Finish); the queue's thread then frees it.
+  struct AsyncCall {
+    grpc::ServerContext ctx;
+    inference::ModelInferRequest req;
+    inference::ModelInferResponse resp;
+    grpc::ServerAsyncResponseWriter<inference::ModelInferResponse> writer{&ctx};
+    InferCall call;
+    std::vector<std::string> decoded;  // typed contents turned into raw bytes
+    bool answered = false;             // Finish was called: its completion is the next event
+  };
+
+  // Asks for the next ModelInfer call on `cq`.
+  void await_call(grpc::ServerCompletionQueue* cq) {
+    auto* c = new AsyncCall;
+    this->RequestModelInfer(&c->ctx, &c->req, &c->writer, cq, cq, c);
+  }
+
+  // Serves `cq` until it is shut down and drained.
+  void serve_queue(grpc::ServerCompletionQueue* cq) {
+    void* tag = nullptr;
+    bool ok = false;
+    while (cq->Next(&tag, &ok)) {
+      auto* c = static_cast<AsyncCall*>(tag);
+      if (c->answered || !ok) {  // answered, or never a call (the server is shutting down)
+        delete c;
+        continue;
+      }
+      await_call(cq);  // the next one first: another thread may take it meanwhile
+      handle(c);
+    }
+  }
+
+ private:
+  void handle(AsyncCall* c) {
+    const auto arrived = Clock::now();
+    const inference::ModelInferRequest& q = c->req;
+    if (auto st = check_key(&c->ctx); !st.ok()) {
+      svc_.record_failure(q.model_name(), "grpc", {Code::unauthenticated, st.error_message()}, arrived);
+      return answer(c, st);
+    }
+    const ModelSpec* m = svc_.find_model(q.model_name());
+    try {
+      if (!m) throw ServeError(Code::not_found, "unknown model '" + q.model_name() + "'");
+      if (!q.model_version().empty() && q.model_version() != m->version)
+        throw ServeError(Code::not_found, "model '" + m->name + "' has no version '" + q.model_version() + "'");
+      parse(q, c->ctx, c->call, c->decoded);
+    } catch (const ServeError& e) {
+      svc_.record_failure(q.model_name(), "grpc", {e.code, e.what()}, arrived);
+      return answer(c, grpc::Status(grpc_code(e.code), e.what()));
+    }
+    svc_.infer_async(c->call, [this, c, m](InferResult&& res) {
+      c->ctx.AddTrailingMetadata("x-request-id", res.request_id);
+      if (!res.status.ok()) return answer(c, grpc::Status(grpc_code(res.status.code), res.status.message));
+      fill_response(*m, c->req, res, &c->resp);
+      answer(c, grpc::Status::OK);
+    });
+  }
+
+  static void answer(AsyncCall* c, const grpc::Status& st) {
+    c->answered = true;
+    if (st.ok()) c->writer.Finish(c->resp, st, c);
+    else c->writer.FinishWithError(st, c);
+  }
+
+  static void fill_response(const ModelSpec& m, const inference::ModelInferRequest& q, const InferResult& res,
+                            inference::ModelInferResponse* r) {
+    r->set_model_name(m.name);
+    r->set_model_version(m.version);
+    r->set_id(q.id());
     // raw_output_contents has one entry per output, an empty one for an output in shared memory
     // (Triton's C++ client reads an entry for every output).
     for (const auto& t : res.outputs) {
@@ -215,10 +293,8 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
       }
       r->add_raw_output_contents(reinterpret_cast<const char*>(t.data.data()), t.data.size());
     }
-    return grpc::Status::OK;
   }
 
- private:
   grpc::Status check_key(grpc::ServerContext* ctx) const {
     if (!svc_.auth_required()) return grpc::Status::OK;
     const auto& md = ctx->client_metadata();
@@ -357,12 +433,23 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
   server::Service& svc_;
 };
 
+
+using SyncService = InferenceService<inference::GRPCInferenceService::Service>;
+using AsyncService =
+    InferenceService<inference::GRPCInferenceService::WithAsyncMethod_ModelInfer<inference::GRPCInferenceService::Service>>;
+
+// ModelInfer calls each completion queue has asked for ahead of their arrival.
+constexpr int kCallsAheadPerQueue = 16;
+
 }  // namespace
 
 struct GrpcFront::Impl {
-  explicit Impl(Service& s) : svc(s), service(s) {}
+  explicit Impl(Service& s) : svc(s) {}
   Service& svc;
-  InferenceService service;
+  std::unique_ptr<SyncService> sync;
+  std::unique_ptr<AsyncService> async;  // --grpc-infer async
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
+  std::vector<std::thread> threads;
   std::unique_ptr<grpc::Server> server;
 };
 
@@ -380,7 +467,17 @@ int GrpcFront::start(const std::string& host, int port) {
   // gRPC sets SO_REUSEPORT by default: a second server would bind a busy port and silently
   // take half of its calls. Without it a busy port is an error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.RegisterService(&impl_->service);
+  int queue_threads = 0;
+  if (o.grpc_infer == "async") {
+    impl_->async = std::make_unique<AsyncService>(impl_->svc);
+    builder.RegisterService(impl_->async.get());
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    queue_threads = o.grpc_infer_threads > 0 ? o.grpc_infer_threads : std::clamp(cores / 2, 2, 16);
+    for (int i = 0; i < queue_threads; ++i) impl_->queues.push_back(builder.AddCompletionQueue());
+  } else {
+    impl_->sync = std::make_unique<SyncService>(impl_->svc);
+    builder.RegisterService(impl_->sync.get());
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<std::size_t>(o.max_body_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(INT32_MAX);
   grpc::ResourceQuota quota("protattn-grpc");
@@ -395,15 +492,40 @@ int GrpcFront::start(const std::string& host, int port) {
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, grpc_thread_budget(o));
   builder.SetResourceQuota(quota);
   impl_->server = builder.BuildAndStart();
-  if (!impl_->server || bound == 0) throw Error("gRPC: cannot bind " + address + " (in use or bad address)");
+  if (!impl_->server || bound == 0) {
+    impl_->server.reset();
+    for (auto& q : impl_->queues) {  // never served: shut down and drained here
+      q->Shutdown();
+      void* tag = nullptr;
+      bool ok = false;
+      while (q->Next(&tag, &ok)) {
+      }
+    }
+    impl_->queues.clear();
+    throw Error("gRPC: cannot bind " + address + " (in use or bad address)");
+  }
+  for (int i = 0; i < queue_threads; ++i) {
+    grpc::ServerCompletionQueue* q = impl_->queues[static_cast<std::size_t>(i)].get();
+    for (int k = 0; k < kCallsAheadPerQueue; ++k) impl_->async->await_call(q);
+    impl_->threads.emplace_back([this, q] {
+      name_this_thread("protattn-grpc");
+      impl_->async->serve_queue(q);
+    });
+  }
   return bound;
 }
 
 void GrpcFront::shutdown() {
   if (impl_ && impl_->server) {
+    // Calls in progress are answered until the deadline (async ones by the inference threads,
+    // through the queues, which are served until then); then the queues are drained.
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    for (auto& q : impl_->queues) q->Shutdown();
+    for (auto& t : impl_->threads) t.join();
+    impl_->threads.clear();
     impl_->server->Wait();
     impl_->server.reset();
+    impl_->queues.clear();
   }
 }
 

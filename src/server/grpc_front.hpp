@@ -1,4 +1,5 @@
-// protattn server: the gRPC front (the protocol's GRPCInferenceService, synchronous handlers).
+// protattn server: the gRPC front (the protocol's GRPCInferenceService; ModelInfer from completion
+// queues or synchronous, --grpc-infer; the other methods synchronous).
 #pragma once
 #include <memory>
 #include <string>
