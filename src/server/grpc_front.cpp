@@ -3,7 +3,10 @@
 
 #include <algorithm>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -207,17 +210,24 @@ class InferenceService final : public Base {
   }
 
   // ModelInfer from completion queues (Base = WithAsyncMethod_ModelInfer<...>): a call's state
-  // from its arrival to the end of its answer. A thread of serve_queue() takes the call, checks
+  // from its arrival to the end of its answer. A thread serving a queue takes the call, checks
   // and prepares it (the layout too) and queues it (Service::infer_async); the thread that
-  // completes the job answers (Finish); the queue's thread then frees it.
+  // completes the job only hands the call to the answer threads (answer_loop), which make and
+  // send the answer (a send costs tens of microseconds, which the inference threads, the
+  // pipeline's narrowest part, should not spend; a gRPC alarm to the call's queue took a hop
+  // through gRPC's timer thread and served less); the send's completion, an event of the call's
+  // queue, frees it.
   struct AsyncCall {
+    enum Stage { kAwaited, kQueued, kAnswered };
     grpc::ServerContext ctx;
     inference::ModelInferRequest req;
     inference::ModelInferResponse resp;
     grpc::ServerAsyncResponseWriter<inference::ModelInferResponse> writer{&ctx};
     InferCall call;
     std::vector<std::string> decoded;  // typed contents turned into raw bytes
-    bool answered = false;             // Finish was called: its completion is the next event
+    AsyncInfer pending;
+    const ModelSpec* model = nullptr;
+    Stage stage = kAwaited;
   };
 
   // Asks for the next ModelInfer call on `cq`.
@@ -232,43 +242,92 @@ class InferenceService final : public Base {
     bool ok = false;
     while (cq->Next(&tag, &ok)) {
       auto* c = static_cast<AsyncCall*>(tag);
-      if (c->answered || !ok) {  // answered, or never a call (the server is shutting down)
-        delete c;
-        continue;
+      switch (c->stage) {
+        case AsyncCall::kAwaited:
+          if (!ok) {  // never a call: the server is shutting down
+            delete c;
+            break;
+          }
+          await_call(cq);  // the next one first: another thread may take it meanwhile
+          handle(c);
+          break;
+        case AsyncCall::kQueued:  // no event of this stage
+        case AsyncCall::kAnswered:
+          delete c;
+          break;
       }
-      await_call(cq);  // the next one first: another thread may take it meanwhile
-      handle(c);
     }
   }
 
+  // Answers completed calls until stop_answering() and none is left.
+  void answer_loop() {
+    for (;;) {
+      AsyncCall* c = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(answer_m_);
+        ++answer_idle_;
+        answer_cv_.wait(lock, [&] { return !completed_.empty() || answer_stop_; });
+        --answer_idle_;
+        if (completed_.empty()) return;
+        c = completed_.front();
+        completed_.pop_front();
+      }
+      const InferResult res = svc_.finish_async(c->call, c->pending);
+      answer(c, res);
+    }
+  }
+
+  void stop_answering() {
+    {
+      std::lock_guard<std::mutex> lock(answer_m_);
+      answer_stop_ = true;
+    }
+    answer_cv_.notify_all();
+  }
+
  private:
+  // On the completing thread: a lock, a push and, when an answer thread sleeps, a wake.
+  void completed(AsyncCall* c) {
+    bool wake = false;
+    {
+      std::lock_guard<std::mutex> lock(answer_m_);
+      completed_.push_back(c);
+      wake = answer_idle_ > 0;
+    }
+    if (wake) answer_cv_.notify_one();
+  }
+
   void handle(AsyncCall* c) {
     const auto arrived = Clock::now();
     const inference::ModelInferRequest& q = c->req;
     if (auto st = check_key(&c->ctx); !st.ok()) {
       svc_.record_failure(q.model_name(), "grpc", {Code::unauthenticated, st.error_message()}, arrived);
-      return answer(c, st);
+      return finish(c, st);
     }
-    const ModelSpec* m = svc_.find_model(q.model_name());
+    c->model = svc_.find_model(q.model_name());
     try {
-      if (!m) throw ServeError(Code::not_found, "unknown model '" + q.model_name() + "'");
-      if (!q.model_version().empty() && q.model_version() != m->version)
-        throw ServeError(Code::not_found, "model '" + m->name + "' has no version '" + q.model_version() + "'");
+      if (!c->model) throw ServeError(Code::not_found, "unknown model '" + q.model_name() + "'");
+      if (!q.model_version().empty() && q.model_version() != c->model->version)
+        throw ServeError(Code::not_found, "model '" + c->model->name + "' has no version '" + q.model_version() + "'");
       parse(q, c->ctx, c->call, c->decoded);
     } catch (const ServeError& e) {
       svc_.record_failure(q.model_name(), "grpc", {e.code, e.what()}, arrived);
-      return answer(c, grpc::Status(grpc_code(e.code), e.what()));
+      return finish(c, grpc::Status(grpc_code(e.code), e.what()));
     }
-    svc_.infer_async(c->call, [this, c, m](InferResult&& res) {
-      c->ctx.AddTrailingMetadata("x-request-id", res.request_id);
-      if (!res.status.ok()) return answer(c, grpc::Status(grpc_code(res.status.code), res.status.message));
-      fill_response(*m, c->req, res, &c->resp);
-      answer(c, grpc::Status::OK);
-    });
+    c->stage = AsyncCall::kQueued;
+    const bool queued = svc_.infer_async(c->call, c->pending, [this, c] { completed(c); });
+    if (!queued) answer(c, c->pending.result);  // else `c` is the completing thread's now
   }
 
-  static void answer(AsyncCall* c, const grpc::Status& st) {
-    c->answered = true;
+  void answer(AsyncCall* c, const InferResult& res) {
+    c->ctx.AddTrailingMetadata("x-request-id", res.request_id);
+    if (!res.status.ok()) return finish(c, grpc::Status(grpc_code(res.status.code), res.status.message));
+    fill_response(*c->model, c->req, res, &c->resp);
+    finish(c, grpc::Status::OK);
+  }
+
+  static void finish(AsyncCall* c, const grpc::Status& st) {
+    c->stage = AsyncCall::kAnswered;
     if (st.ok()) c->writer.Finish(c->resp, st, c);
     else c->writer.FinishWithError(st, c);
   }
@@ -431,6 +490,11 @@ class InferenceService final : public Base {
   }
 
   server::Service& svc_;
+  std::mutex answer_m_;
+  std::condition_variable answer_cv_;
+  std::deque<AsyncCall*> completed_;  // async calls whose job completed, to be answered
+  int answer_idle_ = 0;               // answer threads waiting for one
+  bool answer_stop_ = false;
 };
 
 
@@ -449,7 +513,8 @@ struct GrpcFront::Impl {
   std::unique_ptr<SyncService> sync;
   std::unique_ptr<AsyncService> async;  // --grpc-infer async
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
-  std::vector<std::thread> threads;
+  std::vector<std::thread> threads;         // serving the queues
+  std::vector<std::thread> answer_threads;  // answering completed async calls
   std::unique_ptr<grpc::Server> server;
 };
 
@@ -504,6 +569,12 @@ int GrpcFront::start(const std::string& host, int port) {
     impl_->queues.clear();
     throw Error("gRPC: cannot bind " + address + " (in use or bad address)");
   }
+  // Answer threads: half as many as queue threads (an answer costs less than a preparation).
+  for (int i = 0; i < (queue_threads + 1) / 2; ++i)
+    impl_->answer_threads.emplace_back([this] {
+      name_this_thread("protattn-answer");
+      impl_->async->answer_loop();
+    });
   for (int i = 0; i < queue_threads; ++i) {
     grpc::ServerCompletionQueue* q = impl_->queues[static_cast<std::size_t>(i)].get();
     for (int k = 0; k < kCallsAheadPerQueue; ++k) impl_->async->await_call(q);
@@ -517,9 +588,13 @@ int GrpcFront::start(const std::string& host, int port) {
 
 void GrpcFront::shutdown() {
   if (impl_ && impl_->server) {
-    // Calls in progress are answered until the deadline (async ones by the inference threads,
-    // through the queues, which are served until then); then the queues are drained.
+    // Calls in progress are answered until the deadline (async ones by the answer threads, their
+    // sends completing through the queues, which are served until then); then the answer
+    // threads stop and the queues are drained.
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    if (impl_->async) impl_->async->stop_answering();  // the answers in hand are sent first
+    for (auto& t : impl_->answer_threads) t.join();
+    impl_->answer_threads.clear();
     for (auto& q : impl_->queues) q->Shutdown();
     for (auto& t : impl_->threads) t.join();
     impl_->threads.clear();

@@ -220,33 +220,30 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
   return res;
 }
 
-void Service::infer_async(const InferCall& call, std::function<void(InferResult&&)> done) {
-  const auto arrived = Clock::now();
-  InferResult res;
-  res.request_id = call.id.empty() ? next_request_id() : call.id;
-  const ModelSpec* model = find_model(call.model);
-  auto answer = std::make_shared<std::function<void(InferResult&&)>>(std::move(done));
-  std::shared_ptr<Job> job;
+bool Service::infer_async(const InferCall& call, AsyncInfer& a, std::function<void()> wake) {
+  a.arrived = Clock::now();
+  a.result.request_id = call.id.empty() ? next_request_id() : call.id;
+  a.model = find_model(call.model);
   try {
-    job = admit(call, model, arrived, res.request_id);
-    // Set before the job is queued: complete() may run it at once on an inference thread.
-    job->on_complete = [this, &call, model, arrived, j = job.get(), id = res.request_id, answer] {
-      InferResult r;
-      r.request_id = id;
-      r.status = j->status;
-      conclude(call, model, j, true, arrived, r);
-      (*answer)(std::move(r));
-    };
-    queue(job);
-    return;
+    a.job = admit(call, a.model, a.arrived, a.result.request_id);
+    a.job->on_complete = std::move(wake);  // before the job is queued: it may complete at once
+    queue(a.job);
+    return true;  // `a` belongs to the completing thread and finish_async from here on
   } catch (const ServeError& e) {
-    res.status = {e.code, e.what()};
+    a.result.status = {e.code, e.what()};
   } catch (const std::exception& e) {
-    res.status = {Code::internal, e.what()};
+    a.result.status = {Code::internal, e.what()};
   }
-  if (job) job->on_complete = nullptr;  // never queued
-  conclude(call, model, job.get(), false, arrived, res);
-  (*answer)(std::move(res));
+  if (a.job) a.job->on_complete = nullptr;  // never queued
+  conclude(call, a.model, a.job.get(), false, a.arrived, a.result);
+  return false;
+}
+
+InferResult Service::finish_async(const InferCall& call, AsyncInfer& a) {
+  a.result.status = a.job->status;
+  conclude(call, a.model, a.job.get(), true, a.arrived, a.result);
+  a.job.reset();
+  return std::move(a.result);
 }
 
 }  // namespace protattn::server

@@ -18,6 +18,14 @@ namespace protattn::server {
 inline constexpr const char* kServerName = "protattn";
 inline constexpr const char* kServerVersion = "0.1.0";
 
+// A request between Service::infer_async and Service::finish_async.
+struct AsyncInfer {
+  std::shared_ptr<Job> job;
+  const ModelSpec* model = nullptr;
+  Clock::time_point arrived;
+  InferResult result;
+};
+
 class Service {
  public:
   Service(const Options& opt, std::vector<ModelSpec> models);
@@ -45,12 +53,15 @@ class Service {
   // Runs one request: prepare, queue, wait (polling `client_gone` and the deadline), permute
   // outputs back. Called on a network thread; never throws. Logs one line per request.
   InferResult infer(const InferCall& call, const std::function<bool()>& client_gone);
-  // The same without a waiting thread: prepares and queues the request on the calling thread
-  // and returns. `done` runs once with the result: on the calling thread when the request fails
-  // before it is queued, else on the thread that completes it (an inference thread, or the one
-  // that drops it from the queue when its deadline passes). `call` must stay alive until then.
-  // A client that goes away is not noticed: its request runs (or waits out its deadline).
-  void infer_async(const InferCall& call, std::function<void(InferResult&&)> done);
+  // The same without a waiting thread, in two calls. infer_async prepares and queues the request
+  // on the calling thread and returns: false when it failed before it was queued (a.result holds
+  // the answer, already counted and logged), true when it is queued; then `wake` runs once, on
+  // the thread that completes the job (an inference thread, or the one that drops it from the
+  // queue at its deadline), and should only hand the call over: finish_async (on any thread)
+  // makes the answer. `call` and `a` must stay alive until then. A client that goes away is not
+  // noticed: its request runs, or waits out its deadline.
+  bool infer_async(const InferCall& call, AsyncInfer& a, std::function<void()> wake);
+  InferResult finish_async(const InferCall& call, AsyncInfer& a);
   // A request that failed before infer() could run it (parse errors, auth): count and log it.
   void record_failure(const std::string& model, const std::string& protocol, const Status& st,
                       Clock::time_point arrived);
