@@ -41,15 +41,6 @@ void add_serve_command(CLI::App& app) {
                   "gRPC calls served at once (0: max-queue + max-batch-requests + 16, so that the "
                   "queue bound, not the thread pool, answers UNAVAILABLE under load)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
-  cmd->add_option("--grpc-infer", opt->grpc_infer,
-                  "how gRPC ModelInfer calls are served: async (a few threads take calls from completion "
-                  "queues, prepare them (decode, layout) and go on; the inference thread answers each) or "
-                  "sync (gRPC's synchronous server: a thread per call, held until it is answered; the "
-                  "other gRPC methods are always served so)")
-      ->check(CLI::IsMember({"async", "sync"}))->capture_default_str();
-  cmd->add_option("--grpc-infer-threads", opt->grpc_infer_threads,
-                  "async ModelInfer: threads taking calls (0: half the cores, at least 2, at most 16)")
-      ->check(CLI::Range(0, 256))->capture_default_str();
   cmd->add_option("--engine", opt->engine, "engine of the inference thread: " + engines)->capture_default_str();
   cmd->add_option("--threads", opt->engine_threads, "cpu engine worker threads (0: all cores)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();

@@ -238,42 +238,33 @@ void Batcher::loop(EngineState& state) {
         }
       } handover{*this};
       // Drop what nobody waits for any more, before it costs engine time.
-      auto drop_finished = [&] {
-        const auto now = Clock::now();
-        for (auto it = queue_.begin(); it != queue_.end();) {
-          Job& j = **it;
-          if (j.abandoned || now >= j.deadline) {
-            j.complete(j.abandoned ? Status{Code::cancelled, "request abandoned by the client"}
-                                   : Status{Code::deadline_exceeded, "deadline passed while queued"});
-            it = queue_.erase(it);
-          } else {
-            ++it;
-          }
+      const auto now = Clock::now();
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        Job& j = **it;
+        if (j.abandoned || now >= j.deadline) {
+          j.complete(j.abandoned ? Status{Code::cancelled, "request abandoned by the client"}
+                                 : Status{Code::deadline_exceeded,
+                                          "deadline passed while queued"});
+          it = queue_.erase(it);
+        } else {
+          ++it;
         }
-        metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
-      };
-      // Wait for company: until the oldest job has waited the delay, the batch is full, or drain;
-      // waking also when a queued job's deadline passes, so that its answer is not late.
-      for (;;) {
-        drop_finished();
-        if (queue_.empty()) break;
-        const BatchKey key = key_of(*queue_.front());
-        const auto window_end = queue_.front()->enqueued + delay;
-        auto ready_atoms = [&] {
-          std::int64_t atoms = 0;
-          int count = 0;
-          for (const auto& j : queue_)
-            if (key_of(*j) == key) atoms += j->n, ++count;
-          return atoms >= opt_.max_batch_atoms || count >= opt_.max_batch_requests;
-        };
-        auto wake = window_end;
-        for (const auto& j : queue_) wake = std::min(wake, j->deadline);
-        const bool ready = cv_collect_.wait_until(lock, wake, [&] {
-          return draining_ || stopping_ || (!opt_.wait_full_delay && arriving_ == 0) || ready_atoms();
-        });
-        if (ready || Clock::now() >= window_end) break;
       }
-      drop_finished();
+      metrics_.set_queue_depth(static_cast<std::int64_t>(queue_.size()));
+      if (queue_.empty()) continue;
+      // Wait for company: until the oldest job has waited the delay, the batch is full, or drain.
+      const BatchKey key = key_of(*queue_.front());
+      const auto window_end = queue_.front()->enqueued + delay;
+      auto ready_atoms = [&] {
+        std::int64_t atoms = 0;
+        int count = 0;
+        for (const auto& j : queue_)
+          if (key_of(*j) == key) atoms += j->n, ++count;
+        return atoms >= opt_.max_batch_atoms || count >= opt_.max_batch_requests;
+      };
+      cv_collect_.wait_until(lock, window_end, [&] {
+        return draining_ || stopping_ || (!opt_.wait_full_delay && arriving_ == 0) || ready_atoms();
+      });
       if (queue_.empty()) continue;
       // Take, in arrival order, the jobs of the oldest job's shape that fit.
       const BatchKey take_key = key_of(*queue_.front());

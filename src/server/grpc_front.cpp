@@ -3,12 +3,7 @@
 
 #include <algorithm>
 #include <climits>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
-#include <mutex>
-#include <thread>
-#include <vector>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/resource_quota.h>
@@ -61,10 +56,7 @@ void fill_stats(inference::ModelStatistics* out, const ModelSpec& m, const Model
   set(st->mutable_compute_output(), s.compute_count, 0);
 }
 
-// The protocol's service on `Base`: GRPCInferenceService::Service (every method synchronous), or
-// that with ModelInfer served from completion queues (AsyncInfer below).
-template <class Base>
-class InferenceService final : public Base {
+class InferenceService final : public inference::GRPCInferenceService::Service {
  public:
   explicit InferenceService(server::Service& s) : svc_(s) {}
 
@@ -205,138 +197,9 @@ class InferenceService final : public Base {
     const InferResult res = svc_.infer(call, [ctx] { return ctx->IsCancelled(); });
     ctx->AddTrailingMetadata("x-request-id", res.request_id);
     if (!res.status.ok()) return grpc::Status(grpc_code(res.status.code), res.status.message);
-    fill_response(*m, *q, res, r);
-    return grpc::Status::OK;
-  }
-
-  // ModelInfer from completion queues (Base = WithAsyncMethod_ModelInfer<...>): a call's state
-  // from its arrival to the end of its answer. A thread serving a queue takes the call, checks
-  // and prepares it (the layout too) and queues it (Service::infer_async); the thread that
-  // completes the job only hands the call to the answer threads (answer_loop), which make and
-  // send the answer (a send costs tens of microseconds, which the inference threads, the
-  // pipeline's narrowest part, should not spend; a gRPC alarm to the call's queue took a hop
-  // through gRPC's timer thread and served less); the send's completion, an event of the call's
-  // queue, frees it.
-  struct AsyncCall {
-    enum Stage { kAwaited, kQueued, kAnswered };
-    grpc::ServerContext ctx;
-    inference::ModelInferRequest req;
-    inference::ModelInferResponse resp;
-    grpc::ServerAsyncResponseWriter<inference::ModelInferResponse> writer{&ctx};
-    InferCall call;
-    std::vector<std::string> decoded;  // typed contents turned into raw bytes
-    AsyncInfer pending;
-    const ModelSpec* model = nullptr;
-    Stage stage = kAwaited;
-  };
-
-  // Asks for the next ModelInfer call on `cq`.
-  void await_call(grpc::ServerCompletionQueue* cq) {
-    auto* c = new AsyncCall;
-    this->RequestModelInfer(&c->ctx, &c->req, &c->writer, cq, cq, c);
-  }
-
-  // Serves `cq` until it is shut down and drained.
-  void serve_queue(grpc::ServerCompletionQueue* cq) {
-    void* tag = nullptr;
-    bool ok = false;
-    while (cq->Next(&tag, &ok)) {
-      auto* c = static_cast<AsyncCall*>(tag);
-      switch (c->stage) {
-        case AsyncCall::kAwaited:
-          if (!ok) {  // never a call: the server is shutting down
-            delete c;
-            break;
-          }
-          await_call(cq);  // the next one first: another thread may take it meanwhile
-          handle(c);
-          break;
-        case AsyncCall::kQueued:  // no event of this stage
-        case AsyncCall::kAnswered:
-          delete c;
-          break;
-      }
-    }
-  }
-
-  // Answers completed calls until stop_answering() and none is left.
-  void answer_loop() {
-    for (;;) {
-      AsyncCall* c = nullptr;
-      {
-        std::unique_lock<std::mutex> lock(answer_m_);
-        ++answer_idle_;
-        answer_cv_.wait(lock, [&] { return !completed_.empty() || answer_stop_; });
-        --answer_idle_;
-        if (completed_.empty()) return;
-        c = completed_.front();
-        completed_.pop_front();
-      }
-      const InferResult res = svc_.finish_async(c->call, c->pending);
-      answer(c, res);
-    }
-  }
-
-  void stop_answering() {
-    {
-      std::lock_guard<std::mutex> lock(answer_m_);
-      answer_stop_ = true;
-    }
-    answer_cv_.notify_all();
-  }
-
- private:
-  // On the completing thread: a lock, a push and, when an answer thread sleeps, a wake.
-  void completed(AsyncCall* c) {
-    bool wake = false;
-    {
-      std::lock_guard<std::mutex> lock(answer_m_);
-      completed_.push_back(c);
-      wake = answer_idle_ > 0;
-    }
-    if (wake) answer_cv_.notify_one();
-  }
-
-  void handle(AsyncCall* c) {
-    const auto arrived = Clock::now();
-    const inference::ModelInferRequest& q = c->req;
-    if (auto st = check_key(&c->ctx); !st.ok()) {
-      svc_.record_failure(q.model_name(), "grpc", {Code::unauthenticated, st.error_message()}, arrived);
-      return finish(c, st);
-    }
-    c->model = svc_.find_model(q.model_name());
-    try {
-      if (!c->model) throw ServeError(Code::not_found, "unknown model '" + q.model_name() + "'");
-      if (!q.model_version().empty() && q.model_version() != c->model->version)
-        throw ServeError(Code::not_found, "model '" + c->model->name + "' has no version '" + q.model_version() + "'");
-      parse(q, c->ctx, c->call, c->decoded);
-    } catch (const ServeError& e) {
-      svc_.record_failure(q.model_name(), "grpc", {e.code, e.what()}, arrived);
-      return finish(c, grpc::Status(grpc_code(e.code), e.what()));
-    }
-    c->stage = AsyncCall::kQueued;
-    const bool queued = svc_.infer_async(c->call, c->pending, [this, c] { completed(c); });
-    if (!queued) answer(c, c->pending.result);  // else `c` is the completing thread's now
-  }
-
-  void answer(AsyncCall* c, const InferResult& res) {
-    c->ctx.AddTrailingMetadata("x-request-id", res.request_id);
-    if (!res.status.ok()) return finish(c, grpc::Status(grpc_code(res.status.code), res.status.message));
-    fill_response(*c->model, c->req, res, &c->resp);
-    finish(c, grpc::Status::OK);
-  }
-
-  static void finish(AsyncCall* c, const grpc::Status& st) {
-    c->stage = AsyncCall::kAnswered;
-    if (st.ok()) c->writer.Finish(c->resp, st, c);
-    else c->writer.FinishWithError(st, c);
-  }
-
-  static void fill_response(const ModelSpec& m, const inference::ModelInferRequest& q, const InferResult& res,
-                            inference::ModelInferResponse* r) {
-    r->set_model_name(m.name);
-    r->set_model_version(m.version);
-    r->set_id(q.id());
+    r->set_model_name(m->name);
+    r->set_model_version(m->version);
+    r->set_id(q->id());
     // raw_output_contents has one entry per output, an empty one for an output in shared memory
     // (Triton's C++ client reads an entry for every output).
     for (const auto& t : res.outputs) {
@@ -352,8 +215,10 @@ class InferenceService final : public Base {
       }
       r->add_raw_output_contents(reinterpret_cast<const char*>(t.data.data()), t.data.size());
     }
+    return grpc::Status::OK;
   }
 
+ private:
   grpc::Status check_key(grpc::ServerContext* ctx) const {
     if (!svc_.auth_required()) return grpc::Status::OK;
     const auto& md = ctx->client_metadata();
@@ -490,31 +355,14 @@ class InferenceService final : public Base {
   }
 
   server::Service& svc_;
-  std::mutex answer_m_;
-  std::condition_variable answer_cv_;
-  std::deque<AsyncCall*> completed_;  // async calls whose job completed, to be answered
-  int answer_idle_ = 0;               // answer threads waiting for one
-  bool answer_stop_ = false;
 };
-
-
-using SyncService = InferenceService<inference::GRPCInferenceService::Service>;
-using AsyncService =
-    InferenceService<inference::GRPCInferenceService::WithAsyncMethod_ModelInfer<inference::GRPCInferenceService::Service>>;
-
-// ModelInfer calls each completion queue has asked for ahead of their arrival.
-constexpr int kCallsAheadPerQueue = 16;
 
 }  // namespace
 
 struct GrpcFront::Impl {
-  explicit Impl(Service& s) : svc(s) {}
+  explicit Impl(Service& s) : svc(s), service(s) {}
   Service& svc;
-  std::unique_ptr<SyncService> sync;
-  std::unique_ptr<AsyncService> async;  // --grpc-infer async
-  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> queues;
-  std::vector<std::thread> threads;         // serving the queues
-  std::vector<std::thread> answer_threads;  // answering completed async calls
+  InferenceService service;
   std::unique_ptr<grpc::Server> server;
 };
 
@@ -532,17 +380,7 @@ int GrpcFront::start(const std::string& host, int port) {
   // gRPC sets SO_REUSEPORT by default: a second server would bind a busy port and silently
   // take half of its calls. Without it a busy port is an error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  int queue_threads = 0;
-  if (o.grpc_infer == "async") {
-    impl_->async = std::make_unique<AsyncService>(impl_->svc);
-    builder.RegisterService(impl_->async.get());
-    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    queue_threads = o.grpc_infer_threads > 0 ? o.grpc_infer_threads : std::clamp(cores / 2, 2, 16);
-    for (int i = 0; i < queue_threads; ++i) impl_->queues.push_back(builder.AddCompletionQueue());
-  } else {
-    impl_->sync = std::make_unique<SyncService>(impl_->svc);
-    builder.RegisterService(impl_->sync.get());
-  }
+  builder.RegisterService(&impl_->service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<std::size_t>(o.max_body_bytes, INT32_MAX)));
   builder.SetMaxSendMessageSize(INT32_MAX);
   grpc::ResourceQuota quota("protattn-grpc");
@@ -557,50 +395,15 @@ int GrpcFront::start(const std::string& host, int port) {
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, grpc_thread_budget(o));
   builder.SetResourceQuota(quota);
   impl_->server = builder.BuildAndStart();
-  if (!impl_->server || bound == 0) {
-    impl_->server.reset();
-    for (auto& q : impl_->queues) {  // never served: shut down and drained here
-      q->Shutdown();
-      void* tag = nullptr;
-      bool ok = false;
-      while (q->Next(&tag, &ok)) {
-      }
-    }
-    impl_->queues.clear();
-    throw Error("gRPC: cannot bind " + address + " (in use or bad address)");
-  }
-  // Answer threads: half as many as queue threads (an answer costs less than a preparation).
-  for (int i = 0; i < (queue_threads + 1) / 2; ++i)
-    impl_->answer_threads.emplace_back([this] {
-      name_this_thread("protattn-answer");
-      impl_->async->answer_loop();
-    });
-  for (int i = 0; i < queue_threads; ++i) {
-    grpc::ServerCompletionQueue* q = impl_->queues[static_cast<std::size_t>(i)].get();
-    for (int k = 0; k < kCallsAheadPerQueue; ++k) impl_->async->await_call(q);
-    impl_->threads.emplace_back([this, q] {
-      name_this_thread("protattn-grpc");
-      impl_->async->serve_queue(q);
-    });
-  }
+  if (!impl_->server || bound == 0) throw Error("gRPC: cannot bind " + address + " (in use or bad address)");
   return bound;
 }
 
 void GrpcFront::shutdown() {
   if (impl_ && impl_->server) {
-    // Calls in progress are answered until the deadline (async ones by the answer threads, their
-    // sends completing through the queues, which are served until then); then the answer
-    // threads stop and the queues are drained.
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    if (impl_->async) impl_->async->stop_answering();  // the answers in hand are sent first
-    for (auto& t : impl_->answer_threads) t.join();
-    impl_->answer_threads.clear();
-    for (auto& q : impl_->queues) q->Shutdown();
-    for (auto& t : impl_->threads) t.join();
-    impl_->threads.clear();
     impl_->server->Wait();
     impl_->server.reset();
-    impl_->queues.clear();
   }
 }
 

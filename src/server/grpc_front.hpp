@@ -1,5 +1,4 @@
-// protattn server: the gRPC front (the protocol's GRPCInferenceService; ModelInfer from completion
-// queues or synchronous, --grpc-infer; the other methods synchronous).
+// protattn server: the gRPC front (the protocol's GRPCInferenceService, synchronous handlers).
 #pragma once
 #include <memory>
 #include <string>

@@ -4,16 +4,12 @@
 namespace protattn::server {
 
 void Job::complete(Status s) {
-  std::function<void()> then;
   {
     std::lock_guard<std::mutex> lock(m_);
     status = std::move(s);
     done_ = true;
-    then = std::move(on_complete);
-    on_complete = nullptr;
   }
   cv_.notify_all();
-  if (then) then();
 }
 
 bool Job::wait_until(Clock::time_point t) {

@@ -3,7 +3,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -49,10 +48,6 @@ struct Job {
   Status status;
   double queue_seconds = 0, compute_seconds = 0;
   int batch_requests = 0;
-
-  // Runs once, on the completing thread, after complete() has set the status (outside the
-  // job's lock); empty: the network thread waits instead (wait_until).
-  std::function<void()> on_complete;
 
   void complete(Status s);
   bool wait_until(Clock::time_point t);  // true once complete

@@ -44,9 +44,6 @@ void check_options(const Options& o) {
   if (o.device_threads > 0 && o.engine == "cpu") throw Error("--device-threads is for the GPU engines; the cpu engine takes --replicas");
   if (o.device_threads > 0 && !o.devices.empty())
     throw Error("--device-threads and --devices both set the inference threads: give one (list a device twice in --devices for two threads on it)");
-  if (o.grpc_infer != "async" && o.grpc_infer != "sync")
-    throw Error("--grpc-infer must be 'async' or 'sync', got '" + o.grpc_infer + "'");
-  if (o.grpc_infer_threads < 0 || o.grpc_infer_threads > 256) throw Error("--grpc-infer-threads must be in 0..256");
   if (!(o.max_queue_delay_ms >= 0)) throw Error("--max-queue-delay-ms must be >= 0");
   if (o.max_request_atoms < 1 || o.max_heads < 1 || o.max_head_dim < 1)
     throw Error("request limits must be >= 1");

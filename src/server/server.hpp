@@ -17,10 +17,6 @@ struct Options {
   // (max_queue) is what answers 503/UNAVAILABLE under load.
   int http_threads = 512;            // HTTP connections served at once; threads start on demand
   int grpc_threads = 0;              // gRPC calls at once (0: max_queue + max_batch_requests + 16)
-  // gRPC ModelInfer: async (completion queues: a thread prepares a call and takes the next, the
-  // inference thread answers it) or sync (a thread held per call until it is answered).
-  std::string grpc_infer = "async";
-  int grpc_infer_threads = 0;        // async: threads taking ModelInfer calls (0: half the cores, 2..16)
   std::string engine = "cpu";        // engine of the inference thread
   int engine_threads = 0;            // cpu engine workers (0: all cores)
   int device = 0;                    // CUDA device of device engines

@@ -105,89 +105,39 @@ void place_in_shared_memory(const InferCall& call, std::vector<OutputTensor>& ou
 
 }  // namespace
 
-std::shared_ptr<Job> Service::admit(const InferCall& call, const ModelSpec* model, Clock::time_point arrived,
-                                    const std::string& request_id) {
-  if (!model) throw ServeError(Code::not_found, "unknown model '" + call.model + "'");
-  if (draining_) throw ServeError(Code::unavailable, "server is shutting down");
-  // Announced while it is prepared (decoded, checked, its layout built), so that a queued
-  // job waits for it to join its batch; submit() or the guard below ends the announcement.
-  batcher_.arriving(+1);
-  struct Arrival {
-    Batcher& b;
-    bool open = true;
-    ~Arrival() {
-      if (open) b.arriving(-1);
-    }
-  } arrival{batcher_};
-  std::shared_ptr<Job> job = model->is_encoder() ? prepare_encoder(*model, call, limits_)
-                                                 : prepare_attention(*model, call, limits_);
-  job->id = request_id;
-  if (job->deadline == Clock::time_point::max() && opt_.default_timeout_ms > 0)
-    job->deadline = arrived + std::chrono::microseconds(static_cast<std::int64_t>(opt_.default_timeout_ms * 1e3));
-  arrival.open = false;  // queue() ends the announcement (Batcher::submit)
-  return job;
-}
-
-void Service::queue(const std::shared_ptr<Job>& job) {
-  metrics_.inflight_add(1);
-  if (!batcher_.submit(job, true)) {
-    metrics_.inflight_add(-1);
-    throw ServeError(Code::unavailable,
-                     draining_ ? "server is shutting down"
-                               : "queue full (" + std::to_string(opt_.max_queue) + " requests waiting); retry later");
-  }
-}
-
-void Service::conclude(const InferCall& call, const ModelSpec* model, Job* job, bool queued,
-                       Clock::time_point arrived, InferResult& res) {
-  if (queued) {
-    try {
-      if (res.status.ok()) {
-        res.outputs = model->is_encoder() ? finish_encoder(*job, call.outputs, call.output_spans)
-                                          : finish_attention(*job, call.outputs);
-        place_in_shared_memory(call, res.outputs);
-      }
-    } catch (const ServeError& e) {
-      res.status = {e.code, e.what()};
-    } catch (const std::exception& e) {
-      res.status = {Code::internal, e.what()};
-    }
-    metrics_.inflight_add(-1);
-  }
-  const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
-  metrics_.request_done(model ? model->name : "unknown", res.status.code, secs);
-  const LogLevel level = res.status.ok() ? LogLevel::info : LogLevel::warn;
-  if (!log_enabled(level)) return;  // the line is not built when it would be dropped
-  nlohmann::json fields = {{"request_id", res.request_id}, {"protocol", call.protocol},
-                           {"model", call.model}, {"outcome", outcome_label(res.status.code)},
-                           {"ms", secs * 1e3}};
-  if (job) {
-    fields["atoms"] = job->n;
-    if (!model->is_encoder()) {
-      fields["heads"] = job->heads;
-      fields["dim"] = job->dim;
-    }
-    if (res.status.ok()) {
-      fields["queue_ms"] = job->queue_seconds * 1e3;
-      fields["compute_ms"] = job->compute_seconds * 1e3;
-      fields["batch"] = job->batch_requests;
-    }
-  }
-  if (!res.status.ok()) fields["error"] = res.status.message;
-  log_event(level, "request", std::move(fields));
-}
-
 InferResult Service::infer(const InferCall& call, const std::function<bool()>& client_gone) {
   const auto arrived = Clock::now();
   InferResult res;
   res.request_id = call.id.empty() ? next_request_id() : call.id;
   std::shared_ptr<Job> job;
-  bool queued = false;
+  bool counted_inflight = false;
   const ModelSpec* model = find_model(call.model);
   try {
-    job = admit(call, model, arrived, res.request_id);
-    queue(job);
-    queued = true;
+    if (!model) throw ServeError(Code::not_found, "unknown model '" + call.model + "'");
+    if (draining_) throw ServeError(Code::unavailable, "server is shutting down");
+    // Announced while it is prepared (decoded, checked, its layout built), so that a queued
+    // job waits for it to join its batch; submit() or the guard below ends the announcement.
+    batcher_.arriving(+1);
+    struct Arrival {
+      Batcher& b;
+      bool open = true;
+      ~Arrival() {
+        if (open) b.arriving(-1);
+      }
+    } arrival{batcher_};
+    job = model->is_encoder() ? prepare_encoder(*model, call, limits_)
+                              : prepare_attention(*model, call, limits_);
+    job->id = res.request_id;
+    if (job->deadline == Clock::time_point::max() && opt_.default_timeout_ms > 0)
+      job->deadline = arrived + std::chrono::microseconds(static_cast<std::int64_t>(opt_.default_timeout_ms * 1e3));
+    metrics_.inflight_add(1);
+    counted_inflight = true;
+    arrival.open = false;
+    if (!batcher_.submit(job, true))
+      throw ServeError(Code::unavailable,
+                       draining_ ? "server is shutting down"
+                                 : "queue full (" + std::to_string(opt_.max_queue) +
+                                       " requests waiting); retry later");
     // Giving a request up: the inference thread skips it; if it is already copying the answer
     // into the client's shared memory, that copy is waited for (it is short), so that nothing is
     // written there after the client was told the request failed.
@@ -211,39 +161,39 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
       }
     }
     res.status = job->status;
+    if (res.status.ok()) {
+      res.outputs = model->is_encoder() ? finish_encoder(*job, call.outputs, call.output_spans)
+                                        : finish_attention(*job, call.outputs);
+      place_in_shared_memory(call, res.outputs);
+    }
   } catch (const ServeError& e) {
     res.status = {e.code, e.what()};
   } catch (const std::exception& e) {
     res.status = {Code::internal, e.what()};
   }
-  conclude(call, model, job.get(), queued, arrived, res);
-  return res;
-}
-
-bool Service::infer_async(const InferCall& call, AsyncInfer& a, std::function<void()> wake) {
-  a.arrived = Clock::now();
-  a.result.request_id = call.id.empty() ? next_request_id() : call.id;
-  a.model = find_model(call.model);
-  try {
-    a.job = admit(call, a.model, a.arrived, a.result.request_id);
-    a.job->on_complete = std::move(wake);  // before the job is queued: it may complete at once
-    queue(a.job);
-    return true;  // `a` belongs to the completing thread and finish_async from here on
-  } catch (const ServeError& e) {
-    a.result.status = {e.code, e.what()};
-  } catch (const std::exception& e) {
-    a.result.status = {Code::internal, e.what()};
+  if (counted_inflight) metrics_.inflight_add(-1);
+  const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
+  metrics_.request_done(model ? model->name : "unknown", res.status.code, secs);
+  const LogLevel level = res.status.ok() ? LogLevel::info : LogLevel::warn;
+  if (!log_enabled(level)) return res;  // the line is not built when it would be dropped
+  nlohmann::json fields = {{"request_id", res.request_id}, {"protocol", call.protocol},
+                           {"model", call.model}, {"outcome", outcome_label(res.status.code)},
+                           {"ms", secs * 1e3}};
+  if (job) {
+    fields["atoms"] = job->n;
+    if (!model->is_encoder()) {
+      fields["heads"] = job->heads;
+      fields["dim"] = job->dim;
+    }
+    if (res.status.ok()) {
+      fields["queue_ms"] = job->queue_seconds * 1e3;
+      fields["compute_ms"] = job->compute_seconds * 1e3;
+      fields["batch"] = job->batch_requests;
+    }
   }
-  if (a.job) a.job->on_complete = nullptr;  // never queued
-  conclude(call, a.model, a.job.get(), false, a.arrived, a.result);
-  return false;
-}
-
-InferResult Service::finish_async(const InferCall& call, AsyncInfer& a) {
-  a.result.status = a.job->status;
-  conclude(call, a.model, a.job.get(), true, a.arrived, a.result);
-  a.job.reset();
-  return std::move(a.result);
+  if (!res.status.ok()) fields["error"] = res.status.message;
+  log_event(level, "request", std::move(fields));
+  return res;
 }
 
 }  // namespace protattn::server

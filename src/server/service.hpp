@@ -18,14 +18,6 @@ namespace protattn::server {
 inline constexpr const char* kServerName = "protattn";
 inline constexpr const char* kServerVersion = "0.1.0";
 
-// A request between Service::infer_async and Service::finish_async.
-struct AsyncInfer {
-  std::shared_ptr<Job> job;
-  const ModelSpec* model = nullptr;
-  Clock::time_point arrived;
-  InferResult result;
-};
-
 class Service {
  public:
   Service(const Options& opt, std::vector<ModelSpec> models);
@@ -53,32 +45,12 @@ class Service {
   // Runs one request: prepare, queue, wait (polling `client_gone` and the deadline), permute
   // outputs back. Called on a network thread; never throws. Logs one line per request.
   InferResult infer(const InferCall& call, const std::function<bool()>& client_gone);
-  // The same without a waiting thread, in two calls. infer_async prepares and queues the request
-  // on the calling thread and returns: false when it failed before it was queued (a.result holds
-  // the answer, already counted and logged), true when it is queued; then `wake` runs once, on
-  // the thread that completes the job (an inference thread, or the one that drops it from the
-  // queue at its deadline), and should only hand the call over: finish_async (on any thread)
-  // makes the answer. `call` and `a` must stay alive until then. A client that goes away is not
-  // noticed: its request runs, or waits out its deadline.
-  bool infer_async(const InferCall& call, AsyncInfer& a, std::function<void()> wake);
-  InferResult finish_async(const InferCall& call, AsyncInfer& a);
   // A request that failed before infer() could run it (parse errors, auth): count and log it.
   void record_failure(const std::string& model, const std::string& protocol, const Status& st,
                       Clock::time_point arrived);
   std::string next_request_id();
 
  private:
-  // The steps of both infer forms. admit: the model's checks and its prepare (layout), on the
-  // calling thread, announced to the batcher as an arrival; throws ServeError. queue, right
-  // after a successful admit: counts it in flight and hands it to the batcher, which ends the
-  // announcement; throws ServeError (queue full, draining). conclude: the outputs of a successful job (when
-  // queued), the in-flight count, metrics and the request's log line.
-  std::shared_ptr<Job> admit(const InferCall& call, const ModelSpec* model, Clock::time_point arrived,
-                             const std::string& request_id);
-  void queue(const std::shared_ptr<Job>& job);
-  void conclude(const InferCall& call, const ModelSpec* model, Job* job, bool queued, Clock::time_point arrived,
-                InferResult& res);
-
   Options opt_;
   std::vector<ModelSpec> models_;
   Metrics metrics_;

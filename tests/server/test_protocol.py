@@ -1,6 +1,5 @@
 """KServe v2 over HTTP and gRPC with tritonclient: metadata, config, and outputs equal to
 `protattn run` on the same inputs, alone, batched, and with different structures in one batch."""
-import pytest
 import concurrent.futures as cf
 
 import numpy as np
@@ -92,12 +91,10 @@ def test_other_model_config_atoms_mask(server, ubq_atoms):
     check_same(*infer(th, server.http_addr, ubq_atoms, model="attention_atoms"), ubq_atoms)
 
 
-@pytest.mark.parametrize("grpc_infer", ["async", "sync"])
-def test_concurrent_requests_are_batched_and_exact(make_server, ubq, ubi, grpc_infer):
+def test_concurrent_requests_are_batched_and_exact(make_server, ubq, ubi):
     # A long queue delay gathers the concurrent requests of two different structures into
-    # ragged batches; each answer must still be its own structure's CLI output (gRPC's ModelInfer
-    # served from completion queues and synchronously).
-    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "400", "--grpc-infer", grpc_infer)
+    # ragged batches; each answer must still be its own structure's CLI output.
+    s = make_server("--batch-wait", "full", "--max-queue-delay-ms", "400")
     before = s.metrics()
     jobs = [(th, s.http_addr, ubq), (tg, s.grpc_addr, ubi), (th, s.http_addr, ubi),
             (tg, s.grpc_addr, ubq), (th, s.http_addr, ubq), (tg, s.grpc_addr, ubi)]
