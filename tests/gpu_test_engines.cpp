@@ -4,13 +4,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/reference.hpp"
+#include "cuda/fused/fused_engine.hpp"
 #include "protattn/error.hpp"
 #include "protattn/engine.hpp"
 #include "protattn/layout.hpp"
@@ -283,6 +286,73 @@ TEST(FusedErrors, UnsupportedShapesFailLoudly) {
   s.dim = 64;
   s.dtype = DType::f32;
   EXPECT_THROW(engine->plan({&l}, s), Error);
+}
+
+}  // namespace
+}  // namespace protattn
+
+namespace protattn {
+namespace {
+
+// Runs `layouts` on the fused engine (kernel forced) on poisoned outputs; returns O and LSE.
+void fused_outputs(const std::string& kernel, const std::vector<const BlockLayout*>& layouts, const ProblemShape& shape,
+                   std::vector<std::uint8_t>& o, std::vector<float>& lse, fused::PlanSummary* summary) {
+  EngineOptions opt;
+  opt.fused_kernel = kernel;
+  auto engine = make_engine("fused", opt);
+  auto plan = engine->plan(layouts, shape);
+  if (summary) *summary = fused::summarize(*plan);
+  const test::Inputs in = test::random_inputs(shape, plan->total_n(), 11);
+  o.assign(in.q.size(), 0xff);  // NaN in fp16 and bf16
+  lse.assign(static_cast<std::size_t>(shape.heads) * plan->total_n(), std::numeric_limits<float>::quiet_NaN());
+  RunArgs a{in.q.data(), in.k.data(), in.v.data(), o.data(), lse.data(), nullptr};
+  run_host(*engine, *plan, a);
+}
+
+// Params::reach (src/cuda/fused/row_reach.hpp): a warp whose 16 query rows reach no key of a
+// tile skips the tile's mask and softmax (a warpgroup of four such warps, in the wgmma kernel, its
+// products too). On every kernel, for a protein alone and in a ragged batch with a globule whose
+// last tile is mostly padding, the outputs are the bits computed with nothing skipped
+// (PROTATTN_FUSED_REACH=0), and they match the float64 reference; the protein skips many warps.
+TEST(FusedReach, SkippingGivesTheSameBits) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const char* env_data = std::getenv("PROTATTN_TEST_DATA");
+  const Structure s = read_structure(std::string(env_data ? env_data : PROTATTN_TEST_DATA) + "/2hhb.pdb");
+  LayoutOptions lo;
+  lo.mask = MaskMode::atoms;
+  lo.cutoff = 8.0f;
+  const BlockLayout protein = build_cutoff_layout(s.xyz.data(), s.xyz.size() / 3, lo);
+  const BlockLayout glob = globule_layout(1000 + 17, MaskMode::atoms);
+  std::vector<std::string> kernels = {"mma_sync"};
+  if (hopper()) kernels = {"ws", "wgmma", "mma_sync"};
+  for (const std::string& kernel : kernels)
+    for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}})
+      for (const bool ragged : {false, true}) {
+        ProblemShape shape;
+        shape.heads = 2;
+        shape.dtype = dtype;
+        shape.dim = dim;
+        std::vector<const BlockLayout*> layouts = {&protein};
+        if (ragged) layouts.push_back(&glob);
+        const std::string what = kernel + " " + to_string(dtype) + " d" + std::to_string(dim) + (ragged ? " ragged" : "");
+        std::vector<std::uint8_t> o_skip, o_all;
+        std::vector<float> l_skip, l_all;
+        fused::PlanSummary sum_skip, sum_all;
+        fused_outputs(kernel, layouts, shape, o_skip, l_skip, &sum_skip);
+        ASSERT_EQ(setenv("PROTATTN_FUSED_REACH", "0", 1), 0);
+        fused_outputs(kernel, layouts, shape, o_all, l_all, &sum_all);
+        unsetenv("PROTATTN_FUSED_REACH");
+        EXPECT_GT(sum_skip.warps_out, sum_skip.warp_tiles / 3) << what;  // 2HHB: about half
+        EXPECT_EQ(sum_all.warps_out, 0) << what;
+        EXPECT_EQ(std::memcmp(o_skip.data(), o_all.data(), o_all.size()), 0) << what << ": O differs";
+        EXPECT_EQ(std::memcmp(l_skip.data(), l_all.data(), l_all.size() * sizeof(float)), 0) << what << ": LSE differs";
+        if (kernel == kernels.front() && !ragged) {
+          Case c;
+          for (const BlockLayout* l : layouts) c.layouts.push_back(*l);
+          c.shape = shape;
+          check("fused/" + kernel, c, 11);  // against the float64 reference
+        }
+      }
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdlib>
 #include <limits>
 #include <numeric>
@@ -14,6 +15,7 @@
 #include "cuda/common/host_staging.hpp"
 #include "cuda/fused/fused_engine.hpp"
 #include "cuda/fused/fused_launch.hpp"
+#include "cuda/fused/row_reach.hpp"
 #include "cuda/fused/split_plan.hpp"
 #include "engine/factories.hpp"
 #include "protattn/error.hpp"
@@ -100,6 +102,7 @@ class FusedEngine final : public Engine {
     else if (want == "ws") forced_kernel_ = kKernelWs;
     else if (want == "wgmma") forced_kernel_ = kKernelWgmma;
     else if (!want.empty()) throw Error("fused engine: unknown kernel '" + want + "' (ws, wgmma or mma_sync)");
+    if (const char* reach = std::getenv("PROTATTN_FUSED_REACH")) use_reach_ = reach[0] != '0';
     if ((forced_kernel_ == kKernelWs || forced_kernel_ == kKernelWgmma) && !hopper_)
       throw Error("fused engine: kernel " + want + " needs an sm_90 GPU (device " + std::to_string(device_) + " is sm_" +
                   std::to_string(major * 10 + minor) + ")");
@@ -121,7 +124,8 @@ class FusedEngine final : public Engine {
 
     std::vector<StructDesc> sds;
     std::vector<std::int32_t> cols;
-    std::vector<std::uint8_t> kinds;
+    std::vector<std::uint16_t> kinds;  // Params::kind
+    std::vector<std::uint8_t> reach;   // one layout's row_reach.hpp bits
     std::vector<std::int64_t> edge_base;
     bool any_atoms = false;
     for (std::size_t b = 0; b < layouts.size(); ++b) {
@@ -143,8 +147,15 @@ class FusedEngine final : public Engine {
       sds.push_back(sd);
       edge_base.push_back(static_cast<std::int64_t>(cols.size()));
       cols.insert(cols.end(), l.col_idx.begin(), l.col_idx.end());
-      for (BlockKind k : l.kind) kinds.push_back(static_cast<std::uint8_t>(k));
-      if (l.kind.size() != l.col_idx.size()) kinds.resize(cols.size(), 0);
+      const std::size_t k0 = kinds.size();
+      for (BlockKind k : l.kind) kinds.push_back(k == BlockKind::partial ? kKindPartial : 0);
+      kinds.resize(cols.size(), 0);
+      if (use_reach_ && l.mask == MaskMode::atoms) {
+        reach.resize(l.col_idx.size());
+        mark_unreachable_rows(l, reach.data());
+        for (std::size_t e = 0; e < reach.size(); ++e)
+          kinds[k0 + e] |= static_cast<std::uint16_t>(reach[e] << kKindOutShift);
+      }
       plan->offsets.push_back(plan->offsets.back() + l.n);
     }
     const std::int64_t total_n = plan->total_n();
@@ -238,7 +249,7 @@ class FusedEngine final : public Engine {
     p.head_stride = total_n * shape.dim;
     p.total_n = total_n;
     p.col_idx = fp.col_idx.as<std::int32_t>();
-    p.kind = fp.kind.as<std::uint8_t>();
+    p.kind = fp.kind.as<std::uint16_t>();
     p.coords = fp.coords.as<float>();
     p.structs = fp.structs.as<StructDesc>();
     p.items = fp.items.as<WorkItem>();
@@ -277,6 +288,8 @@ class FusedEngine final : public Engine {
     fp.summary.blocks_per_sm = bps;
     fp.summary.kernel = kernel == kKernelWs ? "ws" : kernel == kKernelWgmma ? "wgmma" : "mma_sync";
     fp.summary.sms = sms_;
+    for (const BlockLayout* l : layouts) fp.summary.warp_tiles += 8 * l->nnz();
+    for (std::uint16_t k : kinds) fp.summary.warps_out += std::popcount(static_cast<unsigned>(k >> kKindOutShift));
     for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.structs, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml})
       fp.summary.device_bytes += buf->bytes();
     return plan;
@@ -314,6 +327,8 @@ class FusedEngine final : public Engine {
   int sms_ = 0;
   bool hopper_ = false;
   int forced_kernel_ = -1;  // a KernelCode from the environment, or -1
+  // Params::reach filled (mask atoms); PROTATTN_FUSED_REACH=0 leaves it all zero, for comparison.
+  bool use_reach_ = true;
   std::atomic<int> bps_[2][2][3] = {};  // [fp16, bf16][d 64, 128][KernelCode]; 0: not asked yet
 };
 

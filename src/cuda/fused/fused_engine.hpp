@@ -13,6 +13,9 @@ struct PlanSummary {
   int blocks_per_sm = 0, sms = 0;
   const char* kernel = "";  // "ws", "wgmma" or "mma_sync" (docs/fused.md)
   std::size_t device_bytes = 0;  // plan buffers and workspace
+  // Mask atoms: (kept tile, 16-row warp) pairs whose rows reach no key of the tile (their mask
+  // and softmax are skipped), of all such pairs (8 per kept tile of every structure).
+  std::int64_t warps_out = 0, warp_tiles = 0;
 };
 
 // What plan() decided, for reports (throws Error when `plan` is not a fused plan).

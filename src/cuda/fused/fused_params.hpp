@@ -23,6 +23,10 @@ enum KernelCode : std::int32_t {
 // overflow in the fp32 sums) and no rescaling of O.
 inline constexpr float kRescaleSlack = 8.0f;
 
+// Bits of a kept tile in Params::kind.
+inline constexpr int kKindPartial = 1;
+inline constexpr int kKindOutShift = 8;
+
 // Mask rule of a structure, as mask_allows() defines it.
 enum MaskCode : std::int32_t { kMaskTiles = 0, kMaskAtoms = 1, kMaskWindows = 2 };
 
@@ -57,7 +61,10 @@ struct Params {
   std::int64_t total_n;
   // layout, packed over the batch
   const std::int32_t* col_idx;  // [nnz] key tile of each kept pair
-  const std::uint8_t* kind;     // [nnz] 0 full, 1 partial
+  // [nnz] bit 0 (kKindPartial): PARTIAL, else FULL; bit kKindOutShift + w, mask atoms only:
+  // query rows 16w .. 16w + 15 of the tile reach no key of it (row_reach.hpp), that warp's
+  // probabilities are all zero.
+  const std::uint16_t* kind;
   const float* coords;          // [total_n, 3] new order (mask atoms)
   const StructDesc* structs;    // [batch]
   const WorkItem* items;        // [n_items], longest first

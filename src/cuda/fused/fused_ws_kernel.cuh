@@ -184,13 +184,17 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     }
     sm90::commit();
   };
-  // Whether key tile kt of kind `kind` needs the mask (PARTIAL, or past a structure's end).
-  const auto tile_masked = [&](int kind, int kt) { return kind != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n; };
+  // Whether key tile kt of kind `kind` (Params::kind) needs the mask (PARTIAL, or past a
+  // structure's end).
+  const auto tile_masked = [&](int kind, int kt) {
+    return (kind & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
+  };
   // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
   // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
   // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
   bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
-  const auto softmax = [&](int kt, bool masked, int s) {
+  const auto softmax = [&](int kt, int kind, int s) {
+    const bool masked = tile_masked(kind, kt);
     if (masked && atoms_mask) {
       const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
       mask_atoms_slice(s_acc, sd, qpos, kxyz, kt * kTile, t);
@@ -243,13 +247,17 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     rescaled = rescale;
     return alpha;
   };
-  const auto pack_p = [&] {
+  // P of the tile for its P V; zero when this warp's rows reach no key of it.
+  const auto pack_p = [&](bool out) {
 #pragma unroll
     for (int kk = 0; kk < kTile / 16; ++kk) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) p_frag[kk][j] = E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+      for (int j = 0; j < 4; ++j) p_frag[kk][j] = out ? 0u : E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
     }
   };
+  // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
+  // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
+  const auto out_of_reach = [&](int kind) { return ((kind >> (kKindOutShift + cw)) & 1) != 0; };
 
   // Turns on the tensor cores (when p.pingpong): a consumer warpgroup issues its
   // matrix products only in its turn and then hands the turn to the other, so that one's softmax
@@ -267,7 +275,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   sm90::mbar_wait(bar_q, 0);
   if (n_kv > 0) {
     int kt = p.col_idx[item.e_begin];
-    bool masked = tile_masked(p.kind[item.e_begin], kt);
+    int kind = p.kind[item.e_begin];
     // The next tile's column and kind are read a whole iteration before they are needed.
     int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
     int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
@@ -278,8 +286,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     issue_s(0);
     turn_pass();
     sm90::wait<0>();
-    softmax(kt, masked, 0);  // O is still zero: alpha is not needed
-    pack_p();
+    const bool out0 = out_of_reach(kind);
+    if (!out0) softmax(kt, kind, 0);  // O is still zero: alpha is not needed
+    pack_p(out0);
     for (int it = 1; it < n_kv; ++it) {
       const int prev = s;
       if (++s == stages) {
@@ -287,7 +296,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         phase ^= 1;
       }
       kt = kt_next;
-      masked = tile_masked(kind_next, kt);
+      kind = kind_next;
       if (it + 1 < n_kv) {
         kt_next = p.col_idx[item.e_begin + it + 1];
         kind_next = p.kind[item.e_begin + it + 1];
@@ -299,14 +308,16 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       issue_pv(prev);  // ... and P V of the one before, both in flight
       turn_pass();
       sm90::wait<1>();
-      const float2 alpha = softmax(kt, masked, s);  // under the P V
+      const bool out = out_of_reach(kind);
+      float2 alpha = make_float2(1.0f, 1.0f);
+      if (!out) alpha = softmax(kt, kind, s);  // under the P V
       sm90::wait<0>();
       if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
-      if (rescaled) {
+      if (rescaled && !out) {
 #pragma unroll
         for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
       }
-      pack_p();
+      pack_p(out);
     }
     sm90::fence();
     turn_wait();
