@@ -12,6 +12,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #include "protattn/layout.hpp"
 
@@ -36,50 +39,77 @@ inline void mark_unreachable_rows(const BlockLayout& l, std::uint8_t* out) {
   if (l.mask != MaskMode::atoms || l.tile != kGroups * kReachRows || l.n <= 0 ||
       l.coords.size() != static_cast<std::size_t>(l.n) * 3)
     return;
-  struct Box {
-    double lo[3], hi[3];
-    bool empty = true;
+  // Boxes of every group of rows (lo[c][w], hi[c][w] of tile t in groups[t]; float min and max
+  // are exact), and of every tile (the union of its groups). A group past the end is empty: it
+  // is marked whatever the key tile.
+  struct Groups {
+    float lo[3][kGroups], hi[3][kGroups];
+    std::uint32_t empty = 0;  // bit w: group w holds no row
   };
-  const auto box_of = [&](std::int64_t first, std::int64_t end) {
-    Box b;
-    for (std::int64_t i = first; i < std::min<std::int64_t>(end, l.n); ++i) {
-      const float* x = &l.coords[static_cast<std::size_t>(3 * i)];
-      for (int c = 0; c < 3; ++c) {
-        b.lo[c] = b.empty ? x[c] : std::min(b.lo[c], static_cast<double>(x[c]));
-        b.hi[c] = b.empty ? x[c] : std::max(b.hi[c], static_cast<double>(x[c]));
-      }
-      b.empty = false;
-    }
-    return b;
+  struct Box {
+    float lo[3], hi[3];
   };
   const auto tiles = static_cast<std::size_t>(l.n_tiles);
-  std::vector<Box> keys(tiles), rows(tiles * kGroups);
+  std::vector<Groups> groups(tiles);
+  std::vector<Box> keys(tiles);
+  const float* xyz = l.coords.data();
+  const auto n = static_cast<std::size_t>(l.n);
   for (std::size_t t = 0; t < tiles; ++t) {
-    const auto r0 = static_cast<std::int64_t>(t) * l.tile;
-    keys[t] = box_of(r0, r0 + l.tile);
-    for (int w = 0; w < kGroups; ++w) rows[t * kGroups + w] = box_of(r0 + w * kReachRows, r0 + (w + 1) * kReachRows);
+    Groups& gr = groups[t];
+    Box& k = keys[t];
+    for (int w = 0; w < kGroups; ++w) {
+      const std::size_t first = (t * kGroups + w) * kReachRows, end = std::min(first + kReachRows, n);
+      if (first >= end) {
+        gr.empty |= 1u << w;
+        for (int c = 0; c < 3; ++c) gr.lo[c][w] = gr.hi[c][w] = 0.0f;
+        continue;
+      }
+      float lo[3] = {xyz[3 * first], xyz[3 * first + 1], xyz[3 * first + 2]}, hi[3] = {lo[0], lo[1], lo[2]};
+      for (std::size_t i = first + 1; i < end; ++i)
+        for (int c = 0; c < 3; ++c) {
+          lo[c] = std::min(lo[c], xyz[3 * i + c]);
+          hi[c] = std::max(hi[c], xyz[3 * i + c]);
+        }
+      for (int c = 0; c < 3; ++c) {
+        gr.lo[c][w] = lo[c];
+        gr.hi[c][w] = hi[c];
+        k.lo[c] = w == 0 ? lo[c] : std::min(k.lo[c], lo[c]);
+        k.hi[c] = w == 0 ? hi[c] : std::max(k.hi[c], hi[c]);
+      }
+    }
   }
+  // The gap between boxes in float: its rounding (a few 2^-24, relative) is far inside the margin.
   const float cut2 = l.cutoff * l.cutoff;  // the threshold mask_allows() compares with
-  const double limit = static_cast<double>(cut2) * (1.0 + kReachMargin);
-  for (std::size_t r = 0; r < tiles; ++r)
+  const auto limit = static_cast<float>(static_cast<double>(cut2) * (1.0 + kReachMargin));
+  for (std::size_t r = 0; r < tiles; ++r) {
+    const Groups& q = groups[r];
     for (std::int32_t e = l.row_ptr[r]; e < l.row_ptr[r + 1]; ++e) {
       const Box& k = keys[static_cast<std::size_t>(l.col_idx[static_cast<std::size_t>(e)])];
-      std::uint8_t bits = 0;
-      for (int w = 0; w < kGroups; ++w) {
-        const Box& q = rows[r * kGroups + w];
-        bool unreachable = q.empty || k.empty;
-        if (!unreachable) {
-          double gap2 = 0;
-          for (int c = 0; c < 3; ++c) {
-            const double gap = std::max({0.0, k.lo[c] - q.hi[c], q.lo[c] - k.hi[c]});
-            gap2 += gap * gap;
-          }
-          unreachable = gap2 > limit;
+      std::uint32_t bits = q.empty;
+#if defined(__SSE2__)
+      for (int w0 = 0; w0 < kGroups; w0 += 4) {  // four groups at a time, no branches
+        __m128 gap2 = _mm_setzero_ps();
+        for (int c = 0; c < 3; ++c) {
+          const __m128 below = _mm_sub_ps(_mm_set1_ps(k.lo[c]), _mm_loadu_ps(&q.hi[c][w0]));
+          const __m128 above = _mm_sub_ps(_mm_loadu_ps(&q.lo[c][w0]), _mm_set1_ps(k.hi[c]));
+          const __m128 gap = _mm_max_ps(_mm_max_ps(below, above), _mm_setzero_ps());
+          gap2 = _mm_add_ps(gap2, _mm_mul_ps(gap, gap));
         }
-        if (unreachable) bits |= static_cast<std::uint8_t>(1u << w);
+        bits |= static_cast<std::uint32_t>(_mm_movemask_ps(_mm_cmpgt_ps(gap2, _mm_set1_ps(limit)))) << w0;
       }
-      out[e] = bits;
+#else
+      for (int w = 0; w < kGroups; ++w) {
+        float gap2 = 0.0f;
+        for (int c = 0; c < 3; ++c) {
+          const float gap = std::max(0.0f, std::max(k.lo[c] - q.hi[c][w], q.lo[c][w] - k.hi[c]));
+          gap2 += gap * gap;
+        }
+        bits |= static_cast<std::uint32_t>(gap2 > limit) << w;
+      }
+#endif
+      out[e] = static_cast<std::uint8_t>(bits);
     }
+  }
 }
 
 }  // namespace protattn::fused
