@@ -327,7 +327,8 @@ class FusedEngine final : public Engine {
   int sms_ = 0;
   bool hopper_ = false;
   int forced_kernel_ = -1;  // a KernelCode from the environment, or -1
-  // Params::reach filled (mask atoms); PROTATTN_FUSED_REACH=0 leaves it all zero, for comparison.
+  // Params::kind's out-of-reach bits set (mask atoms, row_reach.hpp); PROTATTN_FUSED_REACH=0
+  // leaves them clear, for comparison.
   bool use_reach_ = true;
   std::atomic<int> bps_[2][2][3] = {};  // [fp16, bf16][d 64, 128][KernelCode]; 0: not asked yet
 };
