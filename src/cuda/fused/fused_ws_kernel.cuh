@@ -258,9 +258,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
   // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
   const auto out_of_reach = [&](int kind) { return ((kind >> (kKindOutShift + cw)) & 1) != 0; };
-  // Whether all four warps of this warpgroup are (warpgroup-uniform): its S and P V of the tile
-  // are then not issued either (P = 0 adds nothing to O). Commit groups in flight are counted
-  // accordingly below; the turns are taken all the same.
 
   // Turns on the tensor cores (when p.pingpong): a consumer warpgroup issues its
   // matrix products only in its turn and then hands the turn to the other, so that one's softmax
@@ -283,12 +280,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
     int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
     int s = 0, phase = 0;  // stage of the current tile and the parity of its "full" phase
-    const auto group_out = [&](int k) { return ((k >> (kKindOutShift + my_wg * 4)) & 0xF) == 0xF; };
-    bool skip_prev = group_out(kind);  // the tile whose P V comes next was left out
     sm90::mbar_wait(bar_full(0), 0);
     sm90::fence_proxy_async();
     turn_wait();
-    if (!skip_prev) issue_s(0);
+    issue_s(0);
     turn_pass();
     sm90::wait<0>();
     const bool out0 = out_of_reach(kind);
@@ -306,16 +301,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         kt_next = p.col_idx[item.e_begin + it + 1];
         kind_next = p.kind[item.e_begin + it + 1];
       }
-      const bool skip = group_out(kind);
       sm90::mbar_wait(bar_full(s), phase);
       sm90::fence_proxy_async();
       turn_wait();
-      if (!skip) issue_s(s);  // S of this tile ...
-      else sm90::fence();     // (issue_s fences the registers P V reads)
-      if (!skip_prev) issue_pv(prev);  // ... and P V of the one before, both in flight
+      issue_s(s);      // S of this tile ...
+      issue_pv(prev);  // ... and P V of the one before, both in flight
       turn_pass();
-      if (skip_prev) sm90::wait<0>();  // S alone, or nothing, in flight
-      else sm90::wait<1>();
+      sm90::wait<1>();
       const bool out = out_of_reach(kind);
       float2 alpha = make_float2(1.0f, 1.0f);
       if (!out) alpha = softmax(kt, kind, s);  // under the P V
@@ -326,11 +318,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
       }
       pack_p(out);
-      skip_prev = skip;
     }
     sm90::fence();
     turn_wait();
-    if (!skip_prev) issue_pv(s);
+    issue_pv(s);
     turn_pass();
     sm90::wait<0>();
   }
