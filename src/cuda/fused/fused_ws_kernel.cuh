@@ -272,8 +272,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   };
   if (my_wg == 1) turn_pass();  // warpgroup 0 goes first
 
-  sm90::mbar_wait(bar_q, 0);
-  if (n_kv > 0) {
+  // The tile loop, compiled twice: with the out-of-reach checks (kReach: a structure under mask
+  // atoms, whose tiles carry the bits) and without them (every other mask runs code with no trace
+  // of them).
+  const auto tile_loop = [&]<bool kReach>() {
     int kt = p.col_idx[item.e_begin];
     int kind = p.kind[item.e_begin];
     // The next tile's column and kind are read a whole iteration before they are needed.
@@ -286,7 +288,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     issue_s(0);
     turn_pass();
     sm90::wait<0>();
-    const bool out0 = out_of_reach(kind);
+    const bool out0 = kReach && out_of_reach(kind);
     if (!out0) softmax(kt, kind, 0);  // O is still zero: alpha is not needed
     pack_p(out0);
     for (int it = 1; it < n_kv; ++it) {
@@ -308,7 +310,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       issue_pv(prev);  // ... and P V of the one before, both in flight
       turn_pass();
       sm90::wait<1>();
-      const bool out = out_of_reach(kind);
+      const bool out = kReach && out_of_reach(kind);
       float2 alpha = make_float2(1.0f, 1.0f);
       if (!out) alpha = softmax(kt, kind, s);  // under the P V
       sm90::wait<0>();
@@ -324,6 +326,11 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     issue_pv(s);
     turn_pass();
     sm90::wait<0>();
+  };
+  sm90::mbar_wait(bar_q, 0);
+  if (n_kv > 0) {
+    if (atoms_mask) tile_loop.template operator()<true>();
+    else tile_loop.template operator()<false>();
   }
   if (my_wg == 0) turn_wait();  // takes warpgroup 1's last pass: every arrival is waited for
   finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, cw * 16 + g, t);
