@@ -309,9 +309,9 @@ void fused_outputs(const std::string& kernel, const std::vector<const BlockLayou
   run_host(*engine, *plan, a);
 }
 
-// Params::kind's out-of-reach bits (src/cuda/fused/row_reach.hpp): a warp whose 16 query rows
-// reach no key of a tile skips the tile's mask and softmax (a warpgroup of four such warps, in the
-// wgmma kernel, its products too). On every kernel, for a protein alone and in a ragged batch with a globule whose
+// Params::kind's out-of-reach bits (src/cuda/fused/row_reach.hpp): in the ws kernel a warp whose
+// 16 query rows reach no key of a tile skips the tile's mask and softmax; the other kernels leave
+// the bits alone. On every kernel, for a protein alone and in a ragged batch with a globule whose
 // last tile is mostly padding, the outputs are the bits computed with nothing skipped
 // (PROTATTN_FUSED_REACH=0), and they match the float64 reference; the protein skips many warps.
 TEST(FusedReach, SkippingGivesTheSameBits) {

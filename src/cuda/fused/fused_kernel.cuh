@@ -462,13 +462,9 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     }
 
     const int kt = p.col_idx[e];
-    const int kind = p.kind[e];
-    const bool masked = (kind & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
-    // This warp's rows, and all four warps of its warpgroup, reach no key of the tile (their
-    // probabilities are all zero: the mask and softmax, and for a whole warpgroup the products,
-    // are skipped).
-    const bool warp_out = ((kind >> (kKindOutShift + warp)) & 1) != 0;
-    const bool group_out = ((kind >> (kKindOutShift + warp / 4 * 4)) & 0xF) == 0xF;
+    // (The out-of-reach bits of Params::kind are the ws kernel's: here they cost W1, which this
+    // kernel runs, 9% at run time; bench/results/2026-11-30-h200-e541354.)
+    const bool masked = (p.kind[e] & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
     const std::uint32_t s_k = s_stage0 + (it & 1) * K_::kStageBytes;
     const std::uint32_t s_v = s_k + Tile::kBytes;
 
@@ -478,7 +474,6 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
       // spills at two blocks per multiprocessor and measured slower.)
 #pragma unroll
       for (int half = 0; half < kTile / kKeyChunk; ++half) {
-        if (group_out) break;  // warpgroup-uniform
         float s_acc[K_::kSAcc];
         sm90::fence();
 #pragma unroll
@@ -490,50 +485,47 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
         }
         sm90::commit();
         sm90::wait<0>();
-        // A warp out of reach of the tile keeps m, l and O and gives P = 0 to the products.
-        if (!warp_out) {
-          // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
-          // folds into one FFMA before each exp2.
-          if (masked && atoms_mask) {
-            mask_atoms_slice(s_acc, sd, qpos, key_xyz + (it & 1) * kTile + half * kKeyChunk,
-                             kt * kTile + half * kKeyChunk, t);
-          } else if (masked) {
+        // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
+        // folds into one FFMA before each exp2.
+        if (masked && atoms_mask) {
+          mask_atoms_slice(s_acc, sd, qpos, key_xyz + (it & 1) * kTile + half * kKeyChunk,
+                           kt * kTile + half * kKeyChunk, t);
+        } else if (masked) {
 #pragma unroll
-            for (int i = 0; i < K_::kSAcc; ++i) {
-              const int j = kt * kTile + half * kKeyChunk + (i / 4) * 8 + 2 * t + (i & 1);
-              if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
-            }
+          for (int i = 0; i < K_::kSAcc; ++i) {
+            const int j = kt * kTile + half * kKeyChunk + (i / 4) * 8 + 2 * t + (i & 1);
+            if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
           }
-          float alpha[2];
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) mx = fmaxf(mx, fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
-            const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
-            alpha[r] = fast_exp2(m_row[r] - base);
-            m_row[r] = m_new;
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-              s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
-              s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
-              sum += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
-            }
-            l_row[r] = l_row[r] * alpha[r] + sum;
-          }
-#pragma unroll
-          for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
         }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) mx = fmaxf(mx, fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float m_new = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
+          const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
+          alpha[r] = fast_exp2(m_row[r] - base);
+          m_row[r] = m_new;
+          float sum = 0.0f;
+#pragma unroll
+          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+            s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+            s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+            sum += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+          }
+          l_row[r] = l_row[r] * alpha[r] + sum;
+        }
+#pragma unroll
+        for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
         sm90::fence();
 #pragma unroll
         for (int kk = 0; kk < kKeyChunk / 16; ++kk) {
           std::uint32_t a[4];
 #pragma unroll
-          for (int j = 0; j < 4; ++j) a[j] = warp_out ? 0u : E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+          for (int j = 0; j < 4; ++j) a[j] = E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
           // V rows (keys) half*64 + kk*16 .. +16, MN-major: 8-key groups 1024 B apart, 64-column
           // blocks kBlockBytes apart.
           const std::uint64_t db = sm90::smem_desc(s_v + (half * kKeyChunk + kk * 16) * Tile::kRowBytes,
@@ -546,7 +538,6 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     } else {
 #pragma unroll
       for (int half = 0; half < kTile / kKeyChunk; ++half) {
-        if (warp_out) break;  // warp-uniform
         float s_acc[K_::kSAcc];
 #pragma unroll
         for (int i = 0; i < K_::kSAcc; ++i) s_acc[i] = 0.0f;

@@ -6,8 +6,7 @@
 // the kernels owns 16 query rows of the tile; when the box of those rows and the box of the key
 // tile are farther apart than the cutoff (about half of 2HHB's kept tile x warp pairs), every
 // score the warp has for the tile is masked and its probabilities are all zero, so it can skip
-// the mask and the softmax (and a warpgroup whose four warps all can, its products too): the
-// same result, bit for bit, for finite inputs.
+// the mask and the softmax (the ws kernel does): the same result, bit for bit, for finite inputs.
 #pragma once
 #include <algorithm>
 #include <cstdint>
