@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -278,6 +279,32 @@ TEST(HalfRows, BulkWideningMatchesHalfToFloat) {
       ASSERT_EQ(a, b) << "half bits " << h[i];
     }
   }
+}
+
+// The fp16 row norm (the loop's score): the F16C path gives the scalar path's bits, and both the
+// plain float64 value within float32 rounding, for widths with and without a remainder mod 32.
+TEST(HalfRows, MeanRowNormMatchesAPlainSum) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> val(-30.0f, 30.0f);
+  for (const std::size_t width : {std::size_t{1}, std::size_t{7}, std::size_t{32}, std::size_t{128}, std::size_t{131}, std::size_t{200}}) {
+    const std::size_t rows = 37;
+    std::vector<std::uint16_t> h(rows * width);
+    for (auto& x : h) x = float_to_half(val(rng));
+    double want = 0;
+    for (std::size_t r = 0; r < rows; ++r) {
+      double sq = 0;
+      for (std::size_t c = 0; c < width; ++c) sq += static_cast<double>(half_to_float(h[r * width + c])) * half_to_float(h[r * width + c]);
+      want += std::sqrt(sq);
+    }
+    want /= rows;
+    const double got = model::mean_row_norm(h.data(), rows, width);
+    EXPECT_EQ(got, model::mean_row_norm_scalar(h.data(), rows, width)) << "width " << width;
+    EXPECT_NEAR(got, want, 1e-6 * want) << "width " << width;
+    EXPECT_GT(want, 1.0) << "width " << width;
+  }
+  EXPECT_EQ(model::mean_row_norm(nullptr, 0, 128), 0.0);
+  const std::uint16_t three_four[2] = {float_to_half(3.0f), float_to_half(4.0f)};
+  EXPECT_EQ(model::mean_row_norm(three_four, 1, 2), 5.0);
 }
 
 TEST_F(ModelTest, ForwardIsDeterministicAndBatchIndependent) {

@@ -160,8 +160,9 @@ class Client {
     }
   }
 
-  // Embedding [n, C] as float, in the request's atom order; throws Error on any failure.
-  void embed(const std::vector<float>& xyz, std::vector<float>& out, std::int64_t& channels) {
+  // The embedding FP16 [n, C] (its bits), in the request's atom order: in this loop's shared
+  // memory or a buffer of the client, valid until the next call. Throws Error on any failure.
+  const std::uint16_t* embed(const std::vector<float>& xyz, std::int64_t& channels) {
     if (shared_) {
       std::memcpy(shared_->data(), xyz.data(), xyz.size() * sizeof(float));
       const json h = post_json(path_, head_, "request");
@@ -174,9 +175,7 @@ class Client {
         throw Error("loop: EMBEDDING has " + std::to_string(channels) + " channels, the model said " +
                     std::to_string(region_channels_));
       // Read in place: the region is mapped memory, the offset a multiple of 4.
-      widen(reinterpret_cast<const std::uint16_t*>(shared_->data() + embedding_offset_),
-            elements_.size() * static_cast<std::size_t>(channels), out);
-      return;
+      return reinterpret_cast<const std::uint16_t*>(shared_->data() + embedding_offset_);
     }
     body_.assign(head_);
     body_.append(reinterpret_cast<const char*>(xyz.data()), xyz.size() * sizeof(float));
@@ -197,7 +196,7 @@ class Client {
       throw Error("loop: unexpected EMBEDDING " + o.dump());
     halves_.resize(bytes / 2);
     std::memcpy(halves_.data(), res->body.data() + hl, bytes);  // the body gives no alignment
-    widen(halves_.data(), halves_.size(), out);
+    return halves_.data();
   }
 
  private:
@@ -207,11 +206,6 @@ class Client {
     if (o["datatype"] != "FP16" || shape.size() != 2 || shape[0] != static_cast<std::int64_t>(elements_.size()))
       throw Error("loop: unexpected EMBEDDING " + o.dump());
     return shape[1];
-  }
-  // `count` fp16 values widened into out.
-  static void widen(const std::uint16_t* bits, std::size_t count, std::vector<float>& out) {
-    out.resize(count);
-    model::halves_to_floats(bits, out.data(), count);
   }
   static std::string answer_error(const httplib::Response& res) {
     const json e = json::parse(res.body, nullptr, false);
@@ -240,23 +234,11 @@ class Client {
   bool registered_ = false;
 };
 
-// The score of a hypothesis: the mean L2 norm of the atoms' embeddings. Deterministic and cheap;
-// with an untrained model it means nothing beyond exercising the loop.
-double score(const std::vector<float>& emb, std::int64_t channels) {
-  const std::size_t n = emb.size() / static_cast<std::size_t>(channels);
-  double total = 0;
-  constexpr std::size_t kLanes = 4;  // independent partial sums: no single chain of additions
-  const auto C = static_cast<std::size_t>(channels);
-  for (std::size_t a = 0; a < n; ++a) {
-    const float* e = emb.data() + a * C;
-    double sq[kLanes] = {};
-    std::size_t c = 0;
-    for (; c + kLanes <= C; c += kLanes)
-      for (std::size_t u = 0; u < kLanes; ++u) sq[u] += static_cast<double>(e[c + u]) * e[c + u];
-    for (; c < C; ++c) sq[0] += static_cast<double>(e[c]) * e[c];
-    total += std::sqrt((sq[0] + sq[1]) + (sq[2] + sq[3]));
-  }
-  return total / static_cast<double>(n);
+// The score of a hypothesis: the mean L2 norm of the atoms' embeddings, read from the fp16
+// answer. Deterministic and cheap; with an untrained model it means nothing beyond exercising
+// the loop.
+double score(const std::uint16_t* embedding, std::size_t atoms, std::int64_t channels) {
+  return model::mean_row_norm(embedding, atoms, static_cast<std::size_t>(channels));
 }
 
 struct LoopResult {
@@ -274,10 +256,10 @@ void run_one(const LoopOptions& o, const Structure& s, const std::vector<std::in
   std::uniform_int_distribution<std::size_t> pick(0, residues.size() - 1);
   std::uniform_real_distribution<float> shift(-o.step, o.step);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
-  std::vector<float> current = s.xyz, trial, emb;
+  std::vector<float> current = s.xyz, trial;
   std::int64_t channels = 0;
-  client.embed(current, emb, channels);  // the starting hypothesis (not timed)
-  double cur = score(emb, channels);
+  const std::uint16_t* start = client.embed(current, channels);  // the starting hypothesis (not timed)
+  double cur = score(start, elements.size(), channels);
   r.first_score = cur;
   r.latency_ms.reserve(static_cast<std::size_t>(o.iterations));
   for (int it = 0; it < o.iterations && !stop; ++it) {
@@ -287,9 +269,9 @@ void run_one(const LoopOptions& o, const Structure& s, const std::vector<std::in
     for (std::size_t a = first; a < last; ++a)
       for (int k = 0; k < kFloatsPerAtom; ++k) trial[a * kFloatsPerAtom + k] += d[k];
     const auto t0 = Clock::now();
-    client.embed(trial, emb, channels);
+    const std::uint16_t* emb = client.embed(trial, channels);
     r.latency_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-    const double next = score(emb, channels);
+    const double next = score(emb, elements.size(), channels);
     // Metropolis on the energy -score: always keep a better hypothesis, a worse one with
     // probability exp(-(cur - next) / T). The draw happens every iteration (reproducible stream).
     const double u = unit(rng);

@@ -1,4 +1,5 @@
-// Bulk float <-> fp16 conversions: the CPU forward's output, the loop client's answers (private).
+// Bulk float <-> fp16 conversions and row norms: the CPU forward's output, the loop client's
+// answers (private).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -12,5 +13,13 @@ void floats_to_halves(const float* in, std::uint16_t* out, std::size_t n);
 // out[i] = half_to_float(in[i]) for i < n (exact; with F16C where the CPU has it, which quiets
 // signalling NaNs: NaN stays NaN).
 void halves_to_floats(const std::uint16_t* in, float* out, std::size_t n);
+
+// The mean over `rows` rows of `width` fp16 values of each row's L2 norm (0 for no rows), read
+// straight from the fp16 bits: squares (exact in float) summed in float by column mod 32, the 32
+// partial sums folded in double: a fixed order, the same bits with or without F16C.
+double mean_row_norm(const std::uint16_t* halves, std::size_t rows, std::size_t width);
+
+// mean_row_norm without F16C (the reference the tests hold the F16C path to).
+double mean_row_norm_scalar(const std::uint16_t* halves, std::size_t rows, std::size_t width);
 
 }  // namespace protattn::model

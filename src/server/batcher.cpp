@@ -354,9 +354,10 @@ void Batcher::run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& b
     atoms += j->n;
   }
   Status status;
+  EncoderBatchTimes parts;
   try {
     if (first.model->is_encoder())
-      run_encoder_batch(*state.encoders.at(first.model), batch, state.stream);
+      parts = run_encoder_batch(*state.encoders.at(first.model), batch, state.stream);
     else
       run_attention(state, batch);
   } catch (const Error& e) {
@@ -373,11 +374,19 @@ void Batcher::run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& b
   }
 #endif
   metrics_.batch_done(first.model->name, static_cast<int>(batch.size()), atoms, compute, queue_s, state.worker);
-  log_event(LogLevel::debug, "batch",
-            {{"model", first.model->name}, {"worker", state.worker}, {"device", state.device},
-             {"requests", batch.size()}, {"atoms", atoms},
-             {"heads", first.heads}, {"dim", first.dim},
-             {"compute_ms", compute * 1e3}, {"ok", status.ok()}});
+  if (log_enabled(LogLevel::debug)) {
+    nlohmann::json fields = {{"model", first.model->name}, {"worker", state.worker}, {"device", state.device},
+                             {"requests", batch.size()}, {"atoms", atoms},
+                             {"heads", first.heads}, {"dim", first.dim},
+                             {"compute_ms", compute * 1e3}, {"ok", status.ok()}};
+    if (first.model->is_encoder() && status.ok()) {
+      fields["layouts_ms"] = parts.layouts * 1e3;
+      fields["plan_ms"] = parts.plan * 1e3;
+      fields["launch_ms"] = parts.launch * 1e3;
+      fields["finish_ms"] = parts.finish * 1e3;
+    }
+    log_event(LogLevel::debug, "batch", std::move(fields));
+  }
   for (std::size_t b = 0; b < batch.size(); ++b) {
     Job& j = *batch[b];
     j.queue_seconds = queue_s[b];

@@ -2,6 +2,7 @@
 #include "encoder_model.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <utility>
 #include <string>
@@ -81,13 +82,19 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
   return job;
 }
 
-void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch, void* stream) {
+EncoderBatchTimes run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch, void* stream) {
+  using Clock = std::chrono::steady_clock;
+  auto secs = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  EncoderBatchTimes times;
+  const auto t0 = Clock::now();
   std::vector<AtomInput> inputs;
   inputs.reserve(batch.size());
   // Each job's layout moves into the plan (the job does not need it after).
   for (const auto& j : batch) inputs.push_back({j->coords, j->elements, nullptr, &j->layout});
   auto plan = encoder.plan(inputs);
+  const auto t1 = Clock::now();
   encoder.run(*plan, stream);
+  const auto t2 = Clock::now();
   // Answers bound for registered shared memory go there from the device, unless the network
   // thread gave the request up before (claim 0 -> 1 here, 0 -> 2 there: exactly one wins).
   std::vector<void*> dests(batch.size(), nullptr);
@@ -103,6 +110,11 @@ void run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& 
     else
       batch[b]->embedding = std::move(out[b]);
   }
+  times.layouts = plan->layouts_ms * 1e-3;
+  times.plan = std::max(0.0, secs(t0, t1) - times.layouts);
+  times.launch = secs(t1, t2);
+  times.finish = secs(t2, Clock::now());
+  return times;
 }
 
 std::vector<OutputTensor> finish_encoder(Job& job, const std::vector<std::string>& wanted,
