@@ -11,6 +11,16 @@
 
 namespace protattn::detail {
 
+// Names the calling thread (Linux: at most 15 characters shown) so that per-thread CPU time in
+// /proc/PID/task, top and perf tells the threads apart; elsewhere nothing.
+inline void name_this_thread(const char* name) {
+#ifdef __linux__
+  pthread_setname_np(pthread_self(), name);
+#else
+  (void)name;
+#endif
+}
+
 // Threads to use for `threads` as options give it (0 or less: all cores), at most one per
 // `grain` items of the `n` to share out, at least 1.
 inline int resolve_threads(int threads, std::size_t n, std::size_t grain) {
@@ -32,9 +42,7 @@ void parallel_chunks(std::size_t n, int parts, F&& fn) {
   for (int p = 1; p < parts; ++p) {
     const std::size_t b = std::min(n, static_cast<std::size_t>(p) * chunk), e = std::min(n, b + chunk);
     pool.emplace_back([&fn, p, b, e] {
-#ifdef __linux__
-      pthread_setname_np(pthread_self(), "protattn-pool");  // tells them apart in top and /proc
-#endif
+      name_this_thread("protattn-pool");
       fn(p, b, e);
     });
   }

@@ -10,6 +10,7 @@
 #endif
 
 #include "common.hpp"
+#include "common/parallel.hpp"
 #include "encoder_model.hpp"
 #include "log.hpp"
 #include "protattn/engine.hpp"
@@ -108,7 +109,7 @@ void Batcher::start(const std::vector<ModelSpec>& models) {
   for (std::size_t w = 0; w < opt_.devices.size(); ++w) {
     threads_.emplace_back([this, &ready, &models, w] {
       EngineState& st = *states_[w];
-      name_this_thread("protattn-infer");
+      detail::name_this_thread("protattn-infer");
       try {
 #ifdef PROTATTN_HAVE_CUDA
         if (opt_.engine != "cpu") set_gpu_wait(st.device, opt_.gpu_wait);

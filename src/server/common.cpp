@@ -3,9 +3,6 @@
 
 #include <cstring>
 #include <string>
-#ifdef __linux__
-#include <pthread.h>
-#endif
 
 namespace protattn::server {
 
@@ -88,14 +85,6 @@ void write_output_to(OutputTensor& t, const ShmSpan& span, const void* src, std:
   t.shm = ref;
   t.shm.byte_size = static_cast<std::int64_t>(bytes);
   std::vector<std::uint8_t>().swap(t.data);
-}
-
-void name_this_thread(const char* name) {
-#ifdef __linux__
-  pthread_setname_np(pthread_self(), name);
-#else
-  (void)name;
-#endif
 }
 
 }  // namespace protattn::server

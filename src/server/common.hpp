@@ -95,8 +95,4 @@ std::size_t datatype_size(const std::string& datatype);
 std::int64_t shape_elements(const std::vector<std::int64_t>& shape, std::int64_t limit);
 std::string shape_string(const std::vector<std::int64_t>& shape);
 
-// Names the calling thread (Linux: at most 15 characters shown) so that per-thread CPU time in
-// /proc/PID/task and top tells the server's threads apart; elsewhere nothing.
-void name_this_thread(const char* name);
-
 }  // namespace protattn::server

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.hpp"
+#include "common/parallel.hpp"
 #include "log.hpp"
 #include "protattn/error.hpp"
 #include "protattn/half.hpp"
@@ -46,7 +47,7 @@ class ConnectionPool final : public httplib::TaskQueue {
     jobs_.push_back(std::move(fn));
     if (idle_ < jobs_.size() && threads_.size() < max_)
       threads_.emplace_back([this] {
-        name_this_thread("protattn-http");
+        detail::name_this_thread("protattn-http");
         work();
       });
     else
