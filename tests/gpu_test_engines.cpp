@@ -355,5 +355,30 @@ TEST(FusedReach, SkippingGivesTheSameBits) {
       }
 }
 
+// A batch of a little more than one wave of query tiles x heads on the ws kernel (one block per
+// multiprocessor): the plan cuts the key lists into two waves' worth of pieces
+// (split_plan.hpp: choose_pieces) instead of leaving a short second wave of whole lists, and the
+// result matches the float64 reference, run after run.
+TEST(FusedSplitGpu, PartlyEmptyLastWaveIsCut) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
+  int device = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
+  const BlockLayout w1 = make_w1_layout(32, 800, 12, 1);
+  ProblemShape shape;
+  shape.heads = (sms * 11 / 10) / 32 + 1;  // 32 lists a head: 1.1-1.35 waves of lists
+  shape.dtype = DType::f16;
+  shape.dim = 64;
+  std::vector<std::uint8_t> o;
+  std::vector<float> lse;
+  fused::PlanSummary sum;
+  fused_outputs("ws", {&w1}, shape, o, lse, &sum);
+  ASSERT_EQ(sum.blocks_per_sm, 1);
+  EXPECT_EQ(sum.items, 2 * sum.sms) << "two whole waves of pieces";
+  EXPECT_GT(sum.combines, 0);
+  check("fused/ws", Case{{w1}, shape}, 51);
+}
+
 }  // namespace
 }  // namespace protattn

@@ -83,5 +83,46 @@ TEST(FusedSplit, ShortestLongestPieceOnRandomBatches) {
   }
 }
 
+TEST(FusedSplit, ListMakespan) {
+  EXPECT_EQ(list_makespan({3, 3, 3}, 2), 6.0);
+  EXPECT_EQ(list_makespan({5, 1, 1, 1, 1, 1}, 2), 5.0);
+  EXPECT_EQ(list_makespan({1, 1, 1, 1, 1, 5}, 2), 7.0);  // in the order given
+  EXPECT_EQ(list_makespan({}, 4), 0.0);
+  EXPECT_EQ(list_makespan({2, 2}, 8), 2.0);
+}
+
+TEST(FusedSplit, FewerListsThanSlotsFillTheSlots) {
+  std::vector<int> lens(32, 25);
+  EXPECT_EQ(choose_pieces(lens, 264, 2, 16), split_counts(lens, 264, 2, 16));
+  EXPECT_TRUE(choose_pieces({}, 264, 2, 16).empty());
+}
+
+TEST(FusedSplit, APartlyEmptyLastWaveIsBalanced) {
+  // Four heads of a 36-tile protein (lists of 12-28 tiles) on 132 slots: 144 lists, so whole
+  // lists take two waves. Cut into 264 pieces, the estimate is about half.
+  std::vector<int> one_head;
+  for (int t = 0; t < 36; ++t) one_head.push_back(12 + (t * 7) % 17);
+  std::vector<int> lens;
+  for (int h = 0; h < 4; ++h) lens.insert(lens.end(), one_head.begin(), one_head.end());
+  const auto p = choose_pieces(lens, 132, 2, 16);
+  ASSERT_EQ(p.size(), lens.size());
+  EXPECT_EQ(std::accumulate(p.begin(), p.end(), 0), 264);
+  const double whole = estimated_makespan(lens, {}, 132), cut = estimated_makespan(lens, p, 132);
+  EXPECT_LT(cut, 0.7 * whole) << cut << " vs " << whole;
+  const int total = std::accumulate(lens.begin(), lens.end(), 0);
+  EXPECT_GE(cut, static_cast<double>(total) / 132);  // no estimate beats perfect balance
+}
+
+TEST(FusedSplit, NearlyFullOrManyWavesAreNotCut) {
+  // 260 equal lists on 132 slots: cutting 4 of them into halves leaves two waves of whole lists
+  // anyway, and the combine costs; not cut.
+  EXPECT_TRUE(choose_pieces(std::vector<int>(260, 20), 132, 2, 16).empty());
+  // Exactly two waves, and more waves than are balanced: not cut.
+  EXPECT_TRUE(choose_pieces(std::vector<int>(264, 20), 132, 2, 16).empty());
+  EXPECT_TRUE(choose_pieces(std::vector<int>(132 * kMaxWavesToBalance + 1, 20), 132, 2, 16).empty());
+  // Lists that cannot be cut (one tile each): nothing gained, nothing cut.
+  EXPECT_TRUE(choose_pieces(std::vector<int>(140, 1), 132, 2, 16).empty());
+}
+
 }  // namespace
 }  // namespace protattn::fused

@@ -172,11 +172,12 @@ class FusedEngine final : public Engine {
     if (forced_kernel_ >= 0) kernel = forced_kernel_;
     const int bps = blocks_per_sm(shape, kernel);
     const std::int64_t target = static_cast<std::int64_t>(sms_) * bps;
-    // Too few query tiles x heads to fill the GPU: cut the key lists into pieces, the longest
-    // lists into the most (split_plan.hpp), until the pieces fill the block slots.
+    // Too few query tiles x heads to fill the GPU, or a few waves of them with the last one
+    // partly empty: cut the key lists into pieces, the longest lists into the most, until the
+    // pieces fill the block slots or whole waves of them (split_plan.hpp: choose_pieces).
     // PROTATTN_FUSED_MAX_SPLITS caps the pieces of a list (1: no list is cut), for comparison.
     std::vector<int> pieces;  // per list in creation order; empty: none is cut
-    if (base_items < target && base_items > 0) {
+    if (base_items > 0 && base_items < kMaxWavesToBalance * target) {
       int max_pieces = kMaxSplits;
       if (const char* cap = std::getenv("PROTATTN_FUSED_MAX_SPLITS")) max_pieces = std::clamp(std::atoi(cap), 1, kMaxSplits);
       std::vector<int> lens;
@@ -184,7 +185,7 @@ class FusedEngine final : public Engine {
       for (const BlockLayout* l : layouts)
         for (int h = 0; h < shape.heads; ++h)
           for (int r = 0; r < l->n_tiles; ++r) lens.push_back(l->row_ptr[r + 1] - l->row_ptr[r]);
-      pieces = split_counts(lens, target, kMinTilesPerSplit, max_pieces);
+      pieces = choose_pieces(lens, target, kMinTilesPerSplit, max_pieces);
     }
     std::vector<WorkItem> items;
     std::vector<CombineItem> combines;

@@ -3,6 +3,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <queue>
 #include <utility>
 #include <vector>
@@ -33,6 +34,65 @@ inline std::vector<int> split_counts(const std::vector<int>& lens, std::int64_t 
     if (can_take(i)) queue.push({longest_piece(i), -static_cast<std::int64_t>(i)});
   }
   return pieces;
+}
+
+// The time, in key tiles, the block scheduler takes to run blocks of these costs in this order
+// on `slots` slots: each block goes to the slot that frees first (a list-scheduling estimate).
+inline double list_makespan(const std::vector<double>& costs, std::int64_t slots) {
+  if (slots < 1 || costs.empty()) return 0.0;
+  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
+  for (std::int64_t s = 0; s < std::min<std::int64_t>(slots, static_cast<std::int64_t>(costs.size())); ++s) free_at.push(0.0);
+  double end = 0.0;
+  for (double c : costs) {
+    const double t = free_at.top() + c;
+    free_at.pop();
+    free_at.push(t);
+    end = std::max(end, t);
+  }
+  return end;
+}
+
+// What a split piece costs beyond its tiles (writing its partial, its share of the combine), and
+// what the combine kernel costs once, in key tiles: the cost model of choose_pieces.
+inline constexpr double kPieceOverheadTiles = 1.0;
+inline constexpr double kCombineOverheadTiles = 2.0;
+// Batches of up to this many waves of lists are considered for cutting into full waves.
+inline constexpr std::int64_t kMaxWavesToBalance = 4;
+
+// The estimated time, in key tiles, of the lists cut into `pieces` (empty: none cut; the blocks
+// then run in list order), the pieces longest first, as the plan orders them.
+inline double estimated_makespan(const std::vector<int>& lens, const std::vector<int>& pieces, std::int64_t slots) {
+  std::vector<double> costs;
+  bool cut = false;
+  for (std::size_t i = 0; i < lens.size(); ++i) {
+    const int p = pieces.empty() ? 1 : pieces[i];
+    cut |= p > 1;
+    for (int s = 0; s < p; ++s) {
+      const auto e0 = static_cast<std::int64_t>(lens[i]) * s / p, e1 = static_cast<std::int64_t>(lens[i]) * (s + 1) / p;
+      costs.push_back(static_cast<double>(e1 - e0) + (p > 1 ? kPieceOverheadTiles : 0.0));
+    }
+  }
+  if (!cut) return list_makespan(costs, slots);
+  std::stable_sort(costs.begin(), costs.end(), std::greater<double>());
+  return list_makespan(costs, slots) + kCombineOverheadTiles;
+}
+
+// Pieces per key list for a batch on `slots` block slots (empty: no list is cut).
+// - Fewer lists than slots: fill the slots (split_counts).
+// - Up to kMaxWavesToBalance waves of lists whose last wave is partly empty (4 heads of a
+//   4,500-atom protein: 144 lists on 132 slots, the second wave 12 blocks long, so the batch took
+//   two whole lists' time): cut them into as many pieces as whole waves hold, when the estimate
+//   (estimated_makespan) says it finishes sooner.
+// - More: none is cut (the tail of the last wave is short against the whole).
+inline std::vector<int> choose_pieces(const std::vector<int>& lens, std::int64_t slots, int min_tiles, int max_pieces) {
+  const auto lists = static_cast<std::int64_t>(lens.size());
+  if (lists == 0 || slots < 1) return {};
+  if (lists < slots) return split_counts(lens, slots, min_tiles, max_pieces);
+  const std::int64_t waves = (lists + slots - 1) / slots;
+  if (waves > kMaxWavesToBalance || lists == waves * slots) return {};
+  std::vector<int> pieces = split_counts(lens, waves * slots, min_tiles, max_pieces);
+  if (estimated_makespan(lens, pieces, slots) < estimated_makespan(lens, {}, slots)) return pieces;
+  return {};
 }
 
 }  // namespace protattn::fused
