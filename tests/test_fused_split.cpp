@@ -122,6 +122,8 @@ TEST(FusedSplit, NearlyFullOrManyWavesAreNotCut) {
   EXPECT_TRUE(choose_pieces(std::vector<int>(132 * kMaxWavesToBalance + 1, 20), 132, 2, 16).empty());
   // Lists that cannot be cut (one tile each): nothing gained, nothing cut.
   EXPECT_TRUE(choose_pieces(std::vector<int>(140, 1), 132, 2, 16).empty());
+  // Seven and a half waves of equal lists: cutting gains under a tenth; not cut.
+  EXPECT_TRUE(choose_pieces(std::vector<int>(990, 20), 132, 2, 16).empty());
 }
 
 }  // namespace

@@ -56,8 +56,11 @@ inline double list_makespan(const std::vector<double>& costs, std::int64_t slots
 // what the combine kernel costs once, in key tiles: the cost model of choose_pieces.
 inline constexpr double kPieceOverheadTiles = 1.0;
 inline constexpr double kCombineOverheadTiles = 2.0;
-// Batches of up to this many waves of lists are considered for cutting into full waves.
-inline constexpr std::int64_t kMaxWavesToBalance = 4;
+// Batches of up to this many waves of lists are considered for cutting into full waves, and cut
+// when the estimate is at most this share of the uncut one (larger batches gain little, and their
+// blocks then lose the layout order, which keeps the key tiles they share in L2).
+inline constexpr std::int64_t kMaxWavesToBalance = 8;
+inline constexpr double kCutWhenEstimateBelow = 0.9;
 
 // The estimated time, in key tiles, of the lists cut into `pieces` (empty: none cut; the blocks
 // then run in list order), the pieces longest first, as the plan orders them.
@@ -82,7 +85,7 @@ inline double estimated_makespan(const std::vector<int>& lens, const std::vector
 // - Up to kMaxWavesToBalance waves of lists whose last wave is partly empty (4 heads of a
 //   4,500-atom protein: 144 lists on 132 slots, the second wave 12 blocks long, so the batch took
 //   two whole lists' time): cut them into as many pieces as whole waves hold, when the estimate
-//   (estimated_makespan) says it finishes sooner.
+//   (estimated_makespan) says it finishes in under kCutWhenEstimateBelow of the time.
 // - More: none is cut (the tail of the last wave is short against the whole).
 inline std::vector<int> choose_pieces(const std::vector<int>& lens, std::int64_t slots, int min_tiles, int max_pieces) {
   const auto lists = static_cast<std::int64_t>(lens.size());
@@ -91,7 +94,7 @@ inline std::vector<int> choose_pieces(const std::vector<int>& lens, std::int64_t
   const std::int64_t waves = (lists + slots - 1) / slots;
   if (waves > kMaxWavesToBalance || lists == waves * slots) return {};
   std::vector<int> pieces = split_counts(lens, waves * slots, min_tiles, max_pieces);
-  if (estimated_makespan(lens, pieces, slots) < estimated_makespan(lens, {}, slots)) return pieces;
+  if (estimated_makespan(lens, pieces, slots) < kCutWhenEstimateBelow * estimated_makespan(lens, {}, slots)) return pieces;
   return {};
 }
 
