@@ -69,7 +69,9 @@ Model load_model(const std::string& path);
 // One structure of a batch: coordinates [n, 3] (Angstrom) and atomic numbers [n], file order.
 // `layout`, when given, is this structure's layout built by the caller with
 // layout_options(config) from these coordinates (a server builds it on the thread that received
-// the request, so the inference thread does not); plan() checks that it fits and copies it.
+// the request, so the inference thread does not); plan() checks that it fits and copies it
+// (the coordinates are then not checked again: the layout's maker did, and the forward reads
+// them only through the layout).
 // `layout_to_take` is the same, but plan() moves it into the plan (the caller gives it up; it is
 // left empty).
 struct AtomInput {

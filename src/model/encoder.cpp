@@ -54,7 +54,9 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
       if (in.elements[i] < 0 || in.elements[i] > kMaxElement)
         throw Error(what + ": atom " + std::to_string(i) + " has atomic number " + std::to_string(in.elements[i]) +
                     " (valid: 0.." + std::to_string(kMaxElement) + ")");
-    validate_coords(in.coords.data(), n, what);
+    // The coordinates enter the forward only through the layout: a given one was built (and the
+    // coordinates checked) by its maker, so they are checked here only when plan() builds it.
+    if (!in.layout && !in.layout_to_take) validate_coords(in.coords.data(), n, what);
     if (in.layout && in.layout_to_take) throw Error(what + ": give its layout as layout or layout_to_take, not both");
     if (const BlockLayout* given = in.layout_to_take ? in.layout_to_take : in.layout) {
       const BlockLayout& l = *given;
