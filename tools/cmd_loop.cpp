@@ -180,22 +180,61 @@ class Client {
     body_.assign(head_);
     body_.append(reinterpret_cast<const char*>(xyz.data()), xyz.size() * sizeof(float));
     body_.append(reinterpret_cast<const char*>(elements_.data()), elements_.size() * sizeof(std::int32_t));
-    auto res = http_.Post(path_.c_str(), headers_, body_, "application/octet-stream");
+    // The answer is received straight into its places: the JSON header into answer_head_, the
+    // EMBEDDING bytes into halves_ (no body string to grow and copy out of).
+    httplib::Request req;
+    req.method = "POST";
+    req.path = path_;
+    req.headers = headers_;
+    req.set_header("Content-Type", "application/octet-stream");
+    req.body = std::move(body_);
+    int status = 0;
+    std::size_t hl = 0, received = 0;
+    answer_head_.clear();
+    error_body_.clear();
+    req.response_handler = [&](const httplib::Response& r) {
+      status = r.status;
+      const std::string v = r.get_header_value(kHeaderLength);
+      hl = v.empty() ? 0 : std::stoull(v);
+      return true;
+    };
+    req.content_receiver = [&](const char* data, std::size_t n, std::uint64_t offset, std::uint64_t total) {
+      if (status != 200 || hl == 0) {
+        error_body_.append(data, n);
+        return error_body_.size() <= (std::size_t{1} << 20);
+      }
+      if (offset == 0) halves_.resize((static_cast<std::size_t>(total) - std::min<std::size_t>(hl, total) + 1) / 2);
+      received += n;
+      for (std::size_t at = 0; at < n;) {
+        const std::size_t pos = static_cast<std::size_t>(offset) + at;
+        if (pos < hl) {
+          const std::size_t k = std::min(n - at, hl - pos);
+          answer_head_.append(data + at, k);
+          at += k;
+        } else {
+          const std::size_t k = std::min(n - at, halves_.size() * 2 - (pos - hl));
+          std::memcpy(reinterpret_cast<char*>(halves_.data()) + (pos - hl), data + at, k);
+          at += k;
+          if (k == 0) return false;  // more than the length said
+        }
+      }
+      return true;
+    };
+    const auto res = http_.send(req);
+    body_ = std::move(req.body);
     if (!res) throw Error("loop: request failed: " + httplib::to_string(res.error()));
-    if (res->status != 200) throw Error(answer_error(*res));
-    const std::string hl_text = res->get_header_value(kHeaderLength);
-    const std::size_t hl = hl_text.empty() ? 0 : std::stoull(hl_text);
-    const json h = json::parse(res->body.begin(), res->body.begin() + static_cast<std::ptrdiff_t>(std::min(hl, res->body.size())),
-                               nullptr, false);
-    if (hl == 0 || h.is_discarded() || !h.contains("outputs") || h["outputs"].empty())
+    if (status != 200 || hl == 0) {
+      if (status != 200) throw Error(answer_error(status, error_body_));
+      throw Error("loop: answer without a binary EMBEDDING output");
+    }
+    const json h = json::parse(answer_head_, nullptr, false);
+    if (answer_head_.size() != hl || h.is_discarded() || !h.contains("outputs") || h["outputs"].empty())
       throw Error("loop: answer without a binary EMBEDDING output");
     const json& o = h["outputs"][0];
     channels = embedding_channels(o);
     const std::size_t bytes = o["parameters"]["binary_data_size"].get<std::size_t>();
-    if (bytes != elements_.size() * static_cast<std::size_t>(channels) * 2 || hl + bytes != res->body.size())
+    if (bytes != elements_.size() * static_cast<std::size_t>(channels) * 2 || bytes != halves_.size() * 2 || hl + bytes != received)
       throw Error("loop: unexpected EMBEDDING " + o.dump());
-    halves_.resize(bytes / 2);
-    std::memcpy(halves_.data(), res->body.data() + hl, bytes);  // the body gives no alignment
     return halves_.data();
   }
 
@@ -207,16 +246,16 @@ class Client {
       throw Error("loop: unexpected EMBEDDING " + o.dump());
     return shape[1];
   }
-  static std::string answer_error(const httplib::Response& res) {
-    const json e = json::parse(res.body, nullptr, false);
-    return fmt::format("loop: server answered {}: {}", res.status,
-                       e.is_object() && e.contains("error") ? e["error"].get<std::string>() : res.body);
+  static std::string answer_error(int status, const std::string& body) {
+    const json e = json::parse(body, nullptr, false);
+    return fmt::format("loop: server answered {}: {}", status,
+                       e.is_object() && e.contains("error") && e["error"].is_string() ? e["error"].get<std::string>() : body);
   }
   // POSTs a JSON body, returns the JSON answer; throws Error (naming `what`) on any failure.
   json post_json(const std::string& path, const std::string& body, const char* what) {
     auto res = http_.Post(path.c_str(), headers_, body, "application/json");
     if (!res) throw Error(std::string("loop: ") + what + " failed: " + httplib::to_string(res.error()));
-    if (res->status != 200) throw Error(answer_error(*res));
+    if (res->status != 200) throw Error(answer_error(res->status, res->body));
     json j = json::parse(res->body, nullptr, false);
     if (j.is_discarded()) throw Error(std::string("loop: ") + what + ": the answer is not JSON");
     return j;
@@ -225,6 +264,7 @@ class Client {
   httplib::Client http_;
   std::string path_, head_, body_;
   std::vector<std::uint16_t> halves_;  // a message answer's EMBEDDING bits
+  std::string answer_head_, error_body_;  // a message answer's JSON header; an error's body
   httplib::Headers headers_;
   const std::vector<std::int32_t>& elements_;
   std::unique_ptr<SharedObject> shared_;  // --shared-memory: this loop's region

@@ -385,7 +385,7 @@ void send_infer_result(httplib::Response& res, const ParsedHttp& p, const InferR
                        const std::string& model, const std::string& version) {
   json out = {{"model_name", model}, {"model_version", version}, {"outputs", json::array()}};
   if (!p.call.id.empty()) out["id"] = p.call.id;
-  std::string binary;
+  std::vector<const OutputTensor*> binary;  // sent after the JSON header, in output order
   for (std::size_t i = 0; i < r.outputs.size(); ++i) {
     const OutputTensor& t = r.outputs[i];
     json o = {{"name", t.name}, {"datatype", t.datatype}, {"shape", t.shape}};
@@ -395,7 +395,7 @@ void send_infer_result(httplib::Response& res, const ParsedHttp& p, const InferR
       if (t.shm.offset != 0) o["parameters"]["shared_memory_offset"] = t.shm.offset;
     } else if (bin) {
       o["parameters"] = {{"binary_data_size", t.data.size()}};
-      binary.append(reinterpret_cast<const char*>(t.data.data()), t.data.size());
+      binary.push_back(&t);
     } else {
       o["data"] = tensor_data_json(t);
     }
@@ -408,9 +408,17 @@ void send_infer_result(httplib::Response& res, const ParsedHttp& p, const InferR
     res.set_content(std::move(head), "application/json");
     return;
   }
+  // One body of its final size, each output copied into it once. (Not a content provider writing
+  // from the outputs' own buffers: httplib stops those when the server stops, and a drain must
+  // still answer every accepted request in full.)
   res.set_header(kHeaderLength, std::to_string(head.size()));
-  head += binary;
-  res.set_content(std::move(head), "application/octet-stream");
+  std::size_t total = head.size();
+  for (const OutputTensor* t : binary) total += t->data.size();
+  std::string body;
+  body.reserve(total);
+  body += head;
+  for (const OutputTensor* t : binary) body.append(reinterpret_cast<const char*>(t->data.data()), t->data.size());
+  res.set_content(std::move(body), "application/octet-stream");
 }
 
 // What a client should know about a model beyond its tensors: an atom_encoder says whether its
