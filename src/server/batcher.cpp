@@ -29,6 +29,7 @@ struct Batcher::EngineState {
   // The worker's own CUDA stream (non-blocking) for atom_encoder batches, so that workers sharing a
   // GPU overlap one's host plan and copies with another's kernels; null on the CPU.
   void* stream = nullptr;
+  Clock::time_point next_memory_poll{};  // when /metrics' device memory is asked next
   ~EngineState() {
 #ifdef PROTATTN_HAVE_CUDA
     if (stream) cudaStreamDestroy(static_cast<cudaStream_t>(stream));
@@ -367,13 +368,6 @@ void Batcher::run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& b
     status = {Code::internal, std::string("engine ") + state.engine->name() + ": " + e.what()};
   }
   const double compute = seconds(Clock::now() - start);
-#ifdef PROTATTN_HAVE_CUDA
-  if (state.engine->on_device()) {
-    std::size_t free_b = 0, total_b = 0;
-    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
-      metrics_.set_device_memory(state.device, static_cast<std::int64_t>(total_b - free_b));
-  }
-#endif
   metrics_.batch_done(first.model->name, static_cast<int>(batch.size()), atoms, compute, queue_s, state.worker);
   if (log_enabled(LogLevel::debug)) {
     nlohmann::json fields = {{"model", first.model->name}, {"worker", state.worker}, {"device", state.device},
@@ -395,6 +389,16 @@ void Batcher::run_batch(EngineState& state, std::vector<std::shared_ptr<Job>>& b
     j.batch_requests = static_cast<int>(batch.size());
     j.complete(status);
   }
+#ifdef PROTATTN_HAVE_CUDA
+  // The device's memory in use for /metrics: asked after the answers are out (the driver call is
+  // not free) and at most every 100 ms per inference thread.
+  if (state.engine->on_device() && Clock::now() >= state.next_memory_poll) {
+    state.next_memory_poll = Clock::now() + std::chrono::milliseconds(100);
+    std::size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+      metrics_.set_device_memory(state.device, static_cast<std::int64_t>(total_b - free_b));
+  }
+#endif
 }
 
 }  // namespace protattn::server
