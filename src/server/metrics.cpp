@@ -212,7 +212,7 @@ std::string Metrics::render() const {
   out += "protattn_requests_inflight " + std::to_string(inflight) + "\n";
   if (!device_memory.empty()) {
     header(out, "protattn_gpu_memory_used_bytes", "gauge",
-           "Memory in use on each engine GPU (all processes), after its last batch.");
+           "Memory in use on each engine GPU (all processes), asked after a batch, at most every 100 ms.");
     for (const auto& [dev, bytes] : device_memory)
       out += "protattn_gpu_memory_used_bytes{device=\"" + std::to_string(dev) + "\"} " + std::to_string(bytes) + "\n";
   }
