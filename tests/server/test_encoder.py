@@ -136,6 +136,24 @@ def test_request_atom_limit(enc_repo, enc_ubq, tmp_path):
         assert s.terminate() == 0
 
 
+def test_debug_batch_lines_carry_the_parts(enc_repo, enc_ubq, tmp_path):
+    # At --log-level debug an atom_encoder batch writes where its time went; the parts are
+    # non-negative and fit in the batch's compute time, and the answer is unchanged.
+    s = Server(enc_repo, tmp_path, "--log-level", "debug")
+    try:
+        check_same(embed(th, s.http_addr, enc_ubq), enc_ubq)
+    finally:
+        assert s.terminate() == 0
+    batches = [e for e in s.log_events() if e.get("event") == "batch" and e.get("model") == "atom_encoder"]
+    assert len(batches) == 1
+    b = batches[0]
+    assert b["ok"] and b["requests"] == 1 and b["atoms"] == len(enc_ubq["elements"])
+    parts = [b[k] for k in ("layouts_ms", "plan_ms", "launch_ms", "finish_ms")]
+    assert all(p >= 0 for p in parts)
+    assert sum(parts) <= b["compute_ms"] * 1.01 + 0.01
+    assert b["launch_ms"] > 0  # the CPU forward runs inside run()
+
+
 def test_missing_weights_is_a_clear_error(tmp_path):
     shutil.copytree(ROOT / "models" / "atom_encoder", tmp_path / "atom_encoder",
                     ignore=shutil.ignore_patterns("*.safetensors"))
