@@ -50,8 +50,6 @@ BatchKey key_of(const Job& j) {
   return {nullptr, j.heads, j.dim, j.layout.tile};
 }
 
-double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
 // Copies the per-head row blocks of one job into (or out of) the packed (heads, total, dim).
 template <class T>
 void pack(std::vector<T>& packed, const std::vector<T>& src, int heads, std::int64_t total,

@@ -13,6 +13,9 @@ namespace protattn::server {
 
 using Clock = std::chrono::steady_clock;
 
+// A Clock duration in seconds.
+inline double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
 // Outcomes of a request; each front maps them to its protocol (HTTP status, gRPC code).
 enum class Code { ok, invalid_argument, not_found, unavailable, deadline_exceeded, cancelled,
                   unauthenticated, internal };

@@ -2,7 +2,6 @@
 #include "encoder_model.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <utility>
 #include <string>
@@ -83,8 +82,6 @@ std::unique_ptr<Job> prepare_encoder(const ModelSpec& model, const InferCall& ca
 }
 
 EncoderBatchTimes run_encoder_batch(AtomEncoder& encoder, std::vector<std::shared_ptr<Job>>& batch, void* stream) {
-  using Clock = std::chrono::steady_clock;
-  auto secs = [](Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); };
   EncoderBatchTimes times;
   const auto t0 = Clock::now();
   std::vector<AtomInput> inputs;
@@ -111,9 +108,9 @@ EncoderBatchTimes run_encoder_batch(AtomEncoder& encoder, std::vector<std::share
       batch[b]->embedding = std::move(out[b]);
   }
   times.layouts = plan->layouts_ms * 1e-3;
-  times.plan = std::max(0.0, secs(t0, t1) - times.layouts);
-  times.launch = secs(t1, t2);
-  times.finish = secs(t2, Clock::now());
+  times.plan = std::max(0.0, seconds(t1 - t0) - times.layouts);
+  times.launch = seconds(t2 - t1);
+  times.finish = seconds(Clock::now() - t2);
   return times;
 }
 

@@ -82,7 +82,7 @@ std::string Service::next_request_id() { return "req-" + std::to_string(next_id_
 
 void Service::record_failure(const std::string& model, const std::string& protocol,
                              const Status& st, Clock::time_point arrived) {
-  const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
+  const double secs = seconds(Clock::now() - arrived);
   // Names of models that do not exist never become label values: clients choose them.
   metrics_.request_done(find_model(model) ? model : "unknown", st.code, secs);
   log_event(LogLevel::warn, "request",
@@ -172,7 +172,7 @@ InferResult Service::infer(const InferCall& call, const std::function<bool()>& c
     res.status = {Code::internal, e.what()};
   }
   if (counted_inflight) metrics_.inflight_add(-1);
-  const double secs = std::chrono::duration<double>(Clock::now() - arrived).count();
+  const double secs = seconds(Clock::now() - arrived);
   metrics_.request_done(model ? model->name : "unknown", res.status.code, secs);
   const LogLevel level = res.status.ok() ? LogLevel::info : LogLevel::warn;
   if (!log_enabled(level)) return res;  // the line is not built when it would be dropped
