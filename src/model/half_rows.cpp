@@ -1,5 +1,5 @@
-// Bulk float <-> fp16 conversions and row norms: F16C eight at a time where the CPU has it, else
-// the scalar ones.
+// Bulk float -> fp16 conversion and fp16 row norms: F16C eight at a time where the CPU has it,
+// else the scalar ones.
 #include "model/half_rows.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -33,13 +33,6 @@ __attribute__((target("avx,f16c"))) void convert_f16c(const float* in, std::uint
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
   for (; i < n; ++i) out[i] = float_to_half(in[i]);
-}
-
-__attribute__((target("avx,f16c"))) void widen_f16c(const std::uint16_t* in, float* out, std::size_t n) {
-  std::size_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
-  for (; i < n; ++i) out[i] = half_to_float(in[i]);
 }
 
 __attribute__((target("avx,f16c"))) double mean_row_norm_f16c(const std::uint16_t* h, std::size_t rows, std::size_t width) {
@@ -93,13 +86,6 @@ void floats_to_halves(const float* in, std::uint16_t* out, std::size_t n) {
   if (have_f16c()) return convert_f16c(in, out, n);
 #endif
   for (std::size_t i = 0; i < n; ++i) out[i] = float_to_half(in[i]);
-}
-
-void halves_to_floats(const std::uint16_t* in, float* out, std::size_t n) {
-#ifdef PROTATTN_F16C
-  if (have_f16c()) return widen_f16c(in, out, n);
-#endif
-  for (std::size_t i = 0; i < n; ++i) out[i] = half_to_float(in[i]);
 }
 
 double mean_row_norm_scalar(const std::uint16_t* h, std::size_t rows, std::size_t width) {

@@ -1,5 +1,5 @@
-// Bulk float <-> fp16 conversions and row norms: the CPU forward's output, the loop client's
-// answers (private).
+// Bulk float -> fp16 conversion (the CPU forward's output) and fp16 row norms (the loop
+// client's score) (private).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -9,10 +9,6 @@ namespace protattn::model {
 // out[i] = float_to_half(in[i]) for i < n: rounded to nearest even, overflow to infinity,
 // subnormals kept; with F16C where the CPU has it (NaN payloads aside, the same bits).
 void floats_to_halves(const float* in, std::uint16_t* out, std::size_t n);
-
-// out[i] = half_to_float(in[i]) for i < n (exact; with F16C where the CPU has it, which quiets
-// signalling NaNs: NaN stays NaN).
-void halves_to_floats(const std::uint16_t* in, float* out, std::size_t n);
 
 // The mean over `rows` rows of `width` fp16 values of each row's L2 norm (0 for no rows), read
 // straight from the fp16 bits: squares (exact in float) summed in float by column mod 32, the 32
