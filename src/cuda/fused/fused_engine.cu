@@ -204,9 +204,8 @@ class FusedEngine final : public Engine {
           }
           combines.push_back({static_cast<int>(b), h, r, slots, n_pieces, 0});
           for (int s = 0; s < n_pieces; ++s) {
-            const int e0 = begin + static_cast<int>(static_cast<std::int64_t>(len) * s / n_pieces);
-            const int e1 = begin + static_cast<int>(static_cast<std::int64_t>(len) * (s + 1) / n_pieces);
-            items.push_back({static_cast<int>(b), h, r, e0, e1, slots++});
+            items.push_back({static_cast<int>(b), h, r, begin + piece_start(len, s, n_pieces),
+                             begin + piece_start(len, s + 1, n_pieces), slots++});
           }
         }
       }

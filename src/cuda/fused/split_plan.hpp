@@ -10,13 +10,18 @@
 
 namespace protattn::fused {
 
+// Where piece s of a list of `len` tiles cut into `pieces` begins (piece s is [start(s), start(s + 1))).
+inline int piece_start(int len, int s, int pieces) {
+  return static_cast<int>(static_cast<std::int64_t>(len) * s / pieces);
+}
+
 // Pieces per key list (lens: kept key tiles per query tile and head) when the lists are too few
 // for the `slots` block slots of the GPU. Every list starts as one piece; each further piece goes
 // to the list whose pieces are longest now (ceil(len / pieces); ties: the earlier list), until
 // the pieces fill the slots or no list can take one more: a piece keeps at least `min_tiles`
 // tiles, a list is cut into at most `max_pieces`. This gives the shortest longest piece the slots
 // allow, and spreads the rest of the slots over the next longest, so that the multiprocessors
-// get about the same number of tiles. A list of p pieces is cut at len * s / p, s = 1 .. p - 1.
+// get about the same number of tiles. A list of p pieces is cut at piece_start(len, s, p), s = 1 .. p - 1.
 inline std::vector<int> split_counts(const std::vector<int>& lens, std::int64_t slots, int min_tiles, int max_pieces) {
   std::vector<int> pieces(lens.size(), 1);
   const auto longest_piece = [&](std::size_t i) { return (lens[i] + pieces[i] - 1) / pieces[i]; };
@@ -70,10 +75,9 @@ inline double estimated_makespan(const std::vector<int>& lens, const std::vector
   for (std::size_t i = 0; i < lens.size(); ++i) {
     const int p = pieces.empty() ? 1 : pieces[i];
     cut |= p > 1;
-    for (int s = 0; s < p; ++s) {
-      const auto e0 = static_cast<std::int64_t>(lens[i]) * s / p, e1 = static_cast<std::int64_t>(lens[i]) * (s + 1) / p;
-      costs.push_back(static_cast<double>(e1 - e0) + (p > 1 ? kPieceOverheadTiles : 0.0));
-    }
+    for (int s = 0; s < p; ++s)
+      costs.push_back(static_cast<double>(piece_start(lens[i], s + 1, p) - piece_start(lens[i], s, p)) +
+                      (p > 1 ? kPieceOverheadTiles : 0.0));
   }
   if (!cut) return list_makespan(costs, slots);
   std::stable_sort(costs.begin(), costs.end(), std::greater<double>());
