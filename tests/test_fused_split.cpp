@@ -31,23 +31,31 @@ bool feasible(const std::vector<int>& lens, std::int64_t slots, int min_tiles, i
   return need <= std::max<std::int64_t>(slots, static_cast<std::int64_t>(lens.size()));
 }
 
-TEST(FusedSplit, W1LikeListsFillTheSlots) {
-  // 32 lists of about 25 tiles on 264 slots: about 8 pieces each, none longer than 4 tiles.
-  std::vector<int> lens(32, 25);
-  for (int i = 0; i < 8; ++i) lens[static_cast<std::size_t>(i)] = 28;
+// `count` lists of `len` tiles, the first `first` of them `first_len` long.
+std::vector<int> lists(std::size_t count, int len, std::size_t first, int first_len) {
+  std::vector<int> lens(count, len);
+  std::fill(lens.begin(), lens.begin() + static_cast<std::ptrdiff_t>(first), first_len);
+  return lens;
+}
+
+// The W1 geometry on 264 slots (two blocks per SM): split_counts fills every slot exactly and its
+// longest piece is `longest` tiles.
+void expect_fills_264(const std::vector<int>& lens, int longest) {
   const auto p = split_counts(lens, 264, 2, 16);
   EXPECT_EQ(std::accumulate(p.begin(), p.end(), 0), 264);
-  EXPECT_EQ(longest_piece(lens, p), 4);
+  EXPECT_EQ(longest_piece(lens, p), longest);
+}
+
+TEST(FusedSplit, W1LikeListsFillTheSlots) {
+  // 32 lists of about 25 tiles on 264 slots: about 8 pieces each, none longer than 4 tiles.
+  const std::vector<int> lens = lists(32, 25, 8, 28);
+  expect_fills_264(lens, 4);
   EXPECT_FALSE(feasible(lens, 264, 2, 16, 3));
 }
 
 TEST(FusedSplit, W1AltLikeListsStayInOneWave) {
   // 63 lists of 12-13 tiles: 4 pieces each (252), then 12 lists a fifth (264), all within the slots.
-  std::vector<int> lens(63, 13);
-  for (int i = 0; i < 20; ++i) lens[static_cast<std::size_t>(i)] = 12;
-  const auto p = split_counts(lens, 264, 2, 16);
-  EXPECT_EQ(std::accumulate(p.begin(), p.end(), 0), 264);
-  EXPECT_EQ(longest_piece(lens, p), 4);
+  expect_fills_264(lists(63, 13, 20, 12), 4);
 }
 
 TEST(FusedSplit, RespectsTheLimits) {
