@@ -309,7 +309,7 @@ void fused_outputs(const std::string& kernel, const std::vector<const BlockLayou
   run_host(*engine, *plan, a);
 }
 
-// Params::kind's out-of-reach bits (src/cuda/fused/row_reach.hpp): in the ws kernel a warp whose
+// Params::kind's out-of-reach bits (BlockLayout::rows_out, src/layout/row_reach.cpp): in the ws kernel a warp whose
 // 16 query rows reach no key of a tile skips the tile's mask and softmax; the other kernels leave
 // the bits alone. On every kernel, for a protein alone and in a ragged batch with a globule whose
 // last tile is mostly padding, the outputs are the bits computed with nothing skipped
@@ -346,6 +346,20 @@ TEST(FusedReach, SkippingGivesTheSameBits) {
         EXPECT_EQ(sum_all.warps_out, 0) << what;
         EXPECT_EQ(std::memcmp(o_skip.data(), o_all.data(), o_all.size()), 0) << what << ": O differs";
         EXPECT_EQ(std::memcmp(l_skip.data(), l_all.data(), l_all.size() * sizeof(float)), 0) << what << ": LSE differs";
+        // The protein's bits made by its builder (LayoutOptions::mark_rows_out, as a server's
+        // network thread does) instead of by the plan: the same plan, the same outputs.
+        BlockLayout marked = protein;
+        mark_rows_out(marked);
+        ASSERT_EQ(marked.rows_out.size(), protein.col_idx.size());
+        layouts[0] = &marked;
+        std::vector<std::uint8_t> o_marked;
+        std::vector<float> l_marked;
+        fused::PlanSummary sum_marked;
+        fused_outputs(kernel, layouts, shape, o_marked, l_marked, &sum_marked);
+        EXPECT_EQ(sum_marked.warps_out, sum_skip.warps_out) << what;
+        EXPECT_EQ(std::memcmp(o_marked.data(), o_skip.data(), o_skip.size()), 0) << what << ": O differs with rows_out given";
+        EXPECT_EQ(std::memcmp(l_marked.data(), l_skip.data(), l_skip.size() * sizeof(float)), 0)
+            << what << ": LSE differs with rows_out given";
         if (kernel == kernels.front() && !ragged) {
           Case c;
           for (const BlockLayout* l : layouts) c.layouts.push_back(*l);

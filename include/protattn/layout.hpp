@@ -43,6 +43,11 @@ struct BlockLayout {
   MaskMode mask = MaskMode::tiles;
   Order order = Order::file;
   std::string builder;                // "cutoff", "knn", "windows", "dense", "edges", "w1"
+  // Optional, [nnz] or empty: bit w of entry e set when query rows kRowGroup w .. kRowGroup w + 15
+  // of the tile reach no key of tile col_idx[e] (mark_rows_out). Engines that skip such rows (the
+  // fused one) compute it themselves when it is absent; a builder fills it on request
+  // (LayoutOptions::mark_rows_out), so that a server does it on the thread of the request.
+  std::vector<std::uint8_t> rows_out;
   LayoutStats stats;
   std::int64_t nnz() const { return static_cast<std::int64_t>(col_idx.size()); }
 };
@@ -59,6 +64,7 @@ struct LayoutOptions {
   int k = 32;              // knn builder
   bool count_pairs = true; // fill stats.pairs_within / useful (O(N) with cell lists)
   int threads = 1;         // order and cutoff builder threads (0: all cores); same layout for any count
+  bool mark_rows_out = false;  // fill BlockLayout::rows_out (mask atoms with tiles of 128 only)
 };
 
 // Tile pairs whose bounding boxes come within the cutoff. Complete: every atom pair within
@@ -80,6 +86,18 @@ BlockLayout build_edges_layout(const float* xyz, std::size_t n,
 // then seeded random fill up to nnz kept tiles; identity order, mask tiles, coords synthetic.
 BlockLayout make_w1_layout(int n_tiles = 32, int nnz = 800, int band = 12, std::uint64_t seed = 1,
                            int tile = 128);
+
+// Query rows a bit of BlockLayout::rows_out.
+inline constexpr int kRowGroup = 16;
+
+// The rows_out bits of `l` into out[nnz]: for mask atoms with tiles of 8 x kRowGroup rows, bit w
+// of out[e] is set when rows kRowGroup w .. kRowGroup w + 15 of the query tile lie wholly past the
+// structure's end, or their box is farther than the cutoff from the key tile's box (with the
+// cutoff builder's relative slack on cutoff^2, far above the rounding of the mask rule's float
+// arithmetic: a marked group never holds a pair the rule allows). Any other layout gets 0s.
+void rows_out_of_reach(const BlockLayout& l, std::uint8_t* out);
+// Fills l.rows_out with them (left empty for layouts that get 0s).
+void mark_rows_out(BlockLayout& l);
 
 // Checks the invariants (sizes, sorted unique columns, perm is a permutation); throws Error.
 void validate_layout(const BlockLayout& l);

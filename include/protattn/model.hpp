@@ -73,12 +73,14 @@ Model load_model(const std::string& path);
 // (the coordinates are then not checked again: the layout's maker did, and the forward reads
 // them only through the layout).
 // `layout_to_take` is the same, but plan() moves it into the plan (the caller gives it up; it is
-// left empty).
+// left empty). `elements_checked`: the caller has checked every atomic number (a server does
+// when the request arrives), so plan() does not again.
 struct AtomInput {
   std::span<const float> coords;
   std::span<const std::int32_t> elements;
   const BlockLayout* layout = nullptr;
   BlockLayout* layout_to_take = nullptr;
+  bool elements_checked = false;
 };
 
 // Embedding of one structure: fp16 bits, [n, channels] row-major, in INPUT atom order.

@@ -83,7 +83,9 @@ void finish_blocks(BlockLayout& l, const Rows& rows, const std::vector<detail::B
   finish_kinds(l, boxes);
 }
 
-void fill_stats(BlockLayout& l, const LayoutOptions& opt, bool count) {
+// The last step of every builder: the stats (pairs within the cutoff counted when `count` and
+// opt.count_pairs), and rows_out on request.
+void finish_layout(BlockLayout& l, const LayoutOptions& opt, bool count) {
   detail::fill_basic_stats(l);
   LayoutStats& s = l.stats;
   s.pairs_within = -1;
@@ -92,6 +94,7 @@ void fill_stats(BlockLayout& l, const LayoutOptions& opt, bool count) {
     s.pairs_within = detail::count_pairs_within(l.coords.data(), static_cast<std::size_t>(l.n), l.cutoff);
     s.useful = s.pairs_computed > 0 ? static_cast<double>(s.pairs_within + s.atoms) / s.pairs_computed : 0;
   }
+  if (opt.mark_rows_out) mark_rows_out(l);
 }
 
 // Tile pairs whose boxes come within `cutoff`, into l.row_ptr / l.col_idx (rows of boxes.size()
@@ -214,7 +217,7 @@ BlockLayout build_cutoff_layout(const float* xyz, std::size_t n, const LayoutOpt
   tile_pairs_within(boxes, opt.cutoff, opt.threads, l);
   finish_kinds(l, &boxes);
   l.stats.build_ms = ms_since(t0);
-  fill_stats(l, opt, true);
+  finish_layout(l, opt, true);
   return l;
 }
 
@@ -289,7 +292,7 @@ BlockLayout build_knn_layout(const float* xyz, std::size_t n, const LayoutOption
   if (l.mask == MaskMode::atoms) boxes = detail::tile_boxes(p, n, l.tile);
   finish_blocks(l, rows, &boxes);
   l.stats.build_ms = ms_since(t0);
-  fill_stats(l, opt, true);
+  finish_layout(l, opt, true);
   return l;
 }
 
@@ -313,7 +316,7 @@ BlockLayout build_window_layout(const float* xyz, std::size_t n, const LayoutOpt
   }
   finish_blocks(l, rows, nullptr);
   l.stats.build_ms = ms_since(t0);
-  fill_stats(l, opt, false);
+  finish_layout(l, opt, false);
   return l;
 }
 
@@ -327,7 +330,7 @@ BlockLayout build_dense_layout(const float* xyz, std::size_t n, const LayoutOpti
   if (l.mask == MaskMode::atoms) boxes = detail::tile_boxes(l.coords.data(), n, l.tile);
   finish_blocks(l, all_pairs(l.n_tiles), &boxes);
   l.stats.build_ms = ms_since(t0);
-  fill_stats(l, opt, true);
+  finish_layout(l, opt, true);
   return l;
 }
 
@@ -354,7 +357,7 @@ BlockLayout build_edges_layout(const float* xyz, std::size_t n,
   if (l.mask == MaskMode::atoms) boxes = detail::tile_boxes(l.coords.data(), n, l.tile);
   finish_blocks(l, rows, &boxes);
   l.stats.build_ms = ms_since(t0);
-  fill_stats(l, opt, true);
+  finish_layout(l, opt, true);
   return l;
 }
 
@@ -402,7 +405,7 @@ BlockLayout make_w1_layout(int n_tiles, int nnz, int band, std::uint64_t seed, i
   std::iota(l.perm.begin(), l.perm.end(), 0);
   l.coords.assign(3 * static_cast<std::size_t>(n), 0.0f);
   finish_blocks(l, rows, nullptr);
-  fill_stats(l, LayoutOptions{}, false);
+  finish_layout(l, LayoutOptions{}, false);
   return l;
 }
 

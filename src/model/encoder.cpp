@@ -40,7 +40,10 @@ bool AtomEncoder::on_device() const { return backend_->engine().on_device(); }
 
 std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& batch) {
   if (batch.empty()) throw Error("atom_encoder: empty batch");
-  const LayoutOptions opt = layout_options(config());
+  LayoutOptions opt = layout_options(config());
+  // The fused engine skips rows out of reach: their bits are made with each layout, on the
+  // threads that build them, instead of one after another in the attention plan.
+  opt.mark_rows_out = std::string(engine_name()) == "fused";
   std::vector<std::int64_t> offsets{0};
   for (std::size_t b = 0; b < batch.size(); ++b) {
     const AtomInput& in = batch[b];
@@ -50,7 +53,7 @@ std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& bat
     if (n > kMaxAtoms) throw Error(what + " has " + std::to_string(n) + " atoms (most accepted: " + std::to_string(kMaxAtoms) + ")");
     if (in.coords.size() != 3 * n)
       throw Error(what + ": " + std::to_string(in.coords.size()) + " coordinates for " + std::to_string(n) + " elements (expected [n, 3])");
-    for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t i = 0; i < n && !in.elements_checked; ++i)
       if (in.elements[i] < 0 || in.elements[i] > kMaxElement)
         throw Error(what + ": atom " + std::to_string(i) + " has atomic number " + std::to_string(in.elements[i]) +
                     " (valid: 0.." + std::to_string(kMaxElement) + ")");

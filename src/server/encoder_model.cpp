@@ -86,8 +86,9 @@ EncoderBatchTimes run_encoder_batch(AtomEncoder& encoder, std::vector<std::share
   const auto t0 = Clock::now();
   std::vector<AtomInput> inputs;
   inputs.reserve(batch.size());
-  // Each job's layout moves into the plan (the job does not need it after).
-  for (const auto& j : batch) inputs.push_back({j->coords, j->elements, nullptr, &j->layout});
+  // Each job's layout moves into the plan (the job does not need it after); its atomic numbers
+  // were checked by prepare_encoder().
+  for (const auto& j : batch) inputs.push_back({j->coords, j->elements, nullptr, &j->layout, true});
   auto plan = encoder.plan(inputs);
   const auto t1 = Clock::now();
   encoder.run(*plan, stream);

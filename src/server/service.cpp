@@ -43,6 +43,10 @@ Service::Service(const Options& opt, std::vector<ModelSpec> models)
   // With a GPU engine, shared-memory regions are registered with CUDA as they are added, so
   // that atom_encoder answers are copied into them from the device directly.
   shm_.pin_for_gpu(opt.allow_shared_memory && opt.engine != "cpu");
+  // The fused engine skips rows out of reach under mask atoms: each request's network thread
+  // marks them with its layout, so that the inference thread's plan need not.
+  if (opt.engine == "fused")
+    for (ModelSpec& m : models_) m.layout.mark_rows_out = true;
 }
 
 std::vector<std::string> Service::extensions() const {

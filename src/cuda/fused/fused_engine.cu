@@ -15,7 +15,6 @@
 #include "cuda/common/host_staging.hpp"
 #include "cuda/fused/fused_engine.hpp"
 #include "cuda/fused/fused_launch.hpp"
-#include "cuda/fused/row_reach.hpp"
 #include "cuda/fused/split_plan.hpp"
 #include "engine/factories.hpp"
 #include "protattn/error.hpp"
@@ -125,7 +124,7 @@ class FusedEngine final : public Engine {
     std::vector<StructDesc> sds;
     std::vector<std::int32_t> cols;
     std::vector<std::uint16_t> kinds;  // Params::kind
-    std::vector<std::uint8_t> reach;   // one layout's row_reach.hpp bits
+    std::vector<std::uint8_t> reach;   // one layout's rows_out_of_reach() bits
     std::vector<std::int64_t> edge_base;
     bool any_atoms = false;
     for (std::size_t b = 0; b < layouts.size(); ++b) {
@@ -151,10 +150,16 @@ class FusedEngine final : public Engine {
       for (BlockKind k : l.kind) kinds.push_back(k == BlockKind::partial ? kKindPartial : 0);
       kinds.resize(cols.size(), 0);
       if (use_reach_ && l.mask == MaskMode::atoms) {
-        reach.resize(l.col_idx.size());
-        mark_unreachable_rows(l, reach.data());
-        for (std::size_t e = 0; e < reach.size(); ++e)
-          kinds[k0 + e] |= static_cast<std::uint16_t>(reach[e] << kKindOutShift);
+        // The layout's own rows_out when its maker filled them (a server does, on the request's
+        // thread), else computed here.
+        const std::uint8_t* out = l.rows_out.data();
+        if (l.rows_out.size() != l.col_idx.size()) {
+          reach.resize(l.col_idx.size());
+          rows_out_of_reach(l, reach.data());
+          out = reach.data();
+        }
+        for (std::size_t e = 0; e < l.col_idx.size(); ++e)
+          kinds[k0 + e] |= static_cast<std::uint16_t>(out[e] << kKindOutShift);
       }
       plan->offsets.push_back(plan->offsets.back() + l.n);
     }
@@ -327,7 +332,7 @@ class FusedEngine final : public Engine {
   int sms_ = 0;
   bool hopper_ = false;
   int forced_kernel_ = -1;  // a KernelCode from the environment, or -1
-  // Params::kind's out-of-reach bits set (mask atoms, row_reach.hpp); PROTATTN_FUSED_REACH=0
+  // Params::kind's out-of-reach bits set (mask atoms, BlockLayout::rows_out); PROTATTN_FUSED_REACH=0
   // leaves them clear, for comparison.
   bool use_reach_ = true;
   std::atomic<int> bps_[2][2][3] = {};  // [fp16, bf16][d 64, 128][KernelCode]; 0: not asked yet

@@ -62,7 +62,7 @@ struct Params {
   // layout, packed over the batch
   const std::int32_t* col_idx;  // [nnz] key tile of each kept pair
   // [nnz] bit 0 (kKindPartial): PARTIAL, else FULL; bit kKindOutShift + w, mask atoms only:
-  // query rows 16w .. 16w + 15 of the tile reach no key of it (row_reach.hpp), that warp's
+  // query rows 16w .. 16w + 15 of the tile reach no key of it (BlockLayout::rows_out), that warp's
   // probabilities are all zero.
   const std::uint16_t* kind;
   const float* coords;          // [total_n, 3] new order (mask atoms)

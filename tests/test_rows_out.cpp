@@ -1,17 +1,17 @@
-// The fused engine's 16-row groups of kept tiles that no key can reach under mask atoms
-// (src/cuda/fused/row_reach.hpp; host code, checked without a GPU): every group it marks holds
-// no allowed pair, and it marks many on a protein.
+// The 16-row groups of kept tiles that no key can reach under mask atoms (BlockLayout::rows_out,
+// which the fused engine's kernels skip): every group marked holds no allowed pair, many are
+// marked on a protein, and a builder asked for them gives the same bits.
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "cuda/fused/row_reach.hpp"
 #include "protattn/engine.hpp"
+#include "protattn/layout.hpp"
 #include "protattn/structure.hpp"
 
-namespace protattn::fused {
+namespace protattn {
 namespace {
 
 struct Marked {
@@ -21,7 +21,7 @@ struct Marked {
 // Marks the row groups of `l` and checks each marked one against mask_allows() pair by pair.
 Marked check_marks(const BlockLayout& l, const std::string& what) {
   std::vector<std::uint8_t> reach(l.col_idx.size(), 0xAA);  // poisoned: every byte is written
-  mark_unreachable_rows(l, reach.data());
+  rows_out_of_reach(l, reach.data());
   Marked m;
   for (int r = 0; r < l.n_tiles; ++r)
     for (std::int32_t e = l.row_ptr[r]; e < l.row_ptr[r + 1]; ++e)
@@ -30,7 +30,7 @@ Marked check_marks(const BlockLayout& l, const std::string& what) {
         if (!(reach[static_cast<std::size_t>(e)] & (1u << w))) continue;
         ++m.out;
         const std::int32_t c = l.col_idx[static_cast<std::size_t>(e)];
-        for (std::int32_t i = r * l.tile + w * kReachRows; i < r * l.tile + (w + 1) * kReachRows; ++i)
+        for (std::int32_t i = r * l.tile + w * kRowGroup; i < r * l.tile + (w + 1) * kRowGroup; ++i)
           for (std::int32_t j = c * l.tile; j < (c + 1) * l.tile; ++j)
             if (mask_allows(l, i, j)) {
               ADD_FAILURE() << what << ": tile (" << r << ", " << c << ") rows of group " << w
@@ -48,7 +48,7 @@ LayoutOptions atoms_options(float cutoff) {
   return o;
 }
 
-TEST(FusedReach, MarkedRowsHoldNoAllowedPairOnAProtein) {
+TEST(RowsOut, MarkedRowsHoldNoAllowedPairOnAProtein) {
   const Structure s = read_structure(std::string(PROTATTN_TEST_DATA) + "/2hhb.pdb");
   const std::size_t n = s.xyz.size() / 3;
   const BlockLayout l = build_cutoff_layout(s.xyz.data(), n, atoms_options(8.0f));
@@ -59,7 +59,7 @@ TEST(FusedReach, MarkedRowsHoldNoAllowedPairOnAProtein) {
   EXPECT_LT(m.out, m.groups * 6 / 10) << m.out << " of " << m.groups;
 }
 
-TEST(FusedReach, MarkedRowsHoldNoAllowedPairOnGlobules) {
+TEST(RowsOut, MarkedRowsHoldNoAllowedPairOnGlobules) {
   for (const std::size_t n : {std::size_t{1}, std::size_t{63}, std::size_t{64}, std::size_t{65}, std::size_t{130},
                               std::size_t{1000}, std::size_t{4096 + 17}})
     for (const float cutoff : {2.0f, 5.0f, 8.0f}) {
@@ -69,13 +69,30 @@ TEST(FusedReach, MarkedRowsHoldNoAllowedPairOnGlobules) {
     }
 }
 
-TEST(FusedReach, PaddingRowsAreMarkedAndOtherMasksLeftAlone) {
+TEST(RowsOut, BuildersFillThemOnRequest) {
+  const Structure s = read_structure(std::string(PROTATTN_TEST_DATA) + "/2hhb.pdb");
+  const std::size_t n = s.xyz.size() / 3;
+  LayoutOptions o = atoms_options(8.0f);
+  const BlockLayout plain = build_cutoff_layout(s.xyz.data(), n, o);
+  EXPECT_TRUE(plain.rows_out.empty());
+  o.mark_rows_out = true;
+  const BlockLayout marked = build_cutoff_layout(s.xyz.data(), n, o);
+  std::vector<std::uint8_t> want(plain.col_idx.size(), 0xAA);
+  rows_out_of_reach(plain, want.data());
+  EXPECT_EQ(marked.col_idx, plain.col_idx);
+  EXPECT_EQ(marked.rows_out, want);
+  // Other masks have none to mark: left empty.
+  o.mask = MaskMode::tiles;
+  EXPECT_TRUE(build_cutoff_layout(s.xyz.data(), n, o).rows_out.empty());
+}
+
+TEST(RowsOut, PaddingRowsAreMarkedAndOtherMasksLeftAlone) {
   // 130 atoms, a cutoff that every pair is within: the second tile holds rows 128 and 129 only,
   // so its groups 1..7 lie past the end; nothing else is out of reach.
   const Structure s = make_globule(130, 0.058, 3);
   const BlockLayout l = build_cutoff_layout(s.xyz.data(), 130, atoms_options(100.0f));
   std::vector<std::uint8_t> reach(l.col_idx.size(), 0xAA);
-  mark_unreachable_rows(l, reach.data());
+  rows_out_of_reach(l, reach.data());
   for (int r = 0; r < l.n_tiles; ++r)
     for (std::int32_t e = l.row_ptr[r]; e < l.row_ptr[r + 1]; ++e)
       EXPECT_EQ(reach[static_cast<std::size_t>(e)], r == 1 ? 0xFE : 0) << "tile " << r << ", key tile " << l.col_idx[e];
@@ -83,9 +100,9 @@ TEST(FusedReach, PaddingRowsAreMarkedAndOtherMasksLeftAlone) {
   tiles.mask = MaskMode::tiles;
   const BlockLayout t = build_cutoff_layout(s.xyz.data(), 130, tiles);
   std::vector<std::uint8_t> none(t.col_idx.size(), 0xAA);
-  mark_unreachable_rows(t, none.data());
+  rows_out_of_reach(t, none.data());
   for (std::uint8_t k : none) EXPECT_EQ(k, 0);
 }
 
 }  // namespace
-}  // namespace protattn::fused
+}  // namespace protattn

@@ -1,13 +1,12 @@
-// protattn fused engine: which 16-row groups of a kept tile's query rows no key of it can reach
-// under mask `atoms`. Host-only (the CPU tests check it without a GPU).
+// protattn layouts: the 16-row groups of a kept tile's query rows that no key of it can reach
+// under mask atoms (BlockLayout::rows_out).
 //
 // Protein layouts keep a tile pair when the tiles' boxes come within the cutoff, and then nearly
 // every pair inside is beyond it (2HHB at 8 A: 3% of the computed pairs are within). A warp of
-// the kernels owns 16 query rows of the tile; when the box of those rows and the box of the key
-// tile are farther apart than the cutoff (about half of 2HHB's kept tile x warp pairs), every
+// the fused kernels owns 16 query rows of the tile; when the box of those rows and the box of the
+// key tile are farther apart than the cutoff (about half of 2HHB's kept tile x warp pairs), every
 // score the warp has for the tile is masked and its probabilities are all zero, so it can skip
-// the mask and the softmax (the ws kernel does): the same result, bit for bit, for finite inputs.
-#pragma once
+// the mask and the softmax: the same result, bit for bit, for finite inputs.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -18,26 +17,15 @@
 #include "layout/detail.hpp"
 #include "protattn/layout.hpp"
 
-namespace protattn::fused {
+namespace protattn {
 
-// Query rows of one bit of a kept tile's reach byte: rows 16w .. 16w + 15 of the tile are bit w.
-inline constexpr int kReachRows = 16;
-
-// For layout `l` with mask atoms (coordinates in layout order) and tiles of 8 x kReachRows rows:
-// sets bit w of out[e] for every kept tile e (out: one byte per col_idx entry) whose query rows
-// 16w .. 16w + 15 either lie wholly past the structure's end or have a box farther than the
-// cutoff from the key tile's box, with the cutoff builder's relative slack on cutoff^2
-// (detail::kCutoffSlack: a pair whose true squared distance exceeds cutoff^2 (1 + slack) is beyond
-// the cutoff in the float arithmetic of mask_allows() too, its relative error a few 2^-24, so a
-// group marked out of reach never hides a pair the rule allows); clears the others. Any other
-// layout gets 0s.
-inline void mark_unreachable_rows(const BlockLayout& l, std::uint8_t* out) {
+void rows_out_of_reach(const BlockLayout& l, std::uint8_t* out) {
   std::fill(out, out + l.col_idx.size(), std::uint8_t{0});
   constexpr int kGroups = 8;
-  if (l.mask != MaskMode::atoms || l.tile != kGroups * kReachRows || l.n <= 0 ||
+  if (l.mask != MaskMode::atoms || l.tile != kGroups * kRowGroup || l.n <= 0 ||
       l.coords.size() != static_cast<std::size_t>(l.n) * 3)
     return;
-  // The boxes of every group of rows (detail::tile_boxes over groups of kReachRows atoms) laid out
+  // The boxes of every group of rows (detail::tile_boxes over groups of kRowGroup atoms) laid out
   // per tile as lo[c][w], hi[c][w] for the four-wide gap tests, and of every key tile (their
   // union). A group past the end has no box: it is marked whatever the key tile.
   struct Groups {
@@ -46,7 +34,7 @@ inline void mark_unreachable_rows(const BlockLayout& l, std::uint8_t* out) {
   };
   const auto tiles = static_cast<std::size_t>(l.n_tiles);
   const auto n = static_cast<std::size_t>(l.n);
-  const std::vector<detail::Box> boxes = detail::tile_boxes(l.coords.data(), n, kReachRows);
+  const std::vector<detail::Box> boxes = detail::tile_boxes(l.coords.data(), n, kRowGroup);
   std::vector<Groups> groups(tiles);
   std::vector<detail::Box> keys(tiles);  // the union of a tile's groups
   for (std::size_t t = 0; t < tiles; ++t)
@@ -65,7 +53,7 @@ inline void mark_unreachable_rows(const BlockLayout& l, std::uint8_t* out) {
       }
     }
   // The gap between boxes in float: its rounding (a few 2^-24, relative) is far inside the margin.
-  const float cut2 = l.cutoff * l.cutoff;  // the threshold mask_allows() compares with
+  const float cut2 = l.cutoff * l.cutoff;  // the threshold the mask rule compares with
   const auto limit = static_cast<float>(static_cast<double>(cut2) * (1.0 + detail::kCutoffSlack));
   for (std::size_t r = 0; r < tiles; ++r) {
     const Groups& q = groups[r];
@@ -98,4 +86,11 @@ inline void mark_unreachable_rows(const BlockLayout& l, std::uint8_t* out) {
   }
 }
 
-}  // namespace protattn::fused
+void mark_rows_out(BlockLayout& l) {
+  l.rows_out.clear();
+  if (l.mask != MaskMode::atoms || l.tile != 8 * kRowGroup) return;
+  l.rows_out.resize(l.col_idx.size());
+  rows_out_of_reach(l, l.rows_out.data());
+}
+
+}  // namespace protattn
