@@ -149,6 +149,13 @@ for m in $models; do
         ( sleep 2; "$PERF_BIN" record -a -F 499 -g -o "$work/perf.data" -- sleep 4 ) > "$work/perf_record.log" 2>&1 &
         perf_pid=$!
       fi
+      # The GPU's busy share over the run (nvidia-smi's utilization.gpu: the time a kernel ran),
+      # sampled every 200 ms: whether the rate is bound by the device or by the host.
+      smi_pid=""
+      if [ "$engine" != cpu ] && command -v nvidia-smi > /dev/null; then
+        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 > "$work/gpu_util.txt" 2>/dev/null &
+        smi_pid=$!
+      fi
       TIMEFORMAT='%R %U %S'
       { time "$pa" -m "$m" -u "127.0.0.1:$((port + 1))" -i grpc --input-data "$work/pa_$n" --concurrency-range "$c:$c" \
         "${shm_args[@]}" \
@@ -156,6 +163,12 @@ for m in $models; do
         --stability-percentage 30 --percentile 99 -f "$out/pa_${m}_${n}_c$c.csv" > "$work/pa.log" 2>&1 \
         || { tail -3 "$work/pa.log"; status=1; } ; } 2> "$work/pa_time.txt"
       echo "$cpu0 $(cpu_snapshot) $req0 $(requests_answered) $(cat "$work/pa_time.txt")" > "$out/cpu_${m}_${n}_c$c.txt"
+      if [ -n "$smi_pid" ]; then
+        kill "$smi_pid" 2>/dev/null; wait "$smi_pid" 2>/dev/null
+        cp "$work/gpu_util.txt" "$out/gpu_util_${m}_${n}_c$c.txt"
+        awk '$1 ~ /^[0-9]+$/ { s += $1; n++ } END { if (n) printf "  GPU busy (nvidia-smi utilization.gpu, %d samples): mean %.0f%%\n", n, s / n }' \
+          "$work/gpu_util.txt"
+      fi
       thread_snapshot > "$work/threads1.txt"
       if [ -n "$perf_pid" ]; then
         wait "$perf_pid"
