@@ -1,11 +1,16 @@
-// The atom_encoder forward on the GPU: fp16 weights, cuBLAS GEMMs with fp32 accumulation, fp32
-// residual stream, attention through the device engine over the whole ragged batch; one stream.
-#include <cublas_v2.h>
+// The atom_encoder forward on the GPU: fp16 weights, cuBLASLt projections with fp32 accumulation
+// (bias and activation in the matmul's epilogue where the output is fp16), fp32 residual stream,
+// attention through the device engine over the whole ragged batch; one stream.
+#include <cublasLt.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "common/parallel.hpp"
 #include "cuda/common/cuda_check.hpp"
@@ -31,9 +36,126 @@ constexpr std::int64_t kMaxGridBlocks = std::int64_t{1} << 16;
 
 void check_cublas(cublasStatus_t s, const char* stmt, const char* file, int line) {
   if (s != CUBLAS_STATUS_SUCCESS)
-    throw Error(std::string("cuBLAS error '") + cublasGetStatusString(s) + "' from `" + stmt + "` at " + file + ":" + std::to_string(line));
+    throw Error(std::string("cuBLAS error '") + cublasLtGetStatusString(s) + "' from `" + stmt + "` at " + file + ":" + std::to_string(line));
 }
 #define PROTATTN_CUBLAS_CHECK(stmt) check_cublas((stmt), #stmt, __FILE__, __LINE__)
+
+// What a projection's matmul does after the product: nothing (fp32 out), or add the bias (fp16
+// out), or add the bias and apply GELU (tanh form, as the model defines it; fp16 out).
+enum class Epilogue { none, bias, gelu_bias };
+
+// Row-major Y_g [rows, out] = X [rows, in] . W_g^T for g < batch (W_g = w + g w_stride, fp16
+// [out, in]; X fp16, the same for every g; Y_g = y + g y_stride), fp32 accumulation.
+struct ProjShape {
+  int out = 0, in = 0;
+  std::int64_t rows = 0;
+  int batch = 1;
+  std::int64_t w_stride = 0, y_stride = 0;
+  Epilogue epilogue = Epilogue::none;
+  auto key() const { return std::tuple(out, in, rows, batch, w_stride, y_stride, static_cast<int>(epilogue)); }
+};
+
+// The algorithms cuBLASLt's heuristic picked, per shape: a server plans every batch, mostly of
+// sizes it has seen. Bounded (cleared when full); shared by the plans of one backend.
+class AlgoCache {
+ public:
+  bool find(const ProjShape& s, cublasLtMatmulAlgo_t& algo) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = algos_.find(s.key());
+    if (it == algos_.end()) return false;
+    algo = it->second;
+    return true;
+  }
+  void put(const ProjShape& s, const cublasLtMatmulAlgo_t& algo) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (algos_.size() >= kMaxEntries) algos_.clear();
+    algos_[s.key()] = algo;
+  }
+
+ private:
+  static constexpr std::size_t kMaxEntries = 1024;
+  std::mutex mu_;
+  std::map<decltype(ProjShape{}.key()), cublasLtMatmulAlgo_t> algos_;
+};
+
+// One projection of a plan as a cuBLASLt matmul, its descriptors and algorithm made once (the
+// heuristic is asked only for a shape not seen before); run() only enqueues it. In cuBLAS's
+// column-major terms: Y^T [out, rows] = op_T(W as [in, out]) . X^T [in, rows].
+class Projection {
+ public:
+  Projection(cublasLtHandle_t lt, const ProjShape& s, std::size_t workspace_bytes, AlgoCache& cache) : s_(s) {
+    const cudaDataType_t y_type = s.epilogue == Epilogue::none ? CUDA_R_32F : CUDA_R_16F;
+    PROTATTN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    PROTATTN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    PROTATTN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    const cublasLtEpilogue_t epi = s.epilogue == Epilogue::gelu_bias ? CUBLASLT_EPILOGUE_GELU_BIAS
+                                   : s.epilogue == Epilogue::bias   ? CUBLASLT_EPILOGUE_BIAS
+                                                                    : CUBLASLT_EPILOGUE_DEFAULT;
+    PROTATTN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    if (s.epilogue != Epilogue::none) {
+      const std::int64_t bias_stride = s.batch > 1 ? s.out : 0;  // bias_g = bias + g out
+      PROTATTN_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &bias_stride, sizeof bias_stride));
+    }
+    const auto rows = static_cast<std::uint64_t>(s.rows);
+    const auto out = static_cast<std::uint64_t>(s.out), in = static_cast<std::uint64_t>(s.in);
+    PROTATTN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_, CUDA_R_16F, in, out, static_cast<std::int64_t>(in)));
+    PROTATTN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_, CUDA_R_16F, in, rows, static_cast<std::int64_t>(in)));
+    PROTATTN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&y_, y_type, out, rows, static_cast<std::int64_t>(out)));
+    if (s.batch > 1) {
+      const std::int32_t count = s.batch;
+      const std::int64_t zero = 0;
+      for (cublasLtMatrixLayout_t l : {a_, b_, y_})
+        PROTATTN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+      PROTATTN_CUBLAS_CHECK(
+          cublasLtMatrixLayoutSetAttribute(a_, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s.w_stride, sizeof s.w_stride));
+      PROTATTN_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(b_, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &zero, sizeof zero));
+      PROTATTN_CUBLAS_CHECK(
+          cublasLtMatrixLayoutSetAttribute(y_, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s.y_stride, sizeof s.y_stride));
+    }
+    if (!cache.find(s, algo_)) {
+      cublasLtMatmulPreference_t pref = nullptr;
+      PROTATTN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      const cublasStatus_t st =
+          cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes, sizeof workspace_bytes);
+      const cublasStatus_t hs = st != CUBLAS_STATUS_SUCCESS ? st
+                                : cublasLtMatmulAlgoGetHeuristic(lt, desc_, a_, b_, y_, y_, pref, 1, &result, &found);
+      cublasLtMatmulPreferenceDestroy(pref);
+      PROTATTN_CUBLAS_CHECK(hs);
+      if (found == 0)
+        throw Error("atom_encoder: cuBLASLt has no algorithm for a projection of " + std::to_string(s.rows) + " x " +
+                    std::to_string(s.in) + " -> " + std::to_string(s.out) + " (batch " + std::to_string(s.batch) + ")");
+      algo_ = result.algo;
+      cache.put(s, algo_);
+    }
+  }
+  ~Projection() {
+    for (cublasLtMatrixLayout_t l : {a_, b_, y_})
+      if (l) cublasLtMatrixLayoutDestroy(l);
+    if (desc_) cublasLtMatmulDescDestroy(desc_);
+  }
+  Projection(const Projection&) = delete;
+  Projection& operator=(const Projection&) = delete;
+
+  // `bias` (fp16, [batch, out]) for the bias epilogues, else ignored.
+  void run(cublasLtHandle_t lt, const void* w, const void* x, void* y, const void* bias, void* workspace,
+           std::size_t workspace_bytes, cudaStream_t stream) {
+    if (s_.epilogue != Epilogue::none)
+      PROTATTN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    const float alpha = 1.0f, beta = 0.0f;
+    PROTATTN_CUBLAS_CHECK(cublasLtMatmul(lt, desc_, &alpha, w, a_, x, b_, &beta, y, y_, y, y_, &algo_, workspace,
+                                         workspace_bytes, stream));
+  }
+
+ private:
+  ProjShape s_;
+  cublasLtMatmulDesc_t desc_ = nullptr;
+  cublasLtMatrixLayout_t a_ = nullptr, b_ = nullptr, y_ = nullptr;
+  cublasLtMatmulAlgo_t algo_{};
+};
 
 // Launch shape of a row kernel (model_kernels.cuh): rows of `vecs` vectors, `groups` groups of
 // rows (blockIdx.y).
@@ -74,6 +196,7 @@ struct LayerDev {
   DeviceBuffer wo, bo;      // fp16 [C, H d]; fp32 [C]
   DeviceBuffer w1, b1;      // fp16 [M, C]; fp32 [M]
   DeviceBuffer w2, b2;      // fp16 [C, M]; fp32 [C]
+  DeviceBuffer bqkv_h, b1_h;  // the biases the epilogues add, fp16 (as the epilogue's output)
 };
 
 class GpuPlan final : public ForwardPlan {
@@ -82,12 +205,14 @@ class GpuPlan final : public ForwardPlan {
   DeviceBuffer element, dest;  // int32 [T]: element per new position; new position -> output row
   DeviceBuffer x;              // float32 [T, C]: the residual stream, new order
   DeviceBuffer xn;             // fp16 [T, C]: LayerNorm output
-  DeviceBuffer tmp;            // float32 [T, max(3 H d, M, C)]: GEMM outputs
+  DeviceBuffer tmp;            // float32 [T, C] (without the epilogues [T, max(3 H d, M, C)]): products
   DeviceBuffer qkv;            // fp16 [3, H, T, d]: Q, K, V as the engine wants them
-  DeviceBuffer o, cat;         // fp16 [H, T, d] attention output; [T, H d] as rows
+  DeviceBuffer o, cat;         // fp16 [H, T, d] attention output; [T, H d] as rows (H > 1 only)
   DeviceBuffer hidden;         // fp16 [T, M]
   DeviceBuffer out;            // fp16 [T, C] in input order (structures packed by offsets)
   DeviceBuffer workspace;      // cuBLAS
+  // The projections for T rows: Q/K/V, the attention output, fc1, fc2.
+  std::unique_ptr<Projection> qkv_proj, out_proj, fc1_proj, fc2_proj;
   bool ran = false;
 };
 
@@ -97,7 +222,11 @@ class GpuBackend final : public AtomEncoder::Backend {
       : engine_(std::move(engine)), device_(device), poll_(poll) {
     config_ = m.config;
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
-    PROTATTN_CUBLAS_CHECK(cublasCreate(&handle_));
+    PROTATTN_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    // PROTATTN_MODEL_EPILOGUE=0: the Q/K/V and fc1 projections write fp32 and separate kernels
+    // add the bias and apply GELU (the forward before the epilogues), for comparison.
+    const char* epi = std::getenv("PROTATTN_MODEL_EPILOGUE");
+    epilogues_ = !(epi && epi[0] == '0');
     const ModelConfig& c = config_;
     auto data = [&](const std::string& name) -> const std::vector<float>& { return m.at(name).data; };
     auto norm = [&](const std::string& name) { return NormDev{upload_f32(data(name + ".weight")), upload_f32(data(name + ".bias"))}; };
@@ -115,10 +244,12 @@ class GpuBackend final : public AtomEncoder::Backend {
       }
       L.wqkv = upload_f16(w);
       L.bqkv = upload_f32(b);
+      L.bqkv_h = upload_f16(b);
       L.wo = upload_f16(data(n("attn.out.weight")));
       L.bo = upload_f32(data(n("attn.out.bias")));
       L.w1 = upload_f16(data(n("mlp.fc1.weight")));
       L.b1 = upload_f32(data(n("mlp.fc1.bias")));
+      L.b1_h = upload_f16(data(n("mlp.fc1.bias")));
       L.w2 = upload_f16(data(n("mlp.fc2.weight")));
       L.b2 = upload_f32(data(n("mlp.fc2.bias")));
       layers_.push_back(std::move(L));
@@ -127,7 +258,7 @@ class GpuBackend final : public AtomEncoder::Backend {
     embed_ = upload_f32(data("embed.weight"));
   }
   ~GpuBackend() override {
-    if (handle_) cublasDestroy(handle_);
+    if (lt_) cublasLtDestroy(lt_);
   }
 
   const ModelConfig& config() const override { return config_; }
@@ -166,13 +297,25 @@ class GpuBackend final : public AtomEncoder::Backend {
     const std::size_t half = sizeof(__half);
     p->x.resize(t * C * sizeof(float));
     p->xn.resize(t * C * half);
-    p->tmp.resize(t * std::max({3 * Q, M, C}) * sizeof(float));
+    // fp32 products: the output projection's and fc2's, and without the epilogues Q/K/V's and fc1's.
+    p->tmp.resize(t * (epilogues_ ? C : std::max({3 * Q, M, C})) * sizeof(float));
     p->qkv.resize(3 * t * Q * half);
     p->o.resize(t * Q * half);
-    p->cat.resize(t * Q * half);
+    if (c.heads > 1) p->cat.resize(t * Q * half);  // one head: O [1, T, d] is already [T, d]
     p->hidden.resize(t * M * half);
     p->out.resize(t * C * half);
     p->workspace.resize(kCublasWorkspaceBytes);
+    const int d = c.head_dim;
+    const Epilogue qkv_epi = epilogues_ ? Epilogue::bias : Epilogue::none;
+    const Epilogue fc1_epi = epilogues_ ? Epilogue::gelu_bias : Epilogue::none;
+    // Q, K, V: one batched matmul over the 3 H head slices, each [T, d] = xn [T, C] . W_g^T.
+    p->qkv_proj = std::make_unique<Projection>(
+        lt_, ProjShape{d, c.channels, T, 3 * c.heads, static_cast<std::int64_t>(d) * c.channels, T * d, qkv_epi},
+        kCublasWorkspaceBytes, algos_);
+    p->out_proj = std::make_unique<Projection>(lt_, ProjShape{c.channels, c.qkv_width(), T}, kCublasWorkspaceBytes, algos_);
+    p->fc1_proj = std::make_unique<Projection>(lt_, ProjShape{c.mlp_width(), c.channels, T, 1, 0, 0, fc1_epi},
+                                               kCublasWorkspaceBytes, algos_);
+    p->fc2_proj = std::make_unique<Projection>(lt_, ProjShape{c.channels, c.mlp_width(), T}, kCublasWorkspaceBytes, algos_);
     return p;
   }
 
@@ -180,11 +323,9 @@ class GpuBackend final : public AtomEncoder::Backend {
     GpuPlan& p = as_gpu(plan);
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
     auto stream = static_cast<cudaStream_t>(stream_ptr);
-    PROTATTN_CUBLAS_CHECK(cublasSetStream(handle_, stream));
-    PROTATTN_CUBLAS_CHECK(cublasSetWorkspace(handle_, p.workspace.get(), p.workspace.bytes()));
     const ModelConfig& c = config_;
     const std::int64_t T = p.total_n();
-    const int C = c.channels, H = c.heads, d = c.head_dim, Q = c.qkv_width(), M = c.mlp_width();
+    const int C = c.channels, H = c.heads, d = c.head_dim, M = c.mlp_width();
     const unsigned row_blocks = static_cast<unsigned>((T + gpu::kRowsPerBlock - 1) / gpu::kRowsPerBlock);
     const unsigned row_threads = gpu::kRowsPerBlock * gpu::kWarp;
     auto* x = p.x.as<float>();
@@ -207,26 +348,37 @@ class GpuBackend final : public AtomEncoder::Backend {
       gpu::residual_layernorm<<<row_blocks, row_threads, 0, stream>>>(x, pending, pending_bias, L.norm1.g.as<float>(),
                                                                       L.norm1.b.as<float>(), xn, nullptr, T, C, kLayerNormEps);
       PROTATTN_CUDA_CHECK_LAUNCH();
-      // Q, K, V: one batched GEMM over the 3 H head slices, each [T, d] = xn [T, C] . W_g^T.
-      gemm(L.wqkv.get(), xn, tmp, d, T, C, static_cast<std::int64_t>(d) * C, T * d, 3 * H);
-      bias_act<false>(tmp, L.bqkv.as<float>(), qkv, 3 * H, T, d, stream);
+      if (epilogues_) {
+        project(*p.qkv_proj, p, L.wqkv.get(), xn, qkv, L.bqkv_h.get(), stream);
+      } else {
+        project(*p.qkv_proj, p, L.wqkv.get(), xn, tmp, nullptr, stream);
+        bias_act<false>(tmp, L.bqkv.as<float>(), qkv, 3 * H, T, d, stream);
+      }
       RunArgs args{qkv, qkv + head_block, qkv + 2 * head_block, p.o.get(), nullptr, stream};
       engine_->run(*p.attn, args);
-      if (d % 8 == 0) {
-        const RowGrid g = row_grid(T, d / 8, static_cast<unsigned>(H));
-        gpu::heads_to_rows<8><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
-      } else {
-        const RowGrid g = row_grid(T, d, static_cast<unsigned>(H));
-        gpu::heads_to_rows<1><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
+      const void* cat = p.o.get();
+      if (H > 1) {
+        if (d % 8 == 0) {
+          const RowGrid g = row_grid(T, d / 8, static_cast<unsigned>(H));
+          gpu::heads_to_rows<8><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
+        } else {
+          const RowGrid g = row_grid(T, d, static_cast<unsigned>(H));
+          gpu::heads_to_rows<1><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
+        }
+        PROTATTN_CUDA_CHECK_LAUNCH();
+        cat = p.cat.get();
       }
-      PROTATTN_CUDA_CHECK_LAUNCH();
-      gemm(L.wo.get(), p.cat.get(), tmp, C, T, Q, 0, 0, 1);
+      project(*p.out_proj, p, L.wo.get(), cat, tmp, nullptr, stream);
       gpu::residual_layernorm<<<row_blocks, row_threads, 0, stream>>>(x, tmp, L.bo.as<float>(), L.norm2.g.as<float>(),
                                                                       L.norm2.b.as<float>(), xn, nullptr, T, C, kLayerNormEps);
       PROTATTN_CUDA_CHECK_LAUNCH();
-      gemm(L.w1.get(), xn, tmp, M, T, C, 0, 0, 1);
-      bias_act<true>(tmp, L.b1.as<float>(), p.hidden.as<__half>(), 1, T, M, stream);
-      gemm(L.w2.get(), p.hidden.get(), tmp, C, T, M, 0, 0, 1);
+      if (epilogues_) {
+        project(*p.fc1_proj, p, L.w1.get(), xn, p.hidden.get(), L.b1_h.get(), stream);
+      } else {
+        project(*p.fc1_proj, p, L.w1.get(), xn, tmp, nullptr, stream);
+        bias_act<true>(tmp, L.b1.as<float>(), p.hidden.as<__half>(), 1, T, M, stream);
+      }
+      project(*p.fc2_proj, p, L.w2.get(), p.hidden.get(), tmp, nullptr, stream);
       pending = tmp;
       pending_bias = L.b2.as<float>();
     }
@@ -314,23 +466,17 @@ class GpuBackend final : public AtomEncoder::Backend {
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
 
-  // Row-major Y_g [rows, out] (fp32) = X [rows, in] (fp16) . W_g^T (W_g fp16 [out, in]) for g < batch,
-  // W_g = w + g * w_stride, Y_g = y + g * y_stride; fp32 accumulation. In cuBLAS's column-major
-  // terms: Y^T [out, rows] = op_T(W as [in, out]) . X^T [in, rows].
-  void gemm(const void* w, const void* xin, float* y, int out, std::int64_t rows, int in, std::int64_t w_stride,
-            std::int64_t y_stride, int batch) {
-    const float alpha = 1.0f, beta = 0.0f;
-    const int n = static_cast<int>(rows);
-    PROTATTN_CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &alpha, w, CUDA_R_16F, in, w_stride,
-                                                     xin, CUDA_R_16F, in, 0, &beta, y, CUDA_R_32F, out, y_stride, batch,
-                                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  void project(Projection& proj, GpuPlan& p, const void* w, const void* x, void* y, const void* bias, cudaStream_t stream) {
+    proj.run(lt_, w, x, y, bias, p.workspace.get(), p.workspace.bytes(), stream);
   }
 
   ModelConfig config_;
   std::unique_ptr<Engine> engine_;
   int device_ = 0;
   bool poll_ = false;  // EngineOptions::gpu_wait_poll
-  cublasHandle_t handle_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  AlgoCache algos_;
+  bool epilogues_ = true;  // PROTATTN_MODEL_EPILOGUE
   std::vector<LayerDev> layers_;
   NormDev final_;
   DeviceBuffer embed_;
