@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -116,6 +117,50 @@ TEST(ModelGpu, StagingInPiecesGivesTheSameBits) {
     const auto diff = std::mismatch(pieces[b].begin(), pieces[b].end(), whole[b].begin());
     EXPECT_TRUE(diff.first == pieces[b].end())
         << "structure " << b << ": first difference at element " << (diff.first - pieces[b].begin());
+  }
+}
+
+// Uploads committed in an UploadGroup (the model's plan and its attention plan) land whole once
+// the group finishes: several commits packed after one another, with a staging buffer that holds
+// them all and with one far smaller (settled and reused in between), and a download in the
+// middle of a group (which settles it first).
+TEST(ModelGpu, UploadGroupKeepsEveryByte) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  struct Restore {
+    ~Restore() { cuda::set_staging_limit(0); }
+  } restore;
+  for (const std::size_t limit : {std::size_t{0}, std::size_t{1000}}) {
+    cuda::set_staging_limit(limit);
+    std::vector<std::vector<std::uint32_t>> host;
+    for (const std::size_t n : {7, 300, 1, 2049, 64}) {
+      std::vector<std::uint32_t> v(n);
+      for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint32_t>(n * 1000003u + i * 2654435761u);
+      host.push_back(std::move(v));
+    }
+    std::vector<cuda::DeviceBuffer> dev(host.size());
+    std::vector<std::uint32_t> mid;
+    {
+      cuda::UploadGroup group;
+      for (std::size_t i = 0; i < host.size(); ++i) {
+        cuda::Uploads up;
+        up.add(dev[i], host[i]);
+        up.commit();
+        if (i == 2) {  // a download inside the group reads what was committed so far
+          mid.resize(host[1].size());
+          cuda::download(dev[1].get(), dev[1].bytes(), cudaStreamPerThread,
+                         [&](std::size_t off, const std::uint8_t* d, std::size_t n) {
+                           std::memcpy(reinterpret_cast<std::uint8_t*>(mid.data()) + off, d, n);
+                         });
+        }
+      }
+      group.finish();
+    }
+    EXPECT_EQ(mid, host[1]) << "limit " << limit;
+    for (std::size_t i = 0; i < host.size(); ++i) {
+      std::vector<std::uint32_t> back(host[i].size(), 0xDEADBEEFu);
+      ASSERT_EQ(cudaMemcpy(back.data(), dev[i].get(), dev[i].bytes(), cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(back, host[i]) << "limit " << limit << ", upload " << i;
+    }
   }
 }
 

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "cuda/common/cuda_check.hpp"
+#include "protattn/error.hpp"
 
 namespace protattn::cuda {
 namespace {
@@ -21,7 +22,23 @@ struct Staging {
 thread_local Staging t_staging;
 std::atomic<std::size_t> g_limit{0};  // 0: kStagingMaxBytes
 
+// This thread's UploadGroup: open, and the staged bytes whose copies on `stream` may be in flight.
+struct Group {
+  bool open = false;
+  std::size_t used = 0;
+  cudaStream_t stream = nullptr;
+};
+thread_local Group t_group;
+
 cudaStream_t or_per_thread(cudaStream_t s) { return s ? s : cudaStreamPerThread; }
+
+// Waits for the group's copies in flight, if any (the staging buffer is then free).
+void settle_group() {
+  Group& g = t_group;
+  if (g.used == 0) return;
+  g.used = 0;
+  PROTATTN_CUDA_CHECK(cudaStreamSynchronize(g.stream));
+}
 
 }  // namespace
 
@@ -56,9 +73,13 @@ void Uploads::commit(cudaStream_t stream_in) {
   std::size_t total = 0;
   for (const Part& p : parts_) total += p.bytes;
   if (total == 0) return;
+  Group& g = t_group;
+  // In a group, pack after the copies still in flight when they are on this stream and the
+  // buffer holds both (growing it would free memory they read); else wait for them first.
+  if (g.used > 0 && (g.stream != stream || g.used + total > std::min(t_staging.bytes, staging_limit()))) settle_group();
   std::size_t cap = 0;
-  std::uint8_t* stage = host_staging(total, cap);
-  std::size_t used = 0;
+  std::uint8_t* stage = host_staging(g.used + total, cap);
+  std::size_t used = g.used;
   for (const Part& p : parts_) {
     for (std::size_t done = 0; done < p.bytes;) {
       if (used == cap) {  // full: wait for its copies before packing it again
@@ -72,12 +93,34 @@ void Uploads::commit(cudaStream_t stream_in) {
       done += k;
     }
   }
-  PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
   parts_.clear();
+  if (g.open) {
+    g.used = used;
+    g.stream = stream;
+    return;
+  }
+  PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+UploadGroup::UploadGroup() {
+  if (t_group.open) throw Error("UploadGroup: one is already open on this thread");
+  t_group = Group{true, 0, nullptr};
+}
+
+UploadGroup::~UploadGroup() {
+  Group& g = t_group;
+  if (g.used > 0) cudaStreamSynchronize(g.stream);  // only after an exception: finish() waited otherwise
+  g = Group{};
+}
+
+void UploadGroup::finish() {
+  settle_group();
+  t_group.open = false;
 }
 
 void download(const void* src_v, std::size_t bytes, cudaStream_t stream,
               const std::function<void(std::size_t, const std::uint8_t*, std::size_t)>& consume) {
+  settle_group();  // the staging buffer is reused from its start
   if (bytes == 0) {
     PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
     return;

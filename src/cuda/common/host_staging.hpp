@@ -54,6 +54,20 @@ class Uploads {
   std::vector<Part> parts_;
 };
 
+// Makes this thread's Uploads::commit() calls, while it lives, issue their copies without waiting
+// for them: each packs after the bytes still in flight, and finish() waits once for all (a
+// commit on another stream, a full staging buffer or a download() waits first). For a plan made
+// in parts, such as the model's and its attention engine's: one wait instead of one per part.
+// Until finish() the uploaded buffers must not be read from another stream. Not nested.
+class UploadGroup {
+ public:
+  UploadGroup();
+  ~UploadGroup();  // waits too when finish() was not reached (an exception), errors ignored
+  UploadGroup(const UploadGroup&) = delete;
+  UploadGroup& operator=(const UploadGroup&) = delete;
+  void finish();
+};
+
 // Device-to-host: `bytes` from `src` (device), after the work already queued on `stream` (null:
 // the legacy default stream), through the staging buffer in pieces of at most staging_limit():
 // consume(offset, data, n) is called for each piece in order, `data` valid during the call only.

@@ -277,6 +277,7 @@ class GpuBackend final : public AtomEncoder::Backend {
     shape.heads = c.heads;
     shape.dim = c.head_dim;
     shape.dtype = DType::f16;
+    cuda::UploadGroup uploads;  // the attention plan's uploads and the model's below, waited for once
     p->attn = engine_->plan(ptrs, shape);
     const std::int64_t T = p->total_n();
     std::vector<std::int32_t> element(static_cast<std::size_t>(T)), dest(static_cast<std::size_t>(T));
@@ -292,6 +293,7 @@ class GpuBackend final : public AtomEncoder::Backend {
     up.add(p->element, element);
     up.add(p->dest, dest);
     up.commit();
+    uploads.finish();
     const auto t = static_cast<std::size_t>(T);
     const std::size_t C = c.channels, Q = c.qkv_width(), M = c.mlp_width();
     const std::size_t half = sizeof(__half);
