@@ -229,9 +229,19 @@ if [ "$iters" -gt 0 ] && echo " $sizes " | grep -q " 4096 "; then
 fi
 kill -TERM "$spid"; wait "$spid" || status=1
 
+# Where it ran: the GPU and its driver, the host's processor, the date; the commit of the binaries
+# (build-carry.sh stages it beside them) or of this tree.
+{
+  echo "date $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  command -v nvidia-smi > /dev/null && echo "gpu $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)"
+  echo "cpu $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "commit $(cat "$bin/../COMMIT" 2>/dev/null || git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} > "$out/machine.txt"
+
 python3 - "$out" "$engine" "$conc" "$sizes" "$models" <<'PY' || status=1
 import csv, glob, json, os, re, sys
 out, engine, conc, sizes, models = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5].split()
+machine = dict(line.rstrip("\n").split(" ", 1) for line in open(os.path.join(out, "machine.txt")) if " " in line)
 rows = []
 for m in models:
     for n in sizes:
@@ -259,6 +269,11 @@ for m in models:
                     if q1 > q0:
                         r["server_cpu_us_per_request"] = 1e6 * r["server_cpu_s"] / (q1 - q0)
                         r["client_cpu_us_per_request"] = 1e6 * r["client_cpu_s"] / (q1 - q0)
+            f = os.path.join(out, f"gpu_util_{m}_{n}_c{c}.txt")
+            if os.path.exists(f):
+                u = [float(x) for x in open(f).read().split() if x.isdigit()]
+                if u:
+                    r["gpu_busy"] = sum(u) / len(u) / 100
             f = os.path.join(out, f"threads_{m}_{n}_c{c}.json")
             if os.path.exists(f):
                 r["server_threads"] = json.load(open(f))
@@ -284,17 +299,17 @@ def read_loop(name):
         r.update(p50_ms=float(m2.group(1)), p90_ms=float(m2.group(2)), p99_ms=float(m2.group(3)))
     return r
 loop, loop_shm = read_loop("loop.txt"), read_loop("loop_shm.txt")
-json.dump({"engine": engine, "rows": rows, "loop": loop, "loop_shared_memory": loop_shm,
+json.dump({"machine": machine, "engine": engine, "rows": rows, "loop": loop, "loop_shared_memory": loop_shm,
            "targets": {"encoder_w1_4096_infer_per_s": 21550, "encoder_w1_4096_p99_ms": 5,
                        "served_over_offline": 0.8, "loop_1000_wall_s_original_claim": 0.46}},
           open(os.path.join(out, "encoder_serving.json"), "w"), indent=2)
 print(f"{'model':13} {'atoms':>6} {'conc':>4} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'offline/s':>10} {'served/off':>10}"
-      f" {'busy':>5} {'srv us/req':>10} {'cli us/req':>10}")
+      f" {'busy':>5} {'gpu':>5} {'srv us/req':>10} {'cli us/req':>10}")
 for r in rows:
     g = lambda k, f="{:.1f}": f.format(r[k]) if k in r else "-"
     print(f"{r['model']:13} {r['atoms']:6d} {r['concurrency']:4d} {g('infer_per_s'):>9} {g('p50_ms', '{:.2f}'):>8} "
           f"{g('p99_ms', '{:.2f}'):>8} {g('offline_per_s'):>10} {g('served_over_offline', '{:.2f}'):>10}"
-          f" {g('machine_busy', '{:.2f}'):>5} {g('server_cpu_us_per_request', '{:.0f}'):>10} {g('client_cpu_us_per_request', '{:.0f}'):>10}")
+          f" {g('machine_busy', '{:.2f}'):>5} {g('gpu_busy', '{:.2f}'):>5} {g('server_cpu_us_per_request', '{:.0f}'):>10} {g('client_cpu_us_per_request', '{:.0f}'):>10}")
 for r in rows:
     if r.get("server_threads"):
         top = ", ".join(f"{t['name']} x{t['threads']} {t['us_per_request']:.0f}" for t in r["server_threads"][:5])
