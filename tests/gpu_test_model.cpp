@@ -164,6 +164,27 @@ TEST(ModelGpu, UploadGroupKeepsEveryByte) {
   }
 }
 
+// PROTATTN_MODEL_EPILOGUE=0 (Q/K/V and fc1 in fp32, then the bias / GELU row kernels, for
+// comparison) is a forward of its own: it matches the CPU forward within the same bounds, at
+// C=64 and at C=30 (the embedding's element-wise form) with three heads.
+TEST(ModelGpu, WithoutEpiloguesMatchesCpu) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Loaded data = load({"1ubq.pdb", "1ejg.pdb"});
+  ASSERT_EQ(setenv("PROTATTN_MODEL_EPILOGUE", "0", 1), 0);
+  struct Restore {
+    ~Restore() { unsetenv("PROTATTN_MODEL_EPILOGUE"); }
+  } restore;
+  for (const int channels : {64, 30}) {
+    ModelConfig c;
+    c.channels = channels;
+    c.heads = channels == 64 ? 2 : 3;
+    c.head_dim = 64;
+    const Model m = init_model(c, 5);
+    AtomEncoder cpu(m, "cpu"), gpu(m, "fused");
+    compare(gpu.forward(data.batch()), cpu.forward(data.batch()), "no epilogues, C=" + std::to_string(channels));
+  }
+}
+
 TEST(ModelGpu, MatchesCpuWithTilesMaskAndHeadDim128) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const Loaded data = load({"2hhb.pdb", "1ubq.pdb"});

@@ -172,6 +172,18 @@ RowGrid row_grid(std::int64_t rows, int vecs, unsigned groups = 1) {
   return {dim3(blocks, groups), static_cast<unsigned>(tpr * rows_per_block), tpr};
 }
 
+// Launches a row kernel over `groups` blocks of `rows` rows of `width` elements in its widest
+// form: `wide` (kVec elements at a time) when the width is a multiple of kVec, else `narrow` (one
+// at a time); the kernel's last parameter, the threads per row, is appended to `args`.
+template <int kVec, typename... P, typename... A>
+void launch_rows(void (*wide)(P...), void (*narrow)(P...), std::int64_t rows, int width, unsigned groups,
+                 cudaStream_t stream, A... args) {
+  const bool vec = width % kVec == 0;
+  const RowGrid g = row_grid(rows, vec ? width / kVec : width, groups);
+  (vec ? wide : narrow)<<<g.grid, g.threads, 0, stream>>>(args..., g.tpr);
+  PROTATTN_CUDA_CHECK_LAUNCH();
+}
+
 DeviceBuffer upload_f32(const std::vector<float>& v) {
   DeviceBuffer b;
   b.upload(v);
@@ -336,14 +348,8 @@ class GpuBackend final : public AtomEncoder::Backend {
     auto* qkv = p.qkv.as<__half>();
     const std::int64_t head_block = static_cast<std::int64_t>(H) * T * d;
 
-    if (C % 4 == 0) {
-      const RowGrid g = row_grid(T, C / 4);
-      gpu::embed_rows<4><<<g.grid, g.threads, 0, stream>>>(x, embed_.as<float>(), p.element.as<std::int32_t>(), T, C, g.tpr);
-    } else {
-      const RowGrid g = row_grid(T, C);
-      gpu::embed_rows<1><<<g.grid, g.threads, 0, stream>>>(x, embed_.as<float>(), p.element.as<std::int32_t>(), T, C, g.tpr);
-    }
-    PROTATTN_CUDA_CHECK_LAUNCH();
+    launch_rows<4>(gpu::embed_rows<4>, gpu::embed_rows<1>, T, C, 1, stream, x, embed_.as<float>(),
+                   p.element.as<std::int32_t>(), T, C);
     const float* pending = nullptr;  // fc2 output of the previous block, added with pending_bias
     const float* pending_bias = nullptr;
     for (const LayerDev& L : layers_) {
@@ -360,14 +366,8 @@ class GpuBackend final : public AtomEncoder::Backend {
       engine_->run(*p.attn, args);
       const void* cat = p.o.get();
       if (H > 1) {
-        if (d % 8 == 0) {
-          const RowGrid g = row_grid(T, d / 8, static_cast<unsigned>(H));
-          gpu::heads_to_rows<8><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
-        } else {
-          const RowGrid g = row_grid(T, d, static_cast<unsigned>(H));
-          gpu::heads_to_rows<1><<<g.grid, g.threads, 0, stream>>>(p.o.as<__half>(), p.cat.as<__half>(), H, T, d, g.tpr);
-        }
-        PROTATTN_CUDA_CHECK_LAUNCH();
+        launch_rows<8>(gpu::heads_to_rows<8>, gpu::heads_to_rows<1>, T, d, static_cast<unsigned>(H), stream,
+                       p.o.as<__half>(), p.cat.as<__half>(), H, T, d);
         cat = p.cat.get();
       }
       project(*p.out_proj, p, L.wo.get(), cat, tmp, nullptr, stream);
@@ -458,14 +458,8 @@ class GpuBackend final : public AtomEncoder::Backend {
   template <bool kGelu>
   static void bias_act(const float* in, const float* bias, __half* out, int groups, std::int64_t rows, int width,
                        cudaStream_t stream) {
-    if (width % 4 == 0) {
-      const RowGrid g = row_grid(rows, width / 4, static_cast<unsigned>(groups));
-      gpu::bias_act_half<kGelu, 4><<<g.grid, g.threads, 0, stream>>>(in, bias, out, rows, width, g.tpr);
-    } else {
-      const RowGrid g = row_grid(rows, width, static_cast<unsigned>(groups));
-      gpu::bias_act_half<kGelu, 1><<<g.grid, g.threads, 0, stream>>>(in, bias, out, rows, width, g.tpr);
-    }
-    PROTATTN_CUDA_CHECK_LAUNCH();
+    launch_rows<4>(gpu::bias_act_half<kGelu, 4>, gpu::bias_act_half<kGelu, 1>, rows, width, static_cast<unsigned>(groups),
+                   stream, in, bias, out, rows, width);
   }
 
   void project(Projection& proj, GpuPlan& p, const void* w, const void* x, void* y, const void* bias, cudaStream_t stream) {
