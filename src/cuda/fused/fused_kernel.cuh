@@ -589,7 +589,8 @@ inline constexpr int kCombineRows = 16;
 template <typename T, int D>
 __global__ void __launch_bounds__(kCombineRows * D / 4) fused_combine_kernel(const Params p) {
   constexpr int kQuads = D / 4;
-  wait_for_prerequisite_grid();
+  // The plan's items and structures were uploaded before the attention kernel ran: they are read,
+  // and the addresses made, while it still runs; only the partials wait for it.
   const CombineItem ci = p.combines[blockIdx.x];
   const StructDesc sd = p.structs[ci.b];
   const int lrow = blockIdx.y * kCombineRows + threadIdx.x / kQuads, dq = threadIdx.x % kQuads;
@@ -598,6 +599,7 @@ __global__ void __launch_bounds__(kCombineRows * D / 4) fused_combine_kernel(con
   const float* ml = p.part_ml + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * 2;
   const float4* po = reinterpret_cast<const float4*>(p.part_o + (static_cast<std::int64_t>(ci.slot_begin) * kTile + lrow) * D) + dq;
   constexpr std::int64_t kSlotMl = kTile * 2, kSlotO = kTile * D / 4;
+  wait_for_prerequisite_grid();
   float mx = -INFINITY;
 #pragma unroll 8
   for (int s = 0; s < ci.n_slots; ++s) mx = fmaxf(mx, ml[s * kSlotMl]);
