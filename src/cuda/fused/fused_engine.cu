@@ -76,7 +76,7 @@ class FusedPlan final : public Plan {
  public:
   Params params{};
   PlanSummary summary;
-  cuda::DeviceBuffer col_idx, kind, coords, structs, items, combines, part_o, part_ml;
+  cuda::DeviceBuffer col_idx, kind, coords, items, combines, part_o, part_ml;
 };
 
 class FusedEngine final : public Engine {
@@ -204,12 +204,12 @@ class FusedEngine final : public Engine {
           const int len = l.row_ptr[r + 1] - l.row_ptr[r];
           const int n_pieces = pieces.empty() ? 1 : pieces[list];
           if (n_pieces == 1) {
-            items.push_back({static_cast<int>(b), h, r, begin, begin + len, -1});
+            items.push_back({sds[b], static_cast<int>(b), h, r, begin, begin + len, -1});
             continue;
           }
-          combines.push_back({static_cast<int>(b), h, r, slots, n_pieces, 0});
+          combines.push_back({sds[b], static_cast<int>(b), h, r, slots, n_pieces, 0});
           for (int s = 0; s < n_pieces; ++s) {
-            items.push_back({static_cast<int>(b), h, r, begin + piece_start(len, s, n_pieces),
+            items.push_back({sds[b], static_cast<int>(b), h, r, begin + piece_start(len, s, n_pieces),
                              begin + piece_start(len, s + 1, n_pieces), slots++});
           }
         }
@@ -243,7 +243,6 @@ class FusedEngine final : public Engine {
           std::copy(layouts[b]->coords.begin(), layouts[b]->coords.end(), xyz.begin() + sds[b].offset * 3);
       up.add(fp.coords, xyz);
     }
-    up.add(fp.structs, sds);
     up.add(fp.items, items);
     up.add(fp.combines, combines);
     up.commit();
@@ -256,7 +255,6 @@ class FusedEngine final : public Engine {
     p.col_idx = fp.col_idx.as<std::int32_t>();
     p.kind = fp.kind.as<std::uint16_t>();
     p.coords = fp.coords.as<float>();
-    p.structs = fp.structs.as<StructDesc>();
     p.items = fp.items.as<WorkItem>();
     p.combines = fp.combines.as<CombineItem>();
     p.n_items = static_cast<int>(items.size());
@@ -295,7 +293,7 @@ class FusedEngine final : public Engine {
     fp.summary.sms = sms_;
     for (const BlockLayout* l : layouts) fp.summary.warp_tiles += 8 * l->nnz();
     for (std::uint16_t k : kinds) fp.summary.warps_out += std::popcount(static_cast<unsigned>(k >> kKindOutShift));
-    for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.structs, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml})
+    for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml})
       fp.summary.device_bytes += buf->bytes();
     return plan;
   }

@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
   const int g = lane / 4, t = lane % 4;
   const int wg_row = (warp / 4) * 64;  // first row of this warp's warpgroup (wgmma back end)
   const WorkItem item = p.items[blockIdx.x];
-  const StructDesc sd = p.structs[item.b];
+  const StructDesc sd = item.sd;
   const int row0 = item.q_tile * kTile;
   const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
   const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
@@ -592,7 +592,7 @@ __global__ void __launch_bounds__(kCombineRows * D / 4) fused_combine_kernel(con
   // The plan's items and structures were uploaded before the attention kernel ran: they are read,
   // and the addresses made, while it still runs; only the partials wait for it.
   const CombineItem ci = p.combines[blockIdx.x];
-  const StructDesc sd = p.structs[ci.b];
+  const StructDesc sd = ci.sd;
   const int lrow = blockIdx.y * kCombineRows + threadIdx.x / kQuads, dq = threadIdx.x % kQuads;
   const int row = ci.q_tile * kTile + lrow;
   if (row >= sd.n) return;

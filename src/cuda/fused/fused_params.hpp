@@ -41,12 +41,14 @@ struct StructDesc {
 // One block's work: one query tile of one head of one structure, over the kept key tiles
 // [e_begin, e_end) of the packed col_idx. slot < 0: write O/LSE; else write a partial result
 // into workspace slot `slot` (split key range, combined in a fixed order afterwards).
-struct WorkItem {
+struct alignas(16) WorkItem {
+  StructDesc sd;  // structure b's, copied here: a block reads it with its item, not after it
   std::int32_t b, h, q_tile, e_begin, e_end, slot;
 };
 
 // The rows of one query tile split into slots [slot_begin, slot_begin + n_slots).
-struct CombineItem {
+struct alignas(16) CombineItem {
+  StructDesc sd;  // structure b's, as in WorkItem
   std::int32_t b, h, q_tile, slot_begin, n_slots, pad;
 };
 
@@ -66,7 +68,6 @@ struct Params {
   // probabilities are all zero.
   const std::uint16_t* kind;
   const float* coords;          // [total_n, 3] new order (mask atoms)
-  const StructDesc* structs;    // [batch]
   const WorkItem* items;        // [n_items], longest first
   const CombineItem* combines;  // [n_combines]
   std::int32_t n_items, n_combines;

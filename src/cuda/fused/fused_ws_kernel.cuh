@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const WorkItem item = p.items[blockIdx.x];
-  const StructDesc sd = p.structs[item.b];
+  const StructDesc sd = item.sd;
   const int row0 = item.q_tile * kTile;
   const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
   const int n_kv = item.e_end - item.e_begin;
