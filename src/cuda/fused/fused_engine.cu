@@ -204,13 +204,13 @@ class FusedEngine final : public Engine {
           const int len = l.row_ptr[r + 1] - l.row_ptr[r];
           const int n_pieces = pieces.empty() ? 1 : pieces[list];
           if (n_pieces == 1) {
-            items.push_back({sds[b], static_cast<int>(b), h, r, begin, begin + len, -1});
+            items.push_back({sds[b], static_cast<int>(b), h, r, begin, begin + len, -1, len > 0 ? cols[begin] : 0});
             continue;
           }
           combines.push_back({sds[b], static_cast<int>(b), h, r, slots, n_pieces, 0});
           for (int s = 0; s < n_pieces; ++s) {
-            items.push_back({sds[b], static_cast<int>(b), h, r, begin + piece_start(len, s, n_pieces),
-                             begin + piece_start(len, s + 1, n_pieces), slots++});
+            const int e0 = begin + piece_start(len, s, n_pieces);
+            items.push_back({sds[b], static_cast<int>(b), h, r, e0, begin + piece_start(len, s + 1, n_pieces), slots++, cols[e0]});
           }
         }
       }

@@ -420,7 +420,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
   const int n_kv = item.e_end - item.e_begin;
   load_tile<D>(s_q, qg, row0, sd.n, tid);
   if (n_kv > 0) {
-    const int kt = p.col_idx[item.e_begin];
+    const int kt = item.first_col;
     load_tile<D>(s_stage0, kg, kt * kTile, sd.n, tid);
     load_tile<D>(s_stage0 + Tile::kBytes, vg, kt * kTile, sd.n, tid);
     load_key_xyz(0, kt);

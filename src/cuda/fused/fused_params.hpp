@@ -44,6 +44,7 @@ struct StructDesc {
 struct alignas(16) WorkItem {
   StructDesc sd;  // structure b's, copied here: a block reads it with its item, not after it
   std::int32_t b, h, q_tile, e_begin, e_end, slot;
+  std::int32_t first_col;  // col_idx[e_begin] (0 when the range is empty): the first K/V load waits on no other
 };
 
 // The rows of one query tile split into slots [slot_begin, slot_begin + n_slots).

@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     sm90::cp_async_arrive_noinc(bar_q);
     const bool atoms = sd.mask == kMaskAtoms;
     for (int it = 0, s = 0, round = 0; it < n_kv; ++it) {
-      const int kt = p.col_idx[item.e_begin + it];
+      const int kt = it == 0 ? item.first_col : p.col_idx[item.e_begin + it];
       if (round > 0) sm90::mbar_wait(bar_empty(s), (round - 1) & 1);
       const std::uint32_t st = stage_addr(s);
       load_tile_lean<D, K_::kProducerThreads>(st, kg, kt * kTile, sd.n, tid);
@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   // atoms, whose tiles carry the bits) and without them (every other mask runs code with no trace
   // of them).
   const auto tile_loop = [&]<bool kReach>() {
-    int kt = p.col_idx[item.e_begin];
+    int kt = item.first_col;
     int kind = p.kind[item.e_begin];
     // The next tile's column and kind are read a whole iteration before they are needed.
     int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
