@@ -85,8 +85,9 @@ bool copies_of_one(const std::vector<BlockLayout>& batch) {
 // The layouts' spatial order + tile pairs: order_tile_ms from their stats (the first build), and
 // order_tile_warm_ms from building the cutoff builder's ones again from their own coordinates
 // with the same options in this process, whose memory the first build already touched: what a
-// long-running process pays per layout (on the lent hosts first touches of fresh pages are a
-// large part of a cold build). A batch of copies of one layout counts it once.
+// long-running process pays per layout, without the first touches of fresh pages (a fifth of a
+// cold 1M-atom build on the 2-core build machine, a twentieth on a lent H200 host's 16 cores).
+// A batch of copies of one layout counts it once.
 void time_layouts(Workload& w) {
   const bool copies = copies_of_one(w.layouts);
   for (const BlockLayout& l : w.layouts) {
