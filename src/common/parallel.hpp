@@ -1,8 +1,13 @@
 // Small fork-join helpers shared by the library's threaded loops (private).
 #pragma once
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 #ifdef __linux__
@@ -29,8 +34,109 @@ inline int resolve_threads(int threads, std::size_t n, std::size_t grain) {
   return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), by_size));
 }
 
+// The process's worker threads for parallel_chunks: started on first use, as many as the cores
+// less one, kept waiting between jobs (starting threads for every call cost the 1M-atom layout
+// ~150 thread starts, and small CPU forwards most of their time). Left running at exit.
+class WorkerPool {
+ public:
+  static WorkerPool& get() {
+    static WorkerPool* pool = new WorkerPool();  // never destroyed: workers may outlive statics
+    return *pool;
+  }
+  // Runs run(p) for every p in [0, parts): p = 0 and whatever the workers have not taken on the
+  // calling thread, the rest on the workers; returns when all have run. The first exception (by
+  // part) is rethrown here. Called from a worker itself, it runs the parts in order on that thread
+  // (a worker never waits for others: no deadlock, the same parts either way).
+  template <class Run>
+  void run(int parts, Run&& run) {
+    if (parts <= 1 || t_worker || workers_ == 0) {
+      for (int p = 0; p < parts; ++p) run(p);
+      return;
+    }
+    Job job;
+    job.parts = parts;
+    job.errors.resize(static_cast<std::size_t>(parts));
+    job.run = [&run, &job](int p) {
+      try {
+        run(p);
+      } catch (...) {
+        job.errors[static_cast<std::size_t>(p)] = std::current_exception();
+      }
+    };
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(&job);
+    }
+    wake_.notify_all();
+    job.run(0);
+    for (int p; (p = job.next.fetch_add(1)) < parts;) finish_part(job, p);  // help with the rest
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      jobs_.erase(std::find(jobs_.begin(), jobs_.end(), &job));
+      job.all_done.wait(lock, [&] { return job.done == parts - 1; });
+    }
+    for (const auto& e : job.errors)
+      if (e) std::rethrow_exception(e);
+  }
+
+ private:
+  struct Job {
+    int parts = 0;
+    std::function<void(int)> run;
+    std::atomic<int> next{1};  // the next part to take (part 0 is the caller's)
+    int done = 0;              // parts of 1.. finished (under mu_)
+    std::condition_variable all_done;
+    std::vector<std::exception_ptr> errors;
+  };
+
+  WorkerPool() {
+    workers_ = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) - 1;
+    for (int i = 0; i < workers_; ++i)
+      std::thread([this] {
+        t_worker = true;
+        name_this_thread("protattn-pool");
+        work();
+      }).detach();
+  }
+
+  void finish_part(Job& job, int p) {
+    job.run(p);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (++job.done == job.parts - 1) job.all_done.notify_all();
+  }
+
+  void work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      Job* job = nullptr;
+      int p = 0;
+      wake_.wait(lock, [&] {
+        for (Job* j : jobs_)
+          if (j->next.load() < j->parts) return true;
+        return false;
+      });
+      for (Job* j : jobs_)
+        if ((p = j->next.fetch_add(1)) < j->parts) {
+          job = j;
+          break;
+        }
+      if (!job) continue;
+      lock.unlock();
+      finish_part(*job, p);
+      lock.lock();
+    }
+  }
+
+  static inline thread_local bool t_worker = false;
+  int workers_ = 0;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  std::vector<Job*> jobs_;  // jobs that may have parts left
+};
+
 // Calls fn(part, begin, end) for `parts` contiguous chunks of [0, n), part 0 on the calling
-// thread. Chunks depend only on n and parts, so results that depend on them are deterministic.
+// thread, the others on WorkerPool's threads. Chunks depend only on n and parts, so results that
+// depend on them are deterministic.
 template <class F>
 void parallel_chunks(std::size_t n, int parts, F&& fn) {
   if (parts <= 1) {
@@ -38,16 +144,10 @@ void parallel_chunks(std::size_t n, int parts, F&& fn) {
     return;
   }
   const std::size_t chunk = (n + static_cast<std::size_t>(parts) - 1) / static_cast<std::size_t>(parts);
-  std::vector<std::thread> pool;
-  for (int p = 1; p < parts; ++p) {
+  WorkerPool::get().run(parts, [&fn, chunk, n](int p) {
     const std::size_t b = std::min(n, static_cast<std::size_t>(p) * chunk), e = std::min(n, b + chunk);
-    pool.emplace_back([&fn, p, b, e] {
-      name_this_thread("protattn-pool");
-      fn(p, b, e);
-    });
-  }
-  fn(0, std::size_t{0}, std::min(n, chunk));
-  for (auto& t : pool) t.join();
+    fn(p, b, e);
+  });
 }
 
 // Cuts items [0, m) into `parts` contiguous ranges of about equal weight, given prefix[i] = the
