@@ -92,6 +92,10 @@ class Engine {
 // "cpu", "fused", "grouped". Throws Error naming the engines compiled in when unknown.
 std::unique_ptr<Engine> make_engine(const std::string& name, const EngineOptions& opt = {});
 std::vector<std::string> engine_names();
+// Whether engine `name` reads BlockLayout::rows_out (the fused engine skips rows out of reach and
+// computes the bits in its plan when a layout lacks them): who builds layouts for it then marks
+// them as they are built (LayoutOptions::mark_rows_out), on the threads that build them.
+bool engine_reads_rows_out(const std::string& name);
 
 // Runs on host buffers whatever the engine: for a device engine, copies in, runs, waits,
 // copies out. Pointers in `host` are host memory laid out as RunArgs says.

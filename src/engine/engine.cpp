@@ -65,6 +65,8 @@ std::vector<std::string> engine_names() {
   return names;
 }
 
+bool engine_reads_rows_out(const std::string& name) { return name == "fused"; }
+
 std::unique_ptr<Engine> make_engine(const std::string& name, const EngineOptions& opt) {
   if (name == "cpu") return make_cpu_engine(opt);
 #ifdef PROTATTN_HAVE_FUSED

@@ -5,6 +5,7 @@
 
 #include "common/parallel.hpp"
 #include "model/backend.hpp"
+#include "protattn/engine.hpp"
 #include "protattn/error.hpp"
 #include "protattn/structure.hpp"
 
@@ -41,9 +42,9 @@ bool AtomEncoder::on_device() const { return backend_->engine().on_device(); }
 std::unique_ptr<ForwardPlan> AtomEncoder::plan(const std::vector<AtomInput>& batch) {
   if (batch.empty()) throw Error("atom_encoder: empty batch");
   LayoutOptions opt = layout_options(config());
-  // The fused engine skips rows out of reach: their bits are made with each layout, on the
-  // threads that build them, instead of one after another in the attention plan.
-  opt.mark_rows_out = std::string(engine_name()) == "fused";
+  // Rows out of reach are marked with each layout, on the threads that build them, instead of one
+  // layout after another in the attention plan.
+  opt.mark_rows_out = engine_reads_rows_out(engine_name());
   std::vector<std::int64_t> offsets{0};
   for (std::size_t b = 0; b < batch.size(); ++b) {
     const AtomInput& in = batch[b];

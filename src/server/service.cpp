@@ -6,6 +6,7 @@
 
 #include "encoder_model.hpp"
 #include "log.hpp"
+#include "protattn/engine.hpp"
 #include "protattn/error.hpp"
 
 namespace protattn::server {
@@ -43,10 +44,9 @@ Service::Service(const Options& opt, std::vector<ModelSpec> models)
   // With a GPU engine, shared-memory regions are registered with CUDA as they are added, so
   // that atom_encoder answers are copied into them from the device directly.
   shm_.pin_for_gpu(opt.allow_shared_memory && opt.engine != "cpu");
-  // The fused engine skips rows out of reach under mask atoms: each request's network thread
-  // marks them with its layout, so that the inference thread's plan need not.
-  if (opt.engine == "fused")
-    for (ModelSpec& m : models_) m.layout.mark_rows_out = true;
+  // Rows out of reach are marked by each request's network thread with its layout, so that the
+  // inference thread's plan need not.
+  for (ModelSpec& m : models_) m.layout.mark_rows_out = engine_reads_rows_out(opt.engine);
 }
 
 std::vector<std::string> Service::extensions() const {
