@@ -282,6 +282,10 @@ class FusedEngine final : public Engine {
     p.rescale_slack = !slack ? kRescaleSlack
                       : std::string(slack) == "always" ? -std::numeric_limits<float>::infinity()
                                                         : std::clamp(static_cast<float>(std::atof(slack)), 0.0f, 12.0f);
+    // The ws kernel's lazy max (fused_params.hpp: kLazyMaxShare); PROTATTN_FUSED_LAZY_MAX=0 takes
+    // every tile's max first, for comparison.
+    const char* lazy = std::getenv("PROTATTN_FUSED_LAZY_MAX");
+    p.lazy_max = lazy && lazy[0] == '0' ? 0 : 1;
     p.part_o = fp.part_o.as<float>();
     p.part_ml = fp.part_ml.as<float>();
 

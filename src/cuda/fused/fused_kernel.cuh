@@ -276,6 +276,31 @@ __device__ __forceinline__ void pack_p(const float (&s)[N], std::uint32_t (&a)[N
 // Finishes a warp's 16 rows (local rows lrow0 and lrow0 + 8 of the query tile for this thread,
 // accumulator layout of mma.sync / wgmma): full row sums across the quad, then O / l and the
 // LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel.
+// S of one warp's 16 query rows against N keys, on mma.sync from the swizzled Q and K tiles in
+// shared memory (rows q_row0 .. + 16 of the Q tile, keys key0 .. + N of the K tile), in the
+// accumulator layout of wgmma and mma.sync alike (element i: row g + 8 * ((i % 4) / 2), key
+// 8 * (i / 4) + 2 * t + (i % 2)). Warp-local: the lazy max's way back to the max-first path,
+// taken by one warp alone where a wgmma would need its whole warpgroup.
+template <typename T, int D, int N>
+__device__ __forceinline__ void warp_scores(float (&s)[N / 2], std::uint32_t s_q, std::uint32_t s_k, int q_row0, int key0,
+                                            int lane) {
+  using Tile = SwizzledTile<D>;
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) s[i] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    std::uint32_t a[4];
+    ldmatrix_x4(a, s_q + Tile::offset(q_row0 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
+#pragma unroll
+    for (int np = 0; np < N / 16; ++np) {
+      std::uint32_t b[4];
+      ldmatrix_x4(b, s_k + Tile::offset(key0 + np * 16 + (lane % 8) + (lane / 16) * 8, ks * 2 + (lane / 8) % 2));
+      ElemTraits<T>::mma(&s[8 * np], a, b[0], b[1]);
+      ElemTraits<T>::mma(&s[8 * np + 4], a, b[2], b[3]);
+    }
+  }
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void finish_rows(const Params& p, const WorkItem& item, const StructDesc& sd,
                                             std::int64_t head_off, const float (&o_acc)[D / 2], const float (&m_row)[2],
@@ -475,51 +500,87 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
 #pragma unroll
       for (int half = 0; half < kTile / kKeyChunk; ++half) {
         float s_acc[K_::kSAcc];
-        sm90::fence();
+        const auto issue_s = [&] {
+          sm90::fence();
 #pragma unroll
-        for (int ks = 0; ks < K_::kKSteps; ++ks) {
-          const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
-          const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
-          const std::uint64_t db = sm90::smem_desc(s_k + k_off + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
-          wgmma_qk<T>(s_acc, da, db, ks > 0);
-        }
-        sm90::commit();
-        sm90::wait<0>();
+          for (int ks = 0; ks < K_::kKSteps; ++ks) {
+            const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
+            const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
+            const std::uint64_t db = sm90::smem_desc(s_k + k_off + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
+            wgmma_qk<T>(s_acc, da, db, ks > 0);
+          }
+          sm90::commit();
+          sm90::wait<0>();
+        };
         // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
         // folds into one FFMA before each exp2.
-        if (masked && atoms_mask) {
-          mask_atoms_slice(s_acc, sd, qpos, key_xyz + (it & 1) * kTile + half * kKeyChunk,
-                           kt * kTile + half * kKeyChunk, t);
-        } else if (masked) {
+        const auto mask = [&] {
+          if (masked && atoms_mask) {
+            mask_atoms_slice(s_acc, sd, qpos, key_xyz + (it & 1) * kTile + half * kKeyChunk,
+                             kt * kTile + half * kKeyChunk, t);
+          } else if (masked) {
 #pragma unroll
-          for (int i = 0; i < K_::kSAcc; ++i) {
-            const int j = kt * kTile + half * kKeyChunk + (i / 4) * 8 + 2 * t + (i & 1);
-            if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
+            for (int i = 0; i < K_::kSAcc; ++i) {
+              const int j = kt * kTile + half * kKeyChunk + (i / 4) * 8 + 2 * t + (i & 1);
+              if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
+            }
+          }
+        };
+        issue_s();
+        mask();
+        // The lazy max of the ws kernel (fused_params.hpp: kLazyMaxShare; not under mask atoms,
+        // as there): with a base in every row of the warp, exponentiate against it at once and
+        // keep the result when no thread's share of a row's sum exceeds kLazyMaxShare; else the
+        // warp's S again (warp_scores) and the max first.
+        bool exact = true;
+        if (p.lazy_max && !atoms_mask && __all_sync(0xffffffffu, m_row[0] != -INFINITY && m_row[1] != -INFINITY)) {
+          float share[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            share[r] = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+              s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -m_row[r]));
+              s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -m_row[r]));
+              share[r] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+            }
+          }
+          if (__all_sync(0xffffffffu, share[0] <= kLazyMaxShare && share[1] <= kLazyMaxShare)) {
+            l_row[0] += share[0];
+            l_row[1] += share[1];
+            exact = false;
+          } else {
+            warp_scores<T, D, kKeyChunk>(s_acc, s_q, s_k, wg_row + (warp % 4) * 16, half * kKeyChunk, lane);
+            mask();
           }
         }
-        float alpha[2];
+        float alpha[2] = {1.0f, 1.0f};
+        if (exact) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = -INFINITY;
+          for (int r = 0; r < 2; ++r) {
+            float mx = -INFINITY;
 #pragma unroll
-          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) mx = fmaxf(mx, fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const float m_new = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
-          const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
-          alpha[r] = fast_exp2(m_row[r] - base);
-          m_row[r] = m_new;
-          float sum = 0.0f;
+            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) mx = fmaxf(mx, fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
+            const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
+            alpha[r] = fast_exp2(m_row[r] - base);
+            m_row[r] = m_new;
+            float sum = 0.0f;
 #pragma unroll
-          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-            s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
-            s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
-            sum += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+              s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+              s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+              sum += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+            }
+            l_row[r] = l_row[r] * alpha[r] + sum;
           }
-          l_row[r] = l_row[r] * alpha[r] + sum;
         }
+        if (exact) {
 #pragma unroll
-        for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
+          for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
+        }
         sm90::fence();
 #pragma unroll
         for (int kk = 0; kk < kKeyChunk / 16; ++kk) {

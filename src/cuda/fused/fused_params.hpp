@@ -23,6 +23,13 @@ enum KernelCode : std::int32_t {
 // overflow in the fp32 sums) and no rescaling of O.
 inline constexpr float kRescaleSlack = 8.0f;
 
+// The lazy max of the ws and wgmma kernels: once every row of a warp has a base, they
+// exponentiate a tile's scores against it before taking their max, and keep the result when every
+// thread's share of a row's sum is at most this (so every probability fits fp16, whose largest
+// value is 65,504); otherwise the warp computes its scores again and takes the max first.
+// Params::lazy_max turns this off.
+inline constexpr float kLazyMaxShare = 32768.0f;
+
 // Bits of a kept tile in Params::kind.
 inline constexpr int kKindPartial = 1;
 inline constexpr int kKindOutShift = 8;
@@ -77,6 +84,7 @@ struct Params {
   std::int32_t pingpong;        // warp-specialised kernel: consumer warpgroups take turns issuing
   std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // ws kernel: its ring of K/V stages (the plan: ws_geometry)
   float rescale_slack;          // its online softmax: rises of the max kept without rescaling
+  std::int32_t lazy_max;        // ws and wgmma kernels: the lazy max (kLazyMaxShare)
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

@@ -28,7 +28,7 @@ struct WsKernel {
   // Register limits after the split (multiples of 8, 128 x producer + 256 x consumer <= 65,536),
   // the fewest producer registers with which ptxas does not spill.
   static constexpr int kProducerRegs = D == 64 ? 56 : 72;
-  static constexpr int kConsumerRegs = D == 64 ? 224 : 208;
+  static constexpr int kConsumerRegs = D == 64 ? 224 : 216;
   using Tile = SwizzledTile<D>;
   // Shared memory: the mbarriers in the first KiB, then Q, then the stages (K, V and, when the
   // batch has mask `atoms`, the keys' coordinates), as many as fit (the plan decides: see
@@ -42,6 +42,7 @@ struct WsKernel {
   static constexpr int kSAcc = kTile / 2;  // S accumulators per thread: 64 rows x 128 keys per warpgroup
   static constexpr int kOAcc = D / 2;
   static constexpr int kKSteps = D / 16;
+  static constexpr bool kLazyMax = true;  // the lazy max: see softmax in fused_ws_kernel
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
 };
 
@@ -189,24 +190,62 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const auto tile_masked = [&](int kind, int kt) {
     return (kind & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
   };
-  // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
-  // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
-  // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
-  bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
-  const auto softmax = [&](int kt, int kind, int s) {
-    const bool masked = tile_masked(kind, kt);
-    if (masked && atoms_mask) {
+  // Masks the scores in s_acc of key tile kt (kind `kind`, in stage s): -inf where not allowed.
+  const auto mask_scores = [&](int kt, int kind, int s) {
+    if (!tile_masked(kind, kt)) return;
+    if (atoms_mask) {
       const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
       mask_atoms_slice(s_acc, sd, qpos, kxyz, kt * kTile, t);
-    } else if (masked) {
+    } else {
 #pragma unroll
       for (int i = 0; i < K_::kSAcc; ++i) {
         const int j = kt * kTile + (i / 4) * 8 + 2 * t + (i & 1);
         if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
       }
     }
-    // Max and sum over a row's 32 values per thread in four independent chains (the latency of a
-    // dependent chain of 32, not the issue rate, would set the time with two warps per scheduler).
+  };
+  // Row r's scores in s_acc become exp2(score * scale_log2 - base); returns this thread's share of
+  // their sum (four independent chains: the latency of a dependent chain of 32, not the issue
+  // rate, would set the time with two warps per scheduler).
+  const auto exp_row = [&](int r, float base) {
+    float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+      s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+      s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+      s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+    }
+    return (s4[0] + s4[1]) + (s4[2] + s4[3]);
+  };
+  // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
+  // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
+  // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
+  bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
+  const auto softmax = [&]<bool kLazy>(int kt, int kind, int s) {
+    mask_scores(kt, kind, s);
+    // Lazy max (kLazy: the tile loop of structures without mask atoms, whose tiles are mostly
+    // FULL; compiled into the loop of mask atoms, whose tiles' masks set the time, it made 16
+    // copies of 2HHB 21% slower): once every row of the warp has a base, exponentiate against it
+    // at once, without the max (a chain of 64 comparisons and two shuffles ahead of the first
+    // exponential). Kept when no thread's share of a row's sum exceeds kLazyMaxShare: every
+    // probability then fits fp16, and O and l need no rescaling, the result after the final
+    // O / l being the same. Otherwise (a row's max rose far above its base, rare after the first
+    // tile; or NaN) the warp computes its S again alone (warp_scores: a wgmma would need the
+    // whole warpgroup; the stage is still held) and takes the max first, below.
+    if constexpr (kLazy) {
+      if (p.lazy_max && __all_sync(0xffffffffu, m_row[0] != -INFINITY && m_row[1] != -INFINITY)) {
+        const float share0 = exp_row(0, m_row[0]);
+        const float share1 = exp_row(1, m_row[1]);
+        if (__all_sync(0xffffffffu, share0 <= kLazyMaxShare && share1 <= kLazyMaxShare)) {
+          l_row[0] += share0;
+          l_row[1] += share1;
+          rescaled = false;
+          return make_float2(1.0f, 1.0f);
+        }
+        warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
+        mask_scores(kt, kind, s);
+      }
+    }
     float m_new[2];
     bool grow = false;  // some row's max rose by more than p.rescale_slack
 #pragma unroll
@@ -233,15 +272,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base_new);
         m_row[r] = m_new[r];
       }
-      const float base = m_row[r] == -INFINITY ? 0.0f : m_row[r];
-      float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-        s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
-        s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
-        s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
-      }
-      const float sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      const float sum = exp_row(r, m_row[r] == -INFINITY ? 0.0f : m_row[r]);
       l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
     }
     rescaled = rescale;
@@ -276,6 +307,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   // atoms, whose tiles carry the bits) and without them (every other mask runs code with no trace
   // of them).
   const auto tile_loop = [&]<bool kReach>() {
+    constexpr bool kLazyLoop = K_::kLazyMax && !kReach;
     int kt = item.first_col;
     int kind = p.kind[item.e_begin];
     // The next tile's column and kind are read a whole iteration before they are needed.
@@ -289,7 +321,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     turn_pass();
     sm90::wait<0>();
     const bool out0 = kReach && out_of_reach(kind);
-    if (!out0) softmax(kt, kind, 0);  // O is still zero: alpha is not needed
+    if (!out0) softmax.template operator()<false>(kt, kind, 0);  // O is still zero: alpha is not needed
     pack_p(out0);
     for (int it = 1; it < n_kv; ++it) {
       const int prev = s;
@@ -312,7 +344,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       sm90::wait<1>();
       const bool out = kReach && out_of_reach(kind);
       float2 alpha = make_float2(1.0f, 1.0f);
-      if (!out) alpha = softmax(kt, kind, s);  // under the P V
+      if (!out) alpha = softmax.template operator()<kLazyLoop>(kt, kind, s);  // under the P V
       sm90::wait<0>();
       if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
       if (rescaled && !out) {
