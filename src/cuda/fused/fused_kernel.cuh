@@ -382,6 +382,15 @@ __device__ __forceinline__ void wgmma_qk(float (&d)[N / 2], std::uint64_t a, std
   else sm90::ss_m64n128k16_bf16(d, a, b, scale_d);
 #endif
 }
+// S (+)= Q K^T for 128 keys with Q's fragment in registers (the mma.sync A layout: warp w of the
+// warpgroup holds rows 16w .. 16w + 15) and K in shared memory.
+template <typename T>
+__device__ __forceinline__ void wgmma_qk_rs(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t b, int scale_d) {
+#if PROTATTN_WGMMA_ARCH
+  if constexpr (std::is_same_v<T, __half>) sm90::rs_kmajor_m64n128k16_f16(d, a, b, scale_d);
+  else sm90::rs_kmajor_m64n128k16_bf16(d, a, b, scale_d);
+#endif
+}
 template <typename T, int D>
 __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t (&a)[4], std::uint64_t b) {
 #if PROTATTN_WGMMA_ARCH

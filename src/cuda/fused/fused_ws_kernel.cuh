@@ -43,6 +43,9 @@ struct WsKernel {
   static constexpr int kOAcc = D / 2;
   static constexpr int kKSteps = D / 16;
   static constexpr bool kLazyMax = true;  // the lazy max: see softmax in fused_ws_kernel
+  // S = Q K^T with Q's fragment in registers (16 per thread at d=64; 32 at d=128 would not fit):
+  // Q then is not read from shared memory again for every key tile.
+  static constexpr bool kQInRegs = D == 64;
   static_assert(D == 64 || D == 128, "head dim 64 or 128");
 };
 
@@ -161,6 +164,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum
   float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
   std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
+  std::uint32_t q_frag[K_::kQInRegs ? K_::kKSteps : 1][4];  // K_::kQInRegs: this warp's Q rows
 
   // S = Q K^T of the tile in stage s (committed as one group).
   const auto issue_s = [&](int s) {
@@ -169,9 +173,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
 #pragma unroll
     for (int ks = 0; ks < K_::kKSteps; ++ks) {
       const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
-      const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
       const std::uint64_t db = sm90::smem_desc(s_k + k_off, 16, 1024);
-      wgmma_qk<T, kTile>(s_acc, da, db, ks > 0);
+      if constexpr (K_::kQInRegs) {
+        wgmma_qk_rs<T>(s_acc, q_frag[ks], db, ks > 0);
+      } else {
+        const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
+        wgmma_qk<T, kTile>(s_acc, da, db, ks > 0);
+      }
     }
     sm90::commit();
   };
@@ -360,6 +368,11 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     sm90::wait<0>();
   };
   sm90::mbar_wait(bar_q, 0);
+  if constexpr (K_::kQInRegs) {
+#pragma unroll
+    for (int ks = 0; ks < K_::kKSteps; ++ks)
+      ldmatrix_x4(q_frag[ks], s_q + Tile::offset(wg_row + (cw % 4) * 16 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
+  }
   if (n_kv > 0) {
     if (atoms_mask) tile_loop.template operator()<true>();
     else tile_loop.template operator()<false>();
