@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "common/parallel.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "protattn/error.hpp"
 
@@ -31,6 +32,13 @@ struct Group {
 thread_local Group t_group;
 
 cudaStream_t or_per_thread(cudaStream_t s) { return s ? s : cudaStreamPerThread; }
+
+// memcpy, a large one (a plan's 1M-atom layout stages 7.6 MB) in parts on the worker pool.
+void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
+  constexpr std::size_t kBytesPerThread = 1 << 20;
+  detail::parallel_chunks(n, detail::resolve_threads(0, n, kBytesPerThread),
+                          [&](int, std::size_t a, std::size_t z) { std::memcpy(dst + a, src + a, z - a); });
+}
 
 // Waits for the group's copies in flight, if any (the staging buffer is then free).
 void settle_group() {
@@ -87,7 +95,7 @@ void Uploads::commit(cudaStream_t stream_in) {
         used = 0;
       }
       const std::size_t k = std::min(p.bytes - done, cap - used);
-      std::memcpy(stage + used, p.src + done, k);
+      copy_bytes(stage + used, p.src + done, k);
       PROTATTN_CUDA_CHECK(cudaMemcpyAsync(p.dst + done, stage + used, k, cudaMemcpyHostToDevice, stream));
       used += k;
       done += k;

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <string>
 
+#include "common/parallel.hpp"
 #include "cuda/common/cuda_check.hpp"
 #include "cuda/common/device_buffer.hpp"
 #include "cuda/common/host_staging.hpp"
@@ -27,6 +28,8 @@ namespace {
 
 // Fewest key tiles a split piece gets: below this the combine costs more than it saves.
 constexpr int kMinTilesPerSplit = 2;
+// Kept tiles per thread below which the plan packs a layout's columns and kinds on one thread.
+constexpr std::size_t kPlanEdgesPerThread = 1 << 16;
 // Most pieces one query tile is split into.
 constexpr int kMaxSplits = 16;
 
@@ -126,7 +129,12 @@ class FusedEngine final : public Engine {
     std::vector<std::uint16_t> kinds;  // Params::kind
     std::vector<std::uint8_t> reach;   // one layout's rows_out_of_reach() bits
     std::vector<std::int64_t> edge_base;
-    bool any_atoms = false;
+    bool any_atoms = false, any_reach = false;
+    std::size_t total_edges = 0;
+    for (const BlockLayout* l : layouts) total_edges += l->col_idx.size();
+    cols.resize(total_edges);
+    kinds.resize(total_edges);
+    std::size_t e0 = 0;
     for (std::size_t b = 0; b < layouts.size(); ++b) {
       const BlockLayout& l = *layouts[b];
       if (l.tile != kTile)
@@ -144,23 +152,32 @@ class FusedEngine final : public Engine {
           throw Error("fused engine: layout " + std::to_string(b) + " has mask atoms but no coordinates");
       }
       sds.push_back(sd);
-      edge_base.push_back(static_cast<std::int64_t>(cols.size()));
-      cols.insert(cols.end(), l.col_idx.begin(), l.col_idx.end());
-      const std::size_t k0 = kinds.size();
-      for (BlockKind k : l.kind) kinds.push_back(k == BlockKind::partial ? kKindPartial : 0);
-      kinds.resize(cols.size(), 0);
+      edge_base.push_back(static_cast<std::int64_t>(e0));
+      const std::uint8_t* out = nullptr;
       if (use_reach_ && l.mask == MaskMode::atoms) {
         // The layout's own rows_out when its maker filled them (a server does, on the request's
         // thread), else computed here.
-        const std::uint8_t* out = l.rows_out.data();
+        out = l.rows_out.data();
         if (l.rows_out.size() != l.col_idx.size()) {
           reach.resize(l.col_idx.size());
           rows_out_of_reach(l, reach.data());
           out = reach.data();
         }
-        for (std::size_t e = 0; e < l.col_idx.size(); ++e)
-          kinds[k0 + e] |= static_cast<std::uint16_t>(out[e] << kKindOutShift);
+        any_reach = true;
       }
+      // The layout's columns and kinds into the packed arrays; a large one (the 1M-atom globule
+      // has 600k kept tiles) on the worker pool.
+      const std::size_t ne = l.col_idx.size(), nk = std::min(ne, l.kind.size());
+      detail::parallel_chunks(ne, detail::resolve_threads(0, ne, kPlanEdgesPerThread), [&](int, std::size_t a, std::size_t z) {
+        std::copy(l.col_idx.begin() + static_cast<std::ptrdiff_t>(a), l.col_idx.begin() + static_cast<std::ptrdiff_t>(z),
+                  cols.begin() + static_cast<std::ptrdiff_t>(e0 + a));
+        for (std::size_t e = a; e < z; ++e) {
+          std::uint16_t k = e < nk && l.kind[e] == BlockKind::partial ? kKindPartial : 0;
+          if (out) k |= static_cast<std::uint16_t>(out[e] << kKindOutShift);
+          kinds[e0 + e] = k;
+        }
+      });
+      e0 += ne;
       plan->offsets.push_back(plan->offsets.back() + l.n);
     }
     const std::int64_t total_n = plan->total_n();
@@ -194,6 +211,7 @@ class FusedEngine final : public Engine {
     }
     std::vector<WorkItem> items;
     std::vector<CombineItem> combines;
+    items.reserve(static_cast<std::size_t>(base_items));
     int slots = 0;
     std::size_t list = 0;
     for (std::size_t b = 0; b < layouts.size(); ++b) {
@@ -296,7 +314,8 @@ class FusedEngine final : public Engine {
     fp.summary.kernel = kernel == kKernelWs ? "ws" : kernel == kKernelWgmma ? "wgmma" : "mma_sync";
     fp.summary.sms = sms_;
     for (const BlockLayout* l : layouts) fp.summary.warp_tiles += 8 * l->nnz();
-    for (std::uint16_t k : kinds) fp.summary.warps_out += std::popcount(static_cast<unsigned>(k >> kKindOutShift));
+    if (any_reach)
+      for (std::uint16_t k : kinds) fp.summary.warps_out += std::popcount(static_cast<unsigned>(k >> kKindOutShift));
     for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml})
       fp.summary.device_bytes += buf->bytes();
     return plan;
