@@ -510,13 +510,13 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
       for (int half = 0; half < kTile / kKeyChunk; ++half) {
         float s_acc[K_::kSAcc];
         const auto issue_s = [&] {
+          const std::uint64_t da0 = sm90::smem_desc(s_q + wg_row * Tile::kRowBytes, 16, 1024);
+          const std::uint64_t db0 = sm90::smem_desc(s_k + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
           sm90::fence();
 #pragma unroll
           for (int ks = 0; ks < K_::kKSteps; ++ks) {
             const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
-            const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
-            const std::uint64_t db = sm90::smem_desc(s_k + k_off + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
-            wgmma_qk<T>(s_acc, da, db, ks > 0);
+            wgmma_qk<T>(s_acc, sm90::desc_advance(da0, k_off), sm90::desc_advance(db0, k_off), ks > 0);
           }
           sm90::commit();
           sm90::wait<0>();
@@ -590,17 +590,16 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
 #pragma unroll
           for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
         }
+        // V rows (keys) half*64 + kk*16 .. +16, MN-major: 8-key groups 1024 B apart, 64-column
+        // blocks kBlockBytes apart.
+        const std::uint64_t dv0 = sm90::smem_desc(s_v + half * kKeyChunk * Tile::kRowBytes, Tile::kBlockBytes, 1024);
         sm90::fence();
 #pragma unroll
         for (int kk = 0; kk < kKeyChunk / 16; ++kk) {
           std::uint32_t a[4];
 #pragma unroll
           for (int j = 0; j < 4; ++j) a[j] = E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
-          // V rows (keys) half*64 + kk*16 .. +16, MN-major: 8-key groups 1024 B apart, 64-column
-          // blocks kBlockBytes apart.
-          const std::uint64_t db = sm90::smem_desc(s_v + (half * kKeyChunk + kk * 16) * Tile::kRowBytes,
-                                                   Tile::kBlockBytes, 1024);
-          wgmma_pv<T, D>(o_acc, a, db);
+          wgmma_pv<T, D>(o_acc, a, sm90::desc_advance(dv0, kk * 16 * Tile::kRowBytes));
         }
         sm90::commit();
         sm90::wait<0>();

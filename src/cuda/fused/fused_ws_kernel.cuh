@@ -166,31 +166,29 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
   std::uint32_t q_frag[K_::kQInRegs ? K_::kKSteps : 1][4];  // K_::kQInRegs: this warp's Q rows
 
+  // Q's descriptor (its warpgroup's rows), when S takes Q from shared memory.
+  const std::uint64_t q_desc = sm90::smem_desc(s_q + wg_row * Tile::kRowBytes, 16, 1024);
   // S = Q K^T of the tile in stage s (committed as one group).
   const auto issue_s = [&](int s) {
-    const std::uint32_t s_k = stage_addr(s);
+    const std::uint64_t db0 = sm90::smem_desc(stage_addr(s), 16, 1024);
     sm90::fence();
 #pragma unroll
     for (int ks = 0; ks < K_::kKSteps; ++ks) {
       const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
-      const std::uint64_t db = sm90::smem_desc(s_k + k_off, 16, 1024);
+      const std::uint64_t db = sm90::desc_advance(db0, k_off);
       if constexpr (K_::kQInRegs) {
         wgmma_qk_rs<T>(s_acc, q_frag[ks], db, ks > 0);
       } else {
-        const std::uint64_t da = sm90::smem_desc(s_q + k_off + wg_row * Tile::kRowBytes, 16, 1024);
-        wgmma_qk<T, kTile>(s_acc, da, db, ks > 0);
+        wgmma_qk<T, kTile>(s_acc, sm90::desc_advance(q_desc, k_off), db, ks > 0);
       }
     }
     sm90::commit();
   };
   // O += P V with the V of stage s (committed as one group).
   const auto issue_pv = [&](int s) {
-    const std::uint32_t s_v = stage_addr(s) + Tile::kBytes;
+    const std::uint64_t db0 = sm90::smem_desc(stage_addr(s) + Tile::kBytes, Tile::kBlockBytes, 1024);
 #pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
-      const std::uint64_t db = sm90::smem_desc(s_v + kk * 16 * Tile::kRowBytes, Tile::kBlockBytes, 1024);
-      wgmma_pv<T, D>(o_acc, p_frag[kk], db);
-    }
+    for (int kk = 0; kk < kTile / 16; ++kk) wgmma_pv<T, D>(o_acc, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
     sm90::commit();
   };
   // Whether key tile kt of kind `kind` (Params::kind) needs the mask (PARTIAL, or past a

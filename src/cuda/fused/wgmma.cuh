@@ -14,6 +14,15 @@ __device__ __forceinline__ std::uint64_t smem_desc(std::uint32_t addr, std::uint
          (static_cast<std::uint64_t>((sbo & 0x3ffff) >> 4) << 32) | (kSwizzle128B << 62);
 }
 
+// The descriptor of the address `bytes` further: its address field (bits 0-13, in 16-byte units)
+// cannot carry into the next field inside one block's shared memory (under 256 KiB), so only the
+// low word changes: one integer add, where making each descriptor anew takes three dependent
+// operations ahead of every wgmma.
+__device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t d, std::uint32_t bytes) {
+  const std::uint32_t lo = static_cast<std::uint32_t>(d) + (bytes >> 4);
+  return (d & 0xffffffff00000000ull) | lo;
+}
+
 __device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
