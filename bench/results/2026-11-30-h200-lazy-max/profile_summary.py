@@ -44,6 +44,7 @@ print('marks',[(k,ins[k][0][:40]) for k in marks])
 print([(k,ins[k][0][:50]) for k,i in enumerate(ins) if 'MAXREG' in i[0]])
 def region(a,b,name):
     s=sum(ins[k][1] for k in range(a,b)); agg=collections.Counter()
+    if s == 0: print(name,a,b,'no samples'); return
     for k in range(a,b):
         for c,v in ins[k][3].items(): agg[c]+=v
     print(name,a,b,'%.1f%%'%(100*s/tot),[(c[6:],round(100*v/s,1)) for c,v in agg.most_common(8)])
