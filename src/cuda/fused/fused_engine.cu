@@ -300,7 +300,7 @@ class FusedEngine final : public Engine {
     p.rescale_slack = !slack ? kRescaleSlack
                       : std::string(slack) == "always" ? -std::numeric_limits<float>::infinity()
                                                         : std::clamp(static_cast<float>(std::atof(slack)), 0.0f, 12.0f);
-    // The ws kernel's lazy max (fused_params.hpp: kLazyMaxShare); PROTATTN_FUSED_LAZY_MAX=0 takes
+    // The ws and wgmma kernels' lazy max (fused_params.hpp: kLazyMaxShare); PROTATTN_FUSED_LAZY_MAX=0 takes
     // every tile's max first, for comparison.
     const char* lazy = std::getenv("PROTATTN_FUSED_LAZY_MAX");
     p.lazy_max = lazy && lazy[0] == '0' ? 0 : 1;

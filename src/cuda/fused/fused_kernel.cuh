@@ -273,9 +273,6 @@ __device__ __forceinline__ void pack_p(const float (&s)[N], std::uint32_t (&a)[N
   }
 }
 
-// Finishes a warp's 16 rows (local rows lrow0 and lrow0 + 8 of the query tile for this thread,
-// accumulator layout of mma.sync / wgmma): full row sums across the quad, then O / l and the
-// LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel.
 // S of one warp's 16 query rows against N keys, on mma.sync from the swizzled Q and K tiles in
 // shared memory (rows q_row0 .. + 16 of the Q tile, keys key0 .. + N of the K tile), in the
 // accumulator layout of wgmma and mma.sync alike (element i: row g + 8 * ((i % 4) / 2), key
@@ -301,6 +298,9 @@ __device__ __forceinline__ void warp_scores(float (&s)[N / 2], std::uint32_t s_q
   }
 }
 
+// Finishes a warp's 16 rows (local rows lrow0 and lrow0 + 8 of the query tile for this thread,
+// accumulator layout of mma.sync / wgmma): full row sums across the quad, then O / l and the
+// LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel.
 template <typename T, int D>
 __device__ __forceinline__ void finish_rows(const Params& p, const WorkItem& item, const StructDesc& sd,
                                             std::int64_t head_off, const float (&o_acc)[D / 2], const float (&m_row)[2],
