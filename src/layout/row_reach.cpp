@@ -18,13 +18,21 @@
 #include "protattn/layout.hpp"
 
 namespace protattn {
+namespace {
+
+constexpr int kGroups = 8;  // row groups of a tile
+
+// Whether any bit can be set in `l`: mask atoms, tiles of kGroups groups, its coordinates.
+bool marks_rows(const BlockLayout& l) {
+  return l.mask == MaskMode::atoms && l.tile == kGroups * kRowGroup && l.n > 0 &&
+         l.coords.size() == static_cast<std::size_t>(l.n) * 3;
+}
+
+}  // namespace
 
 void rows_out_of_reach(const BlockLayout& l, std::uint8_t* out) {
   std::fill(out, out + l.col_idx.size(), std::uint8_t{0});
-  constexpr int kGroups = 8;
-  if (l.mask != MaskMode::atoms || l.tile != kGroups * kRowGroup || l.n <= 0 ||
-      l.coords.size() != static_cast<std::size_t>(l.n) * 3)
-    return;
+  if (!marks_rows(l)) return;
   // The boxes of every group of rows (detail::tile_boxes over groups of kRowGroup atoms) laid out
   // per tile as lo[c][w], hi[c][w] for the four-wide gap tests, and of every key tile (their
   // union). A group past the end has no box: it is marked whatever the key tile.
@@ -88,7 +96,7 @@ void rows_out_of_reach(const BlockLayout& l, std::uint8_t* out) {
 
 void mark_rows_out(BlockLayout& l) {
   l.rows_out.clear();
-  if (l.mask != MaskMode::atoms || l.tile != 8 * kRowGroup) return;
+  if (!marks_rows(l)) return;
   l.rows_out.resize(l.col_idx.size());
   rows_out_of_reach(l, l.rows_out.data());
 }
