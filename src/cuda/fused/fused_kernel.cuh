@@ -509,18 +509,16 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
 #pragma unroll
       for (int half = 0; half < kTile / kKeyChunk; ++half) {
         float s_acc[K_::kSAcc];
-        const auto issue_s = [&] {
-          const std::uint64_t da0 = sm90::smem_desc(s_q + wg_row * Tile::kRowBytes, 16, 1024);
-          const std::uint64_t db0 = sm90::smem_desc(s_k + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
-          sm90::fence();
+        const std::uint64_t da0 = sm90::smem_desc(s_q + wg_row * Tile::kRowBytes, 16, 1024);
+        const std::uint64_t db0 = sm90::smem_desc(s_k + half * kKeyChunk * Tile::kRowBytes, 16, 1024);
+        sm90::fence();
 #pragma unroll
-          for (int ks = 0; ks < K_::kKSteps; ++ks) {
-            const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
-            wgmma_qk<T>(s_acc, sm90::desc_advance(da0, k_off), sm90::desc_advance(db0, k_off), ks > 0);
-          }
-          sm90::commit();
-          sm90::wait<0>();
-        };
+        for (int ks = 0; ks < K_::kKSteps; ++ks) {
+          const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
+          wgmma_qk<T>(s_acc, sm90::desc_advance(da0, k_off), sm90::desc_advance(db0, k_off), ks > 0);
+        }
+        sm90::commit();
+        sm90::wait<0>();
         // Mask on the raw scores; the max is taken raw (the scale is positive) and the scale
         // folds into one FFMA before each exp2.
         const auto mask = [&] {
@@ -535,8 +533,18 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
             }
           }
         };
-        issue_s();
         mask();
+        // Row r's scores become exp2(score * scale_log2 - base); returns this thread's share of their sum.
+        const auto exp_row = [&](int r, float base) {
+          float sum = 0.0f;
+#pragma unroll
+          for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+            s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+            s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+            sum += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+          }
+          return sum;
+        };
         // The lazy max of the ws kernel (fused_params.hpp: kLazyMaxShare; not under mask atoms,
         // as there): with a base in every row of the warp, exponentiate against it at once and
         // keep the result when no thread's share of a row's sum exceeds kLazyMaxShare; else the
@@ -545,15 +553,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
         if (p.lazy_max && !atoms_mask && __all_sync(0xffffffffu, m_row[0] != -INFINITY && m_row[1] != -INFINITY)) {
           float share[2];
 #pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            share[r] = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-              s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -m_row[r]));
-              s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -m_row[r]));
-              share[r] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
-            }
-          }
+          for (int r = 0; r < 2; ++r) share[r] = exp_row(r, m_row[r]);
           if (__all_sync(0xffffffffu, share[0] <= kLazyMaxShare && share[1] <= kLazyMaxShare)) {
             l_row[0] += share[0];
             l_row[1] += share[1];
@@ -576,14 +576,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
             const float base = m_new == -INFINITY ? 0.0f : m_new;    // no key yet: keep exp2 finite
             alpha[r] = fast_exp2(m_row[r] - base);
             m_row[r] = m_new;
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-              s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
-              s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
-              sum += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
-            }
-            l_row[r] = l_row[r] * alpha[r] + sum;
+            l_row[r] = l_row[r] * alpha[r] + exp_row(r, base);
           }
         }
         if (exact) {
