@@ -383,6 +383,40 @@ TEST(FusedReach, SkippingGivesTheSameBits) {
       }
 }
 
+// The ws kernel's tiles by TMA (tiles inside a structure) and by cp.async (tiles crossing a
+// structure's end, with zeros past it): a ragged batch of sizes off the tile grid, both masks,
+// gives the bits of the run that copies every tile with cp.async (PROTATTN_FUSED_TMA=0), and
+// matches the float64 reference.
+TEST(FusedTma, SameBitsAsCpAsync) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
+  std::vector<BlockLayout> batch;
+  batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, 4));
+  batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 5));
+  batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 6));
+  std::vector<const BlockLayout*> layouts;
+  for (const BlockLayout& l : batch) layouts.push_back(&l);
+  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {
+    ProblemShape shape;
+    shape.heads = 3;
+    shape.dtype = dtype;
+    shape.dim = dim;
+    const std::string what = std::string(to_string(dtype)) + " d" + std::to_string(dim);
+    std::vector<std::uint8_t> o_tma, o_cp;
+    std::vector<float> l_tma, l_cp;
+    fused_outputs("ws", layouts, shape, o_tma, l_tma, nullptr);
+    ASSERT_EQ(setenv("PROTATTN_FUSED_TMA", "0", 1), 0);
+    fused_outputs("ws", layouts, shape, o_cp, l_cp, nullptr);
+    unsetenv("PROTATTN_FUSED_TMA");
+    EXPECT_EQ(std::memcmp(o_tma.data(), o_cp.data(), o_cp.size()), 0) << what << ": O differs";
+    EXPECT_EQ(std::memcmp(l_tma.data(), l_cp.data(), l_cp.size() * sizeof(float)), 0) << what << ": LSE differs";
+    Case c;
+    c.layouts = batch;
+    c.shape = shape;
+    check("fused/ws", c, 11);
+  }
+}
+
 // A batch of a little more than one wave of query tiles x heads on the ws kernel (one block per
 // multiprocessor): the plan cuts the key lists into two waves' worth of pieces
 // (split_plan.hpp: choose_pieces) instead of leaving a short second wave of whole lists, and the

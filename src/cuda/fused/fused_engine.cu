@@ -1,11 +1,15 @@
 // protattn fused engine: plan (validation, packed layouts, sorted work items, split-KV) and run.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -25,6 +29,38 @@
 
 namespace protattn::fused {
 namespace {
+
+// The driver's cuTensorMapEncodeTiled (through the runtime: no link to libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    PROTATTN_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
+    if (found != cudaDriverEntryPointSuccess || !f)
+      throw Error("fused engine: the CUDA driver has no cuTensorMapEncodeTiled (needed by the ws kernel's TMA copies)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// Fills `out` with the 2-D map of a [rows, dim] tensor of 2-byte elements at `base` that the ws
+// kernel's TMA copies read (fused_params.hpp: Params::tma_q); false when `base` is not 16-byte
+// aligned (that run copies with cp.async).
+bool row_map(TmaMap& out, const void* base, std::uint64_t rows, int dim) {
+  static_assert(sizeof(CUtensorMap) == sizeof(TmaMap) && alignof(CUtensorMap) <= alignof(TmaMap));
+  if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(dim), rows};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(dim) * 2};  // bytes between rows
+  const cuuint32_t box[2] = {64, kTile};                             // 128 bytes x 128 rows
+  const cuuint32_t unit[2] = {1, 1};
+  CUtensorMap m;
+  const CUresult r = tensor_map_encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(base), dims, strides, box,
+                                          unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) throw Error("fused engine: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(r) + ")");
+  std::memcpy(&out, &m, sizeof m);
+  return true;
+}
 
 // Fewest key tiles a split piece gets: below this the combine costs more than it saves.
 constexpr int kMinTilesPerSplit = 2;
@@ -304,6 +340,10 @@ class FusedEngine final : public Engine {
     // every tile's max first, for comparison.
     const char* lazy = std::getenv("PROTATTN_FUSED_LAZY_MAX");
     p.lazy_max = lazy && lazy[0] == '0' ? 0 : 1;
+    // The ws kernel's tiles by TMA (its maps are made by run, for the run's pointers);
+    // PROTATTN_FUSED_TMA=0 copies every tile with cp.async, for comparison.
+    const char* tma = std::getenv("PROTATTN_FUSED_TMA");
+    p.tma = kernel == kKernelWs && !(tma && tma[0] == '0') ? 1 : 0;
     p.part_o = fp.part_o.as<float>();
     p.part_ml = fp.part_ml.as<float>();
 
@@ -331,6 +371,16 @@ class FusedEngine final : public Engine {
     p.v = args.v;
     p.o = args.o;
     p.lse = args.lse;
+    if (p.tma) {
+      // TMA needs 16-byte aligned tensors and int32 row coordinates; otherwise this run copies
+      // with cp.async.
+      const auto rows = static_cast<std::uint64_t>(plan.shape.heads) * static_cast<std::uint64_t>(p.total_n);
+      p.tma = rows <= static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()) &&
+                      row_map(p.tma_q, p.q, rows, plan.shape.dim) && row_map(p.tma_k, p.k, rows, plan.shape.dim) &&
+                      row_map(p.tma_v, p.v, rows, plan.shape.dim)
+                  ? 1
+                  : 0;
+    }
     auto stream = static_cast<cudaStream_t>(args.stream);
     dispatch(plan.shape.dtype, plan.shape.dim, [&]<typename T, int D>() { launch_fused<T, D>(p, stream); });
   }

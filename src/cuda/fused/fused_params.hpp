@@ -60,7 +60,16 @@ struct alignas(16) CombineItem {
   std::int32_t b, h, q_tile, slot_begin, n_slots, pad;
 };
 
-struct Params {
+// A CUtensorMap (cuda.h), opaque here: 128 bytes, 128-byte aligned.
+struct alignas(128) TmaMap {
+  std::uint64_t bits[16];
+};
+
+struct alignas(128) Params {
+  // ws kernel when `tma`: 2-D maps of Q, K and V as [heads * total_n, dim] rows, boxes of 64
+  // columns x 128 rows, 128-byte swizzle (the layout of SwizzledTile), made by run() for the
+  // run's pointers (the kernel takes Params as a __grid_constant__ parameter).
+  TmaMap tma_q, tma_k, tma_v;
   // Q, K, V, O: [heads, total_n, dim] in the element type; LSE [heads, total_n] float32.
   const void* q;
   const void* k;
@@ -85,6 +94,7 @@ struct Params {
   std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // ws kernel: its ring of K/V stages (the plan: ws_geometry)
   float rescale_slack;          // its online softmax: rises of the max kept without rescaling
   std::int32_t lazy_max;        // ws and wgmma kernels: the lazy max (kLazyMaxShare)
+  std::int32_t tma;             // ws kernel: K/V (and Q) tiles inside a structure by TMA (tma_*), else cp.async
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

@@ -2,8 +2,10 @@
 //
 // One block = one WorkItem, three warpgroups. Warpgroup 0 is the producer: with few registers
 // (setmaxnreg) it copies Q once and then each kept K/V tile (and, for mask `atoms`, the keys'
-// coordinates) into a ring of shared-memory stages with cp.async, and each copy's completion
-// arrives on the stage's "full" mbarrier. Warpgroups 1 and 2 are consumers of 64 query rows
+// coordinates) into a ring of shared-memory stages, and each copy's completion arrives on the
+// stage's "full" mbarrier. Tiles inside the structure come by TMA (one thread issues them, the
+// bytes complete on the barrier); a tile that crosses the structure's end (and every tile when
+// Params::tma is off) by cp.async from all 128 threads, rows past the end read as zeros. Warpgroups 1 and 2 are consumers of 64 query rows
 // each, with raised register limits. They never wait for one another: per tile a consumer
 // waits for the stage to be full and, once its P V product has read the stage, arrives on the
 // stage's "empty" mbarrier, which the producer waits for before refilling it.
@@ -25,10 +27,11 @@ struct WsKernel {
   static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kProducerThreads = 128;
-  // Register limits after the split (multiples of 8, 128 x producer + 256 x consumer <= 65,536),
-  // the fewest producer registers with which ptxas does not spill.
-  static constexpr int kProducerRegs = D == 64 ? 56 : 72;
-  static constexpr int kConsumerRegs = D == 64 ? 224 : 216;
+  // Register limits after the split (multiples of 8, 128 x producer + 256 x consumer <= 65,536):
+  // the producer mostly issues TMA copies; with the TMA code the consumers spilled at 224 (d=64,
+  // 28 bytes) and 216 (d=128, 12 bytes), and ptxas reports no spill at 40 / 232.
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = 232;
   using Tile = SwizzledTile<D>;
   // Shared memory: the mbarriers in the first KiB, then Q, then the stages (K, V and, when the
   // batch has mask `atoms`, the keys' coordinates), as many as fit (the plan decides: see
@@ -81,7 +84,7 @@ __device__ __forceinline__ void load_tile_lean(std::uint32_t smem, const std::ui
 }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(const Params p) {
+__global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(const __grid_constant__ Params p) {
 #if !PROTATTN_WGMMA_ARCH
   __trap();  // never launched: the host picks this kernel on sm_90 only
 #else
@@ -106,11 +109,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const int n_kv = item.e_end - item.e_begin;
 
   if (tid == 0) {
-    sm90::mbar_init(bar_q, K_::kProducerThreads);
+    // Q's and each "full" barrier: every producer thread's cp.async arrival (.noinc) and thread
+    // 0's arrival that sets the TMA bytes to expect (or a plain one when the tile came by cp.async).
+    sm90::mbar_init(bar_q, K_::kProducerThreads + 1);
     for (int s = 0; s < stages; ++s) {
-      sm90::mbar_init(bar_full(s), K_::kProducerThreads);
+      sm90::mbar_init(bar_full(s), K_::kProducerThreads + 1);
       sm90::mbar_init(bar_empty(s), K_::kConsumers * 4);  // one lane per consumer warp
     }
+    sm90::mbar_init_fence();
   }
   __syncthreads();
 
@@ -120,15 +126,45 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
     const auto* kg = static_cast<const std::uint16_t*>(p.k) + head_off;
     const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
-    load_tile_lean<D, K_::kProducerThreads>(s_q, qg, row0, sd.n, tid);
+    // Row of the structure's first atom in the tensor maps ([heads * total_n, D]).
+    const int map_row0 = static_cast<int>(item.h * p.total_n + sd.offset);
+    if (p.tma && tid == 0) {
+      sm90::tma_prefetch_map(&p.tma_k);
+      sm90::tma_prefetch_map(&p.tma_v);
+    }
+    // Copies rows r0 .. r0 + 127 of Q, K or V (map m, global g) into the tile at dst, completing on
+    // `bar`: by TMA when `whole` (thread 0 issues one box per 64 columns; it has already set the
+    // bytes to expect), else by every thread's cp.async.
+    const auto copy_tile = [&](std::uint32_t dst, const TmaMap& m, const std::uint16_t* g, int r0, std::uint32_t bar,
+                               bool whole) {
+      if (whole) {
+        if (tid == 0) {
+#pragma unroll
+          for (int c = 0; c < D / 64; ++c) sm90::tma_load_2d(dst + c * Tile::kBlockBytes, &m, c * 64, map_row0 + r0, bar);
+        }
+      } else {
+        load_tile_lean<D, K_::kProducerThreads>(dst, g, r0, sd.n, tid);
+      }
+    };
+    // Thread 0's arrival on a barrier of one (whole) or two tiles' copies.
+    const auto arrive_first = [&](std::uint32_t bar, bool whole, int tiles) {
+      if (tid != 0) return;
+      if (whole) sm90::mbar_arrive_expect_tx(bar, tiles * Tile::kBytes);
+      else sm90::mbar_arrive(bar);
+    };
+    const bool q_whole = p.tma && row0 + kTile <= sd.n;
+    arrive_first(bar_q, q_whole, 1);
+    copy_tile(s_q, p.tma_q, qg, row0, bar_q, q_whole);
     sm90::cp_async_arrive_noinc(bar_q);
     const bool atoms = sd.mask == kMaskAtoms;
     for (int it = 0, s = 0, round = 0; it < n_kv; ++it) {
       const int kt = it == 0 ? item.first_col : p.col_idx[item.e_begin + it];
       if (round > 0) sm90::mbar_wait(bar_empty(s), (round - 1) & 1);
       const std::uint32_t st = stage_addr(s);
-      load_tile_lean<D, K_::kProducerThreads>(st, kg, kt * kTile, sd.n, tid);
-      load_tile_lean<D, K_::kProducerThreads>(st + Tile::kBytes, vg, kt * kTile, sd.n, tid);
+      const bool whole = p.tma && (kt + 1) * kTile <= sd.n;
+      arrive_first(bar_full(s), whole, 2);
+      copy_tile(st, p.tma_k, kg, kt * kTile, bar_full(s), whole);
+      copy_tile(st + Tile::kBytes, p.tma_v, vg, kt * kTile, bar_full(s), whole);
       if (atoms) {
         // Key `tid` of the tile: x, y, z into a float4 slot (the fourth float is never read).
         const int j = kt * kTile + tid;
