@@ -315,10 +315,13 @@ class FusedEngine final : public Engine {
     p.n_combines = static_cast<int>(combines.size());
     p.scale_log2 = shape.effective_scale() * 1.4426950408889634f;
     p.kernel = kernel;
-    // Turns between the consumer warpgroups (measured faster: W2 4.41 -> 4.30 ms on the H200);
-    // PROTATTN_FUSED_PINGPONG=0 turns them off, for comparison.
+    // Turns between the consumer warpgroups (measured faster: W2 4.41 -> 4.30 ms on the H200),
+    // except for structures under mask atoms (5% slower with them); PROTATTN_FUSED_PINGPONG=0
+    // turns them off, =all on for every structure, for comparison.
     const char* pingpong = std::getenv("PROTATTN_FUSED_PINGPONG");
-    p.pingpong = pingpong && pingpong[0] == '0' ? 0 : 1;
+    p.pingpong = kPingpongNotAtoms;
+    if (pingpong && pingpong[0] == '0') p.pingpong = kPingpongOff;
+    if (pingpong && std::string(pingpong) == "all") p.pingpong = kPingpongAll;
     if (kernel == kKernelWs) {
       // Its stages (those of coordinates too when a structure has mask atoms), as many as fit;
       // PROTATTN_FUSED_WS_STAGES caps them, for comparison.

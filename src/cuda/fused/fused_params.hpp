@@ -30,6 +30,9 @@ inline constexpr float kRescaleSlack = 8.0f;
 // Params::lazy_max turns this off.
 inline constexpr float kLazyMaxShare = 32768.0f;
 
+// Params::pingpong: when the ws kernel's consumer warpgroups take turns issuing their products.
+enum PingpongCode : std::int32_t { kPingpongOff = 0, kPingpongNotAtoms = 1, kPingpongAll = 2 };
+
 // Bits of a kept tile in Params::kind.
 inline constexpr int kKindPartial = 1;
 inline constexpr int kKindOutShift = 8;
@@ -90,7 +93,7 @@ struct alignas(128) Params {
   std::int32_t n_items, n_combines;
   float scale_log2;             // softmax scale * log2(e)
   std::int32_t kernel;          // KernelCode
-  std::int32_t pingpong;        // warp-specialised kernel: consumer warpgroups take turns issuing
+  std::int32_t pingpong;        // ws kernel: PingpongCode, whether its consumer warpgroups take turns issuing
   std::int32_t ws_stages, ws_stage_bytes, ws_smem;  // ws kernel: its ring of K/V stages (the plan: ws_geometry)
   float rescale_slack;          // its online softmax: rises of the max kept without rescaling
   std::int32_t lazy_max;        // ws and wgmma kernels: the lazy max (kLazyMaxShare)

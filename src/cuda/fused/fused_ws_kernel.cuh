@@ -332,16 +332,19 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
   const auto out_of_reach = [&](int kind) { return ((kind >> (kKindOutShift + cw)) & 1) != 0; };
 
-  // Turns on the tensor cores (when p.pingpong): a consumer warpgroup issues its
+  // Turns on the tensor cores (Params::pingpong): a consumer warpgroup issues its
   // matrix products only in its turn and then hands the turn to the other, so that one's softmax
   // runs while the other's products are on the tensor cores. Named barrier 1 + w is warpgroup
-  // w's turn (256 threads: its own 128 waiting, the other's 128 arriving).
+  // w's turn (256 threads: its own 128 waiting, the other's 128 arriving). Not under mask atoms
+  // by default (kPingpongNotAtoms): there the masks, not the products, set the pace, and the turns
+  // made 16 copies of 2HHB 5% slower (with TMA, bench/results/2026-12-01-h200-tma).
   const int my_wg = cw / 4;
+  const bool turns = p.pingpong == kPingpongAll || (p.pingpong == kPingpongNotAtoms && !atoms_mask);
   const auto turn_wait = [&] {
-    if (p.pingpong) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + my_wg) : "memory");
+    if (turns) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + my_wg) : "memory");
   };
   const auto turn_pass = [&] {
-    if (p.pingpong) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
+    if (turns) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
   };
   if (my_wg == 1) turn_pass();  // warpgroup 0 goes first
 
