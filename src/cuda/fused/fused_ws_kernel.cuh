@@ -27,11 +27,18 @@ struct WsKernel {
   static constexpr int kConsumers = 2;  // warpgroups of 64 query rows
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kProducerThreads = 128;
-  // Register limits after the split (multiples of 8, 128 x producer + 256 x consumer <= 65,536):
-  // the producer mostly issues TMA copies; with the TMA code the consumers spilled at 224 (d=64,
-  // 28 bytes) and 216 (d=128, 12 bytes), and ptxas reports no spill at 40 / 232.
+  // Register limits after the split (multiples of 8). The block is launched with 168 registers a
+  // thread (65,536 / 384, rounded down to 8), and setmaxnreg moves registers only within what the
+  // block holds: a consumer warpgroup's raise waits until the producer's release covers it, so the
+  // limits must fit that budget (48 / 232, 1,024 over it, hung the GPU tests once the combine
+  // kernel's blocks shared the multiprocessors: bench/results/2026-12-01-h200-persistent). The
+  // producer mostly issues TMA copies; with the TMA code the consumers spilled at 224 (d=64, 28
+  // bytes) and 216 (d=128, 12 bytes), and ptxas reports no spill at 40 / 232.
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = 232;
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
+  static_assert(kProducerThreads * kProducerRegs + kConsumers * 128 * kConsumerRegs <= kThreads * kLaunchRegs,
+                "the register limits fit what the block is launched with");
   using Tile = SwizzledTile<D>;
   // Shared memory: the mbarriers in the first KiB, then Q, then the stages (K, V and, when the
   // batch has mask `atoms`, the keys' coordinates), as many as fit (the plan decides: see
