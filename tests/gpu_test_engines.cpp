@@ -300,6 +300,26 @@ TEST(FusedErrors, UnsupportedShapesFailLoudly) {
   s.dim = 64;
   s.dtype = DType::f32;
   EXPECT_THROW(engine->plan({&l}, s), Error);
+  // Q, K and V off the 16-byte grid (the kernels copy them in 16-byte pieces): an error, not a
+  // fault in the kernel.
+  s.dtype = DType::f16;
+  auto plan = engine->plan({&l}, s);
+  const std::size_t bytes = static_cast<std::size_t>(plan->total_n()) * s.dim * 2 + 64;
+  void* buf = nullptr;
+  ASSERT_EQ(cudaMalloc(&buf, 4 * bytes), cudaSuccess);
+  auto* base = static_cast<unsigned char*>(buf);
+  RunArgs a{base, base + bytes, base + 2 * bytes, base + 3 * bytes, nullptr, nullptr};
+  EXPECT_NO_THROW(engine->run(*plan, a));
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  a.k = base + bytes + 8;
+  try {
+    engine->run(*plan, a);
+    ADD_FAILURE() << "K 8 bytes off the 16-byte grid was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cudaFree(buf);
 }
 
 }  // namespace

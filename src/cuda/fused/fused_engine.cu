@@ -43,12 +43,10 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// Fills `out` with the 2-D map of a [rows, dim] tensor of 2-byte elements at `base` that the ws
-// kernel's TMA copies read (fused_params.hpp: Params::tma_q); false when `base` is not 16-byte
-// aligned (that run copies with cp.async).
-bool row_map(TmaMap& out, const void* base, std::uint64_t rows, int dim) {
+// Fills `out` with the 2-D map of a [rows, dim] tensor of 2-byte elements at `base` (16-byte
+// aligned) that the ws kernel's TMA copies read (fused_params.hpp: Params::tma_q).
+void row_map(TmaMap& out, const void* base, std::uint64_t rows, int dim) {
   static_assert(sizeof(CUtensorMap) == sizeof(TmaMap) && alignof(CUtensorMap) <= alignof(TmaMap));
-  if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(dim), rows};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(dim) * 2};  // bytes between rows
   const cuuint32_t box[2] = {64, kTile};                             // 128 bytes x 128 rows
@@ -59,7 +57,6 @@ bool row_map(TmaMap& out, const void* base, std::uint64_t rows, int dim) {
                                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) throw Error("fused engine: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(r) + ")");
   std::memcpy(&out, &m, sizeof m);
-  return true;
 }
 
 // Fewest key tiles a split piece gets: below this the combine costs more than it saves.
@@ -368,21 +365,22 @@ class FusedEngine final : public Engine {
     const auto* fp = dynamic_cast<const FusedPlan*>(&plan);
     if (!fp) throw Error("fused engine: the plan was made by another engine");
     if (!args.q || !args.k || !args.v || !args.o) throw Error("fused engine: Q, K, V and O must be given");
+    // The kernels copy Q, K and V in 16-byte pieces (cp.async, TMA) and write O in pairs.
+    const auto misaligned = [](const void* ptr, std::uintptr_t to) { return reinterpret_cast<std::uintptr_t>(ptr) % to != 0; };
+    if (misaligned(args.q, 16) || misaligned(args.k, 16) || misaligned(args.v, 16) || misaligned(args.o, 4))
+      throw Error("fused engine: Q, K and V must be 16-byte aligned and O 4-byte aligned in device memory");
     Params p = fp->params;
     p.q = args.q;
     p.k = args.k;
     p.v = args.v;
     p.o = args.o;
     p.lse = args.lse;
+    const auto rows = static_cast<std::uint64_t>(plan.shape.heads) * static_cast<std::uint64_t>(p.total_n);
+    if (rows > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max())) p.tma = 0;  // TMA rows are int32
     if (p.tma) {
-      // TMA needs 16-byte aligned tensors and int32 row coordinates; otherwise this run copies
-      // with cp.async.
-      const auto rows = static_cast<std::uint64_t>(plan.shape.heads) * static_cast<std::uint64_t>(p.total_n);
-      p.tma = rows <= static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()) &&
-                      row_map(p.tma_q, p.q, rows, plan.shape.dim) && row_map(p.tma_k, p.k, rows, plan.shape.dim) &&
-                      row_map(p.tma_v, p.v, rows, plan.shape.dim)
-                  ? 1
-                  : 0;
+      row_map(p.tma_q, p.q, rows, plan.shape.dim);
+      row_map(p.tma_k, p.k, rows, plan.shape.dim);
+      row_map(p.tma_v, p.v, rows, plan.shape.dim);
     }
     auto stream = static_cast<cudaStream_t>(args.stream);
     dispatch(plan.shape.dtype, plan.shape.dim, [&]<typename T, int D>() { launch_fused<T, D>(p, stream); });
