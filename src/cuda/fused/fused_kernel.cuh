@@ -578,8 +578,6 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
             m_row[r] = m_new;
             l_row[r] = l_row[r] * alpha[r] + exp_row(r, base);
           }
-        }
-        if (exact) {
 #pragma unroll
           for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= alpha[(i % 4) / 2];
         }

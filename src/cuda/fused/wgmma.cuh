@@ -1,7 +1,7 @@
 // protattn fused engine: Hopper warpgroup MMA (wgmma) wrappers, sm_90a only.
 // Generated shapes: S = Q K^T as m64n{64,128}k16 with both operands in shared memory (K-major,
-// 128-byte swizzle), or as m64n128k16 with Q in registers, and O += P V as m64n{64,128}k16 with P in registers and V in shared
-// memory (MN-major, 128-byte swizzle). Accumulators fp32.
+// 128-byte swizzle) or as m64n128k16 with Q in registers, and O += P V as m64n{64,128}k16 with P
+// in registers and V in shared memory (MN-major, 128-byte swizzle). Accumulators fp32.
 #pragma once
 #include <cstdint>
 
