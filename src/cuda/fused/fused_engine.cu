@@ -61,6 +61,8 @@ void row_map(TmaMap& out, const void* base, std::uint64_t rows, int dim) {
 
 // Fewest key tiles a split piece gets: below this the combine costs more than it saves.
 constexpr int kMinTilesPerSplit = 2;
+// Items of the last waves (block slots) ordered longest first, the rest in the layout's order.
+constexpr int kTailWaves = 4;
 // Kept tiles per thread below which the plan packs a layout's columns and kinds on one thread.
 constexpr std::size_t kPlanEdgesPerThread = 1 << 16;
 // Most pieces one query tile is split into.
@@ -268,16 +270,24 @@ class FusedEngine final : public Engine {
     }
     // Order of the blocks. Unsplit, the layout's order (structure, head, query tile): blocks that
     // run together then read the same key tiles, which stay in L2 (on the H200 W2 at d=128 ran
-    // 16% faster than longest first). Split, longest first (ties in creation order), so that the
-    // block scheduler approximates LPT over few long pieces. PROTATTN_FUSED_ORDER=layout|longest
+    // 16% faster than longest first), except the last kTailWaves waves' worth of items, longest
+    // first, so that the shortest items end the run (16 copies of 2HHB 2.5% faster, the large
+    // layouts 0-1.3%: bench/results/2026-12-01-h200-tail-order; PROTATTN_FUSED_TAIL=<waves> sets
+    // how many, 0 none). Split, longest first (ties in creation order), so that the block
+    // scheduler approximates LPT over few long pieces. PROTATTN_FUSED_ORDER=layout|longest
     // overrides, for comparison.
     const char* order_env = std::getenv("PROTATTN_FUSED_ORDER");
     const std::string order = order_env ? order_env : (!combines.empty() ? "longest" : "layout");
     if (order != "layout" && order != "longest")
       throw Error("PROTATTN_FUSED_ORDER: unknown order '" + order + "' (layout or longest)");
-    if (order == "longest")
-      std::stable_sort(items.begin(), items.end(),
-                       [](const WorkItem& a, const WorkItem& c) { return a.e_end - a.e_begin > c.e_end - c.e_begin; });
+    const auto longer = [](const WorkItem& a, const WorkItem& c) { return a.e_end - a.e_begin > c.e_end - c.e_begin; };
+    if (order == "longest") std::stable_sort(items.begin(), items.end(), longer);
+    if (order == "layout") {
+      const char* tail_env = std::getenv("PROTATTN_FUSED_TAIL");
+      const double tail_waves = tail_env ? std::max(0.0, std::atof(tail_env)) : kTailWaves;
+      const auto tail = std::min(items.size(), static_cast<std::size_t>(tail_waves * static_cast<double>(target)));
+      std::stable_sort(items.end() - static_cast<std::ptrdiff_t>(tail), items.end(), longer);
+    }
 
     FusedPlan& fp = *plan;
     // At least one element each, so that every pointer the kernel gets is valid.
