@@ -354,6 +354,10 @@ class FusedEngine final : public Engine {
     // PROTATTN_FUSED_TMA=0 copies every tile with cp.async, for comparison.
     const char* tma = std::getenv("PROTATTN_FUSED_TMA");
     p.tma = kernel == kKernelWs && !(tma && tma[0] == '0') ? 1 : 0;
+    // The ws kernel's producer brings the Q tile of the item a wave ahead into L2 (that item's
+    // block starts about when this one's wave ends); PROTATTN_FUSED_Q_PREFETCH=0 does not.
+    const char* q_prefetch = std::getenv("PROTATTN_FUSED_Q_PREFETCH");
+    p.q_prefetch = p.tma && !(q_prefetch && q_prefetch[0] == '0') ? static_cast<int>(target) : 0;
     p.part_o = fp.part_o.as<float>();
     p.part_ml = fp.part_ml.as<float>();
 

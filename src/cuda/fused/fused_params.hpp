@@ -98,6 +98,7 @@ struct alignas(128) Params {
   float rescale_slack;          // its online softmax: rises of the max kept without rescaling
   std::int32_t lazy_max;        // ws and wgmma kernels: the lazy max (kLazyMaxShare)
   std::int32_t tma;             // ws kernel: K/V (and Q) tiles inside a structure by TMA (tma_*), else cp.async
+  std::int32_t q_prefetch;      // ws kernel: a block brings the Q tile of the item this many ahead into L2 (0: none)
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

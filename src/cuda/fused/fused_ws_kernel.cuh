@@ -188,6 +188,21 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         ++round;
       }
     }
+    // Every copy of this item issued (the block still has about `stages` tiles to go): the Q
+    // tile of the item a wave ahead into L2, so that its block, which starts about when this
+    // wave ends, does not wait for memory for it.
+    if (p.tma && p.q_prefetch > 0 && tid == 0) {
+      const int next = static_cast<int>(blockIdx.x) + p.q_prefetch;
+      if (next < p.n_items) {
+        const WorkItem& ni = p.items[next];
+        const int nrow0 = ni.q_tile * kTile;
+        if (nrow0 + kTile <= ni.sd.n) {
+          const int nmap = static_cast<int>(ni.h * p.total_n + ni.sd.offset) + nrow0;
+#pragma unroll
+          for (int c = 0; c < D / 64; ++c) sm90::tma_prefetch_2d(&p.tma_q, c * 64, nmap);
+        }
+      }
+    }
     sm90::cp_async_wait_all();
     return;
   }

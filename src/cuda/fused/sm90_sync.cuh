@@ -57,6 +57,12 @@ __device__ __forceinline__ void tma_load_2d(std::uint32_t dst, const void* map, 
       : "memory");
 }
 
+// Brings the box at (column c0, row c1) of the 2-D tensor map `map` into L2 (no shared memory,
+// no barrier: a hint).
+__device__ __forceinline__ void tma_prefetch_2d(const void* map, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(map), "r"(c0), "r"(c1) : "memory");
+}
+
 // Brings a tensor map into the TMA unit's cache ahead of its first copy.
 __device__ __forceinline__ void tma_prefetch_map(const void* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
