@@ -134,5 +134,41 @@ TEST(FusedSplit, NearlyFullOrManyWavesAreNotCut) {
   EXPECT_TRUE(choose_pieces(std::vector<int>(990, 20), 132, 2, 16).empty());
 }
 
+// The tail of the block order: how many items, and their order.
+TEST(FusedTailOrder, TailItems) {
+  EXPECT_EQ(tail_items(10000, 132, 4.0), 528u);  // four waves of an H100's or H200's 132 SMs
+  EXPECT_EQ(tail_items(10000, 132, 0.5), 66u);
+  EXPECT_EQ(tail_items(300, 132, 4.0), 300u);  // a batch shorter than the tail: all of it
+  EXPECT_EQ(tail_items(10000, 132, 0.0), 0u);
+  EXPECT_EQ(tail_items(10000, 132, -1.0), 0u);
+  EXPECT_EQ(tail_items(0, 132, 4.0), 0u);
+  EXPECT_EQ(tail_items(10000, 0, 4.0), 0u);
+}
+
+TEST(FusedTailOrder, LastItemsLongestFirstTheRestAsTheyWere) {
+  struct Item {
+    int id, len;
+  };
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> len(0, 9);  // many ties
+  std::vector<Item> items;
+  for (int i = 0; i < 200; ++i) items.push_back({i, len(rng)});
+  const auto by_len = [](const Item& x) { return x.len; };
+  for (const std::size_t tail : {std::size_t{0}, std::size_t{1}, std::size_t{37}, std::size_t{200}, std::size_t{500}}) {
+    std::vector<Item> got = items;
+    order_tail_longest_first(got, tail, by_len);
+    const std::size_t t = std::min(tail, items.size());
+    const std::size_t head = items.size() - t;
+    for (std::size_t i = 0; i < head; ++i) EXPECT_EQ(got[i].id, items[i].id) << "tail " << tail << ": item " << i << " moved";
+    // The tail holds the same items, by length (longest first), ties in their earlier order.
+    std::vector<Item> want(items.begin() + static_cast<std::ptrdiff_t>(head), items.end());
+    std::vector<Item> sorted;
+    for (int l = 9; l >= 0; --l)
+      for (const Item& x : want)
+        if (x.len == l) sorted.push_back(x);
+    for (std::size_t i = 0; i < t; ++i) EXPECT_EQ(got[head + i].id, sorted[i].id) << "tail " << tail << ": position " << head + i;
+  }
+}
+
 }  // namespace
 }  // namespace protattn::fused

@@ -280,13 +280,12 @@ class FusedEngine final : public Engine {
     const std::string order = order_env ? order_env : (!combines.empty() ? "longest" : "layout");
     if (order != "layout" && order != "longest")
       throw Error("PROTATTN_FUSED_ORDER: unknown order '" + order + "' (layout or longest)");
-    const auto longer = [](const WorkItem& a, const WorkItem& c) { return a.e_end - a.e_begin > c.e_end - c.e_begin; };
-    if (order == "longest") std::stable_sort(items.begin(), items.end(), longer);
+    const auto tiles = [](const WorkItem& w) { return w.e_end - w.e_begin; };
+    if (order == "longest") order_tail_longest_first(items, items.size(), tiles);
     if (order == "layout") {
       const char* tail_env = std::getenv("PROTATTN_FUSED_TAIL");
-      const double tail_waves = tail_env ? std::max(0.0, std::atof(tail_env)) : kTailWaves;
-      const auto tail = std::min(items.size(), static_cast<std::size_t>(tail_waves * static_cast<double>(target)));
-      std::stable_sort(items.end() - static_cast<std::ptrdiff_t>(tail), items.end(), longer);
+      const double tail_waves = tail_env ? std::atof(tail_env) : kTailWaves;
+      order_tail_longest_first(items, tail_items(items.size(), target, tail_waves), tiles);
     }
 
     FusedPlan& fp = *plan;

@@ -102,4 +102,23 @@ inline std::vector<int> choose_pieces(const std::vector<int>& lens, std::int64_t
   return {};
 }
 
+// The blocks of an uncut batch run in the layout's order (structure, head, query tile: blocks
+// resident together read the same key tiles from L2), except the last `tail_waves` waves of
+// `slots` items, longest first, so that the shortest items end the run. How many items that is
+// (none for tail_waves <= 0, all when the batch is shorter).
+inline std::size_t tail_items(std::size_t items, std::int64_t slots, double tail_waves) {
+  if (!(tail_waves > 0.0) || slots < 1) return 0;
+  const double tail = tail_waves * static_cast<double>(slots);
+  return tail >= static_cast<double>(items) ? items : static_cast<std::size_t>(tail);
+}
+
+// Orders the last `tail` items longest first (stable: ties keep their order); len(item) is an
+// item's number of key tiles. The items before them keep their order.
+template <typename Item, typename Len>
+void order_tail_longest_first(std::vector<Item>& items, std::size_t tail, Len len) {
+  tail = std::min(tail, items.size());
+  std::stable_sort(items.end() - static_cast<std::ptrdiff_t>(tail), items.end(),
+                   [&](const Item& a, const Item& b) { return len(a) > len(b); });
+}
+
 }  // namespace protattn::fused
