@@ -92,6 +92,11 @@ __device__ __forceinline__ void load_tile_lean(std::uint32_t smem, const std::ui
   }
 }
 
+// Row of item w's structure's first atom in the tensor maps ([heads * total_n, D]).
+__device__ __forceinline__ int map_row0_of(const Params& p, const WorkItem& w) {
+  return static_cast<int>(w.h * p.total_n + w.sd.offset);
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(const __grid_constant__ Params p) {
 #if !PROTATTN_WGMMA_ARCH
@@ -135,8 +140,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
     const auto* kg = static_cast<const std::uint16_t*>(p.k) + head_off;
     const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
-    // Row of the structure's first atom in the tensor maps ([heads * total_n, D]).
-    const int map_row0 = static_cast<int>(item.h * p.total_n + sd.offset);
+    const int map_row0 = map_row0_of(p, item);
     if (p.tma && tid == 0) {
       sm90::tma_prefetch_map(&p.tma_k);
       sm90::tma_prefetch_map(&p.tma_v);
@@ -198,7 +202,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         const WorkItem& ni = p.items[next];
         const int nrow0 = ni.q_tile * kTile;
         if (nrow0 + kTile <= ni.sd.n) {
-          const int nmap = static_cast<int>(ni.h * p.total_n + ni.sd.offset) + nrow0;
+          const int nmap = map_row0_of(p, ni) + nrow0;
 #pragma unroll
           for (int c = 0; c < D / 64; ++c) sm90::tma_prefetch_2d(&p.tma_q, c * 64, nmap);
         }
