@@ -437,6 +437,44 @@ TEST(FusedTma, SameBitsAsCpAsync) {
   }
 }
 
+// The ws kernel with a block per SM slot taking items from a counter (the stage ring, its
+// barriers and Q's tile running on from item to item of different structures, masks, empty rows
+// and lengths) gives the bits of a block per item (PROTATTN_FUSED_PERSISTENT=0), and matches the
+// float64 reference, steep scores too (the lazy max's way back reads Q's tile).
+TEST(FusedPersistent, SameBitsAsBlockPerItem) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
+  std::vector<BlockLayout> batch;
+  batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, 7));
+  batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 8));
+  batch.push_back(hand_layout(200, {{0}, {}}));
+  batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 9));
+  std::vector<const BlockLayout*> layouts;
+  for (const BlockLayout& l : batch) layouts.push_back(&l);
+  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {
+    ProblemShape shape;
+    shape.heads = 16;  // 17 query tiles a head: 272 items, more than an H100's or H200's 132 SMs
+    shape.dtype = dtype;
+    shape.dim = dim;
+    const std::string what = std::string(to_string(dtype)) + " d" + std::to_string(dim);
+    std::vector<std::uint8_t> o_loop, o_one;
+    std::vector<float> l_loop, l_one;
+    fused::PlanSummary sum;
+    fused_outputs("ws", layouts, shape, o_loop, l_loop, &sum);
+    EXPECT_GT(sum.items, sum.sms) << what;
+    ASSERT_EQ(setenv("PROTATTN_FUSED_PERSISTENT", "0", 1), 0);
+    fused_outputs("ws", layouts, shape, o_one, l_one, nullptr);
+    unsetenv("PROTATTN_FUSED_PERSISTENT");
+    EXPECT_EQ(std::memcmp(o_loop.data(), o_one.data(), o_one.size()), 0) << what << ": O differs";
+    EXPECT_EQ(std::memcmp(l_loop.data(), l_one.data(), l_one.size() * sizeof(float)), 0) << what << ": LSE differs";
+    Case c;
+    c.layouts = batch;
+    c.shape = shape;
+    check("fused/ws", c, 11);
+    check("fused/ws", c, 12, 4.0f);  // steep scores: the lazy max's way back
+  }
+}
+
 // A batch of a little more than one wave of query tiles x heads on the ws kernel (one block per
 // multiprocessor): the plan cuts the key lists into two waves' worth of pieces
 // (split_plan.hpp: choose_pieces) instead of leaving a short second wave of whole lists, and the

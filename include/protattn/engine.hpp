@@ -52,7 +52,9 @@ struct RunArgs {
   void* stream = nullptr;  // cudaStream_t for device engines
 };
 
-// What an engine prepared for one batch. The layouts must outlive the plan.
+// What an engine prepared for one batch. The layouts must outlive the plan. A device engine's
+// runs of one plan must not overlap (they share its workspace and, on the fused engine, its item
+// counter): one plan per stream that runs concurrently.
 class Plan {
  public:
   virtual ~Plan() = default;

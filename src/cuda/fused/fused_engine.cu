@@ -114,7 +114,7 @@ class FusedPlan final : public Plan {
  public:
   Params params{};
   PlanSummary summary;
-  cuda::DeviceBuffer col_idx, kind, coords, items, combines, part_o, part_ml;
+  cuda::DeviceBuffer col_idx, kind, coords, items, combines, part_o, part_ml, item_counter;
 };
 
 class FusedEngine final : public Engine {
@@ -353,10 +353,19 @@ class FusedEngine final : public Engine {
     // PROTATTN_FUSED_TMA=0 copies every tile with cp.async, for comparison.
     const char* tma = std::getenv("PROTATTN_FUSED_TMA");
     p.tma = kernel == kKernelWs && !(tma && tma[0] == '0') ? 1 : 0;
-    // The ws kernel's producer brings the Q tile of the item a wave ahead into L2 (that item's
-    // block starts about when this one's wave ends); PROTATTN_FUSED_Q_PREFETCH=0 does not.
+    // The ws kernel: a block per SM slot, each taking items until they run out (the next one from
+    // a counter as it nears the end of the last, its Q and first K/V tiles loading while the
+    // consumers finish); PROTATTN_FUSED_PERSISTENT=0 launches a block per item. With a block per
+    // item, the producer brings the Q tile of the item a wave ahead into L2 (that item's block
+    // starts about when this one's wave ends); PROTATTN_FUSED_Q_PREFETCH=0 does not.
+    const char* persistent = std::getenv("PROTATTN_FUSED_PERSISTENT");
+    p.ws_grid = persistent && persistent[0] == '0' ? p.n_items : static_cast<int>(std::min<std::int64_t>(p.n_items, target));
     const char* q_prefetch = std::getenv("PROTATTN_FUSED_Q_PREFETCH");
-    p.q_prefetch = p.tma && !(q_prefetch && q_prefetch[0] == '0') ? static_cast<int>(target) : 0;
+    p.q_prefetch = p.tma && p.ws_grid == p.n_items && !(q_prefetch && q_prefetch[0] == '0') ? static_cast<int>(target) : 0;
+    if (kernel == kKernelWs) {
+      fp.item_counter.resize(sizeof(std::int32_t));
+      p.item_counter = fp.item_counter.as<std::int32_t>();
+    }
     p.part_o = fp.part_o.as<float>();
     p.part_ml = fp.part_ml.as<float>();
 
@@ -369,7 +378,8 @@ class FusedEngine final : public Engine {
     for (const BlockLayout* l : layouts) fp.summary.warp_tiles += 8 * l->nnz();
     if (any_reach)
       for (std::uint16_t k : kinds) fp.summary.warps_out += std::popcount(static_cast<unsigned>(k >> kKindOutShift));
-    for (const cuda::DeviceBuffer* buf : {&fp.col_idx, &fp.kind, &fp.coords, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml})
+    for (const cuda::DeviceBuffer* buf :
+         {&fp.col_idx, &fp.kind, &fp.coords, &fp.items, &fp.combines, &fp.part_o, &fp.part_ml, &fp.item_counter})
       fp.summary.device_bytes += buf->bytes();
     return plan;
   }
@@ -396,6 +406,8 @@ class FusedEngine final : public Engine {
       row_map(p.tma_v, p.v, rows, plan.shape.dim);
     }
     auto stream = static_cast<cudaStream_t>(args.stream);
+    if (p.kernel == kKernelWs && p.n_items > 0)
+      PROTATTN_CUDA_CHECK(cudaMemsetAsync(p.item_counter, 0, sizeof(std::int32_t), stream));
     dispatch(plan.shape.dtype, plan.shape.dim, [&]<typename T, int D>() { launch_fused<T, D>(p, stream); });
   }
 

@@ -54,7 +54,7 @@ template <typename T, int D>
 void launch_fused(const Params& p, cudaStream_t stream) {
   if (p.n_items > 0) {
     const KernelChoice k = attention_kernel<T, D>(p.kernel);
-    k.fn<<<p.n_items, k.threads, p.kernel == kKernelWs ? p.ws_smem : k.smem, stream>>>(p);
+    k.fn<<<attention_grid(p), k.threads, p.kernel == kKernelWs ? p.ws_smem : k.smem, stream>>>(p);
     PROTATTN_CUDA_CHECK_LAUNCH();
   }
   if (p.n_combines > 0) {

@@ -99,9 +99,14 @@ struct alignas(128) Params {
   std::int32_t lazy_max;        // ws and wgmma kernels: the lazy max (kLazyMaxShare)
   std::int32_t tma;             // ws kernel: K/V (and Q) tiles inside a structure by TMA (tma_*), else cp.async
   std::int32_t q_prefetch;      // ws kernel: a block brings the Q tile of the item this many ahead into L2 (0: none)
+  std::int32_t ws_grid;         // ws kernel: blocks launched; each takes item blockIdx.x, then items from item_counter
+  std::int32_t* item_counter;   // ws kernel: items taken beyond the first gridDim.x (zeroed by run before each launch)
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;
 };
+
+// Blocks of the attention kernel: one per work item, or Params::ws_grid for the ws kernel.
+inline int attention_grid(const Params& p) { return p.kernel == kKernelWs ? p.ws_grid : p.n_items; }
 
 }  // namespace protattn::fused

@@ -1,12 +1,16 @@
 // protattn fused engine: the warp-specialised Hopper kernel (sm_90a).
 //
-// One block = one WorkItem, three warpgroups. Warpgroup 0 is the producer: with few registers
-// (setmaxnreg) it copies Q once and then each kept K/V tile (and, for mask `atoms`, the keys'
-// coordinates) into a ring of shared-memory stages, and each copy's completion arrives on the
-// stage's "full" mbarrier. Tiles inside the structure come by TMA (one thread issues them, the
+// Blocks of three warpgroups, as many as the GPU holds at once (Params::ws_grid), each taking
+// WorkItems until they run out: item blockIdx.x first, then the next from a counter once its
+// producer has issued the last copy of an item (PROTATTN_FUSED_PERSISTENT=0: a block per item).
+// Warpgroup 0 is the producer: with few registers (setmaxnreg) it copies an item's Q (once the
+// consumers are done with the last one's) and then each kept K/V tile (and, for mask `atoms`, the
+// keys' coordinates) into a ring of shared-memory stages that runs on from item to item, and each
+// copy's completion arrives on the stage's "full" mbarrier. Tiles inside the structure come by TMA (one thread issues them, the
 // bytes complete on the barrier); a tile that crosses the structure's end (and every tile when
-// Params::tma is off) by cp.async from all 128 threads, rows past the end read as zeros. Its
-// copies issued, it brings the Q tile of the item a wave ahead into L2 (Params::q_prefetch).
+// Params::tma is off) by cp.async from all 128 threads, rows past the end read as zeros. With a
+// block per item, its copies issued, it brings the Q tile of the item a wave ahead into L2
+// (Params::q_prefetch).
 // Warpgroups 1 and 2 are consumers of 64 query rows each, with raised register limits. They
 // never wait for one another: per tile a consumer waits for the stage to be full and, once its
 // P V product has read the stage, arrives on the stage's "empty" mbarrier, which the producer
@@ -50,7 +54,15 @@ struct WsKernel {
   static constexpr int kQBytes = Tile::kBytes;
   static constexpr int kXyzBytes = kTile * static_cast<int>(sizeof(float4));  // key coordinates
   static constexpr int kSmemLimit = 227 * 1024;                                // per block on sm_90
-  static_assert(8 * (1 + 2 * kMaxStages) <= kBarBytes, "barriers in the first KiB");
+  // After the barriers (Q, full and empty of each stage, Q free): the next item's index, where its
+  // tiles start in the ring, and the item itself, which the producer writes and the consumers read
+  // after Q's barrier.
+  static constexpr int kIdxOffset = 8 * (2 + 2 * kMaxStages);
+  static constexpr int kFetchOffset = kIdxOffset + 4;
+  static constexpr int kRingOffset = kIdxOffset + 8;  // the item's first stage | the parity of its round << 8
+  static constexpr int kItemOffset = kIdxOffset + 16;
+  static_assert(kItemOffset % 16 == 0 && kItemOffset + static_cast<int>(sizeof(WorkItem)) <= kBarBytes,
+                "barriers, index and item in the first KiB");
   static constexpr int kSAcc = kTile / 2;  // S accumulators per thread: 64 rows x 128 keys per warpgroup
   static constexpr int kOAcc = D / 2;
   static constexpr int kKSteps = D / 16;
@@ -97,6 +109,14 @@ __device__ __forceinline__ int map_row0_of(const Params& p, const WorkItem& w) {
   return static_cast<int>(w.h * p.total_n + w.sd.offset);
 }
 
+// Copies a WorkItem in 16-byte words (a plain struct copy went byte by byte through its padding).
+__device__ __forceinline__ void copy_item(WorkItem* dst, const WorkItem* src) {
+  static_assert(sizeof(WorkItem) % 16 == 0, "whole 16-byte words");
+#pragma unroll
+  for (int i = 0; i < static_cast<int>(sizeof(WorkItem) / 16); ++i)
+    reinterpret_cast<int4*>(dst)[i] = reinterpret_cast<const int4*>(src)[i];
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(const __grid_constant__ Params p) {
 #if !PROTATTN_WGMMA_ARCH
@@ -115,12 +135,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const auto bar_empty = [&](int s) { return bar_q + 8u * (1 + K_::kMaxStages + s); };
   const auto stage_addr = [&](int s) { return s_stage0 + static_cast<std::uint32_t>(s * p.ws_stage_bytes); };
 
+  // Q's "free" barrier: every consumer warp is done with the block's Q (the producer waits for it
+  // before copying the next item's).
+  const std::uint32_t bar_qfree = bar_q + 8u * (1 + 2 * K_::kMaxStages);
+  volatile int* s_idx = reinterpret_cast<volatile int*>(smem + K_::kIdxOffset);
+  volatile int* s_fetch = reinterpret_cast<volatile int*>(smem + K_::kFetchOffset);
+  WorkItem* s_item = reinterpret_cast<WorkItem*>(smem + K_::kItemOffset);
+
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const WorkItem item = p.items[blockIdx.x];
-  const StructDesc sd = item.sd;
-  const int row0 = item.q_tile * kTile;
-  const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
-  const int n_kv = item.e_end - item.e_begin;
 
   if (tid == 0) {
     // Q's and each "full" barrier: every producer thread's cp.async arrival (.noinc) and thread
@@ -130,83 +152,118 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       sm90::mbar_init(bar_full(s), K_::kProducerThreads + 1);
       sm90::mbar_init(bar_empty(s), K_::kConsumers * 4);  // one lane per consumer warp
     }
+    sm90::mbar_init(bar_qfree, K_::kConsumers * 4);
     sm90::mbar_init_fence();
   }
   __syncthreads();
 
   if (warp < 4) {
-    // Producer warpgroup.
+    // Producer warpgroup: item blockIdx.x, then items taken from Params::item_counter (each
+    // block its next one as it nears the end of the last), until they run out.
     sm90::regs_release<K_::kProducerRegs>();
-    const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
-    const auto* kg = static_cast<const std::uint16_t*>(p.k) + head_off;
-    const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
-    const int map_row0 = map_row0_of(p, item);
     if (p.tma && tid == 0) {
       sm90::tma_prefetch_map(&p.tma_k);
       sm90::tma_prefetch_map(&p.tma_v);
     }
-    // Copies rows r0 .. r0 + 127 of Q, K or V (map m, global g) into the tile at dst, completing on
-    // `bar`: by TMA when `whole` (thread 0 issues one box per 64 columns; it has already set the
-    // bytes to expect), else by every thread's cp.async.
-    const auto copy_tile = [&](std::uint32_t dst, const TmaMap& m, const std::uint16_t* g, int r0, std::uint32_t bar,
-                               bool whole) {
-      if (whole) {
-        if (tid == 0) {
+    // The 128 producer threads (named barrier 5).
+    const auto producer_sync = [] { asm volatile("bar.sync 5, 128;\n" ::: "memory"); };
+    int idx = static_cast<int>(blockIdx.x);
+    WorkItem item;
+    copy_item(&item, p.items + idx);
+    for (int iter = 0, s = 0, round = 0;; ++iter) {
+      // Q's tile is free once every consumer warp is done with the last item's.
+      if (iter > 0) sm90::mbar_wait(bar_qfree, (iter - 1) & 1);
+      if (tid == 0) {
+        *s_idx = idx < p.n_items ? idx : -1;
+        *reinterpret_cast<volatile int*>(smem + K_::kRingOffset) = s | (round & 1) << 8;
+        if (idx < p.n_items) copy_item(s_item, &item);
+      }
+      if (idx >= p.n_items) {
+        // No more items: Q's barrier completes without a copy, and the consumers read -1.
+        sm90::mbar_arrive(bar_q);
+        if (tid == 0) sm90::mbar_arrive(bar_q);
+        break;
+      }
+      const StructDesc sd = item.sd;
+      const int row0 = item.q_tile * kTile;
+      const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
+      const int n_kv = item.e_end - item.e_begin;
+      const auto* qg = static_cast<const std::uint16_t*>(p.q) + head_off;
+      const auto* kg = static_cast<const std::uint16_t*>(p.k) + head_off;
+      const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
+      const int map_row0 = map_row0_of(p, item);
+      // Copies rows r0 .. r0 + 127 of Q, K or V (map m, global g) into the tile at dst, completing
+      // on `bar`: by TMA when `whole` (thread 0 issues one box per 64 columns; it has already set
+      // the bytes to expect), else by every thread's cp.async.
+      const auto copy_tile = [&](std::uint32_t dst, const TmaMap& m, const std::uint16_t* g, int r0, std::uint32_t bar,
+                                 bool whole) {
+        if (whole) {
+          if (tid == 0) {
 #pragma unroll
-          for (int c = 0; c < D / 64; ++c) sm90::tma_load_2d(dst + c * Tile::kBlockBytes, &m, c * 64, map_row0 + r0, bar);
+            for (int c = 0; c < D / 64; ++c) sm90::tma_load_2d(dst + c * Tile::kBlockBytes, &m, c * 64, map_row0 + r0, bar);
+          }
+        } else {
+          load_tile_lean<D, K_::kProducerThreads>(dst, g, r0, sd.n, tid);
         }
-      } else {
-        load_tile_lean<D, K_::kProducerThreads>(dst, g, r0, sd.n, tid);
-      }
-    };
-    // Thread 0's arrival on a barrier of one (whole) or two tiles' copies.
-    const auto arrive_first = [&](std::uint32_t bar, bool whole, int tiles) {
-      if (tid != 0) return;
-      if (whole) sm90::mbar_arrive_expect_tx(bar, tiles * Tile::kBytes);
-      else sm90::mbar_arrive(bar);
-    };
-    const bool q_whole = p.tma && row0 + kTile <= sd.n;
-    arrive_first(bar_q, q_whole, 1);
-    copy_tile(s_q, p.tma_q, qg, row0, bar_q, q_whole);
-    sm90::cp_async_arrive_noinc(bar_q);
-    const bool atoms = sd.mask == kMaskAtoms;
-    for (int it = 0, s = 0, round = 0; it < n_kv; ++it) {
-      const int kt = it == 0 ? item.first_col : p.col_idx[item.e_begin + it];
-      if (round > 0) sm90::mbar_wait(bar_empty(s), (round - 1) & 1);
-      const std::uint32_t st = stage_addr(s);
-      const bool whole = p.tma && (kt + 1) * kTile <= sd.n;
-      arrive_first(bar_full(s), whole, 2);
-      copy_tile(st, p.tma_k, kg, kt * kTile, bar_full(s), whole);
-      copy_tile(st + Tile::kBytes, p.tma_v, vg, kt * kTile, bar_full(s), whole);
-      if (atoms) {
-        // Key `tid` of the tile: x, y, z into a float4 slot (the fourth float is never read).
-        const int j = kt * kTile + tid;
-        const bool in = j < sd.n;
-        const float* c = p.coords + (sd.offset + (in ? j : 0)) * 3;
-        const std::uint32_t dst = st + 2 * Tile::kBytes + tid * 16;
+      };
+      // Thread 0's arrival on a barrier of one (whole) or two tiles' copies.
+      const auto arrive_first = [&](std::uint32_t bar, bool whole, int tiles) {
+        if (tid != 0) return;
+        if (whole) sm90::mbar_arrive_expect_tx(bar, tiles * Tile::kBytes);
+        else sm90::mbar_arrive(bar);
+      };
+      const bool q_whole = p.tma && row0 + kTile <= sd.n;
+      arrive_first(bar_q, q_whole, 1);
+      copy_tile(s_q, p.tma_q, qg, row0, bar_q, q_whole);
+      sm90::cp_async_arrive_noinc(bar_q);
+      const bool atoms = sd.mask == kMaskAtoms;
+      // The ring of stages runs on from one item to the next.
+      for (int it = 0; it < n_kv; ++it) {
+        const int kt = it == 0 ? item.first_col : p.col_idx[item.e_begin + it];
+        if (round > 0) sm90::mbar_wait(bar_empty(s), (round - 1) & 1);
+        const std::uint32_t st = stage_addr(s);
+        const bool whole = p.tma && (kt + 1) * kTile <= sd.n;
+        arrive_first(bar_full(s), whole, 2);
+        copy_tile(st, p.tma_k, kg, kt * kTile, bar_full(s), whole);
+        copy_tile(st + Tile::kBytes, p.tma_v, vg, kt * kTile, bar_full(s), whole);
+        if (atoms) {
+          // Key `tid` of the tile: x, y, z into a float4 slot (the fourth float is never read).
+          const int j = kt * kTile + tid;
+          const bool in = j < sd.n;
+          const float* c = p.coords + (sd.offset + (in ? j : 0)) * 3;
+          const std::uint32_t dst = st + 2 * Tile::kBytes + tid * 16;
 #pragma unroll
-        for (int k = 0; k < 3; ++k) sm90::cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
-      }
-      sm90::cp_async_arrive_noinc(bar_full(s));
-      if (++s == stages) {
-        s = 0;
-        ++round;
-      }
-    }
-    // Every copy of this item issued (the block still has about `stages` tiles to go): the Q
-    // tile of the item a wave ahead into L2, so that its block, which starts about when this
-    // wave ends, does not wait for memory for it.
-    if (p.tma && p.q_prefetch > 0 && tid == 0) {
-      const int next = static_cast<int>(blockIdx.x) + p.q_prefetch;
-      if (next < p.n_items) {
-        const WorkItem& ni = p.items[next];
-        const int nrow0 = ni.q_tile * kTile;
-        if (nrow0 + kTile <= ni.sd.n) {
-          const int nmap = map_row0_of(p, ni) + nrow0;
-#pragma unroll
-          for (int c = 0; c < D / 64; ++c) sm90::tma_prefetch_2d(&p.tma_q, c * 64, nmap);
+          for (int k = 0; k < 3; ++k) sm90::cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
+        }
+        sm90::cp_async_arrive_noinc(bar_full(s));
+        if (++s == stages) {
+          s = 0;
+          ++round;
         }
       }
+      // Every copy of this item issued: the next item (its block's consumers still have about
+      // `stages` tiles to go), and, when blocks take one item each, the Q tile of the item a wave
+      // ahead into L2, so that its block, which starts about when this wave ends, does not wait
+      // for memory for it.
+      if (tid == 0) {
+        *s_fetch = static_cast<int>(gridDim.x) + atomicAdd(p.item_counter, 1);
+        if (p.tma && p.q_prefetch > 0) {
+          const int ahead = static_cast<int>(blockIdx.x) + p.q_prefetch;
+          if (ahead < p.n_items) {
+            const WorkItem& ni = p.items[ahead];
+            const int nrow0 = ni.q_tile * kTile;
+            if (nrow0 + kTile <= ni.sd.n) {
+              const int nmap = map_row0_of(p, ni) + nrow0;
+#pragma unroll
+              for (int c = 0; c < D / 64; ++c) sm90::tma_prefetch_2d(&p.tma_q, c * 64, nmap);
+            }
+          }
+        }
+      }
+      producer_sync();
+      idx = *s_fetch;
+      producer_sync();
+      if (idx < p.n_items) copy_item(&item, p.items + idx);
     }
     sm90::cp_async_wait_all();
     return;
@@ -217,6 +274,30 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const int cw = warp - 4;
   const int g = lane / 4, t = lane % 4;
   const int wg_row = (cw / 4) * 64;
+  const int my_wg = cw / 4;
+  // Turns on the tensor cores (below): warpgroup 0 goes first, in the block's first item and
+  // every later one (each item leaves warpgroup 1's last pass pending, which warpgroup 0's first
+  // wait of the next item with turns takes; the block's last is taken at the end).
+  if (my_wg == 1) asm volatile("bar.arrive 1, 256;\n" ::: "memory");
+  // Q's descriptor (its warpgroup's rows), when S takes Q from shared memory.
+  const std::uint64_t q_desc = sm90::smem_desc(s_q + wg_row * Tile::kRowBytes, 16, 1024);
+  for (int iter = 0;; ++iter) {
+  sm90::mbar_wait(bar_q, iter & 1);
+  // A plain load from one address (not volatile, not shuffled): the compiler then knows it is
+  // the same for the whole warp and keeps the loop counters and the stage ring in uniform
+  // registers. Q's barrier wait (a "memory" clobber) keeps it from moving.
+  const int idx = *reinterpret_cast<const int*>(smem + K_::kIdxOffset);
+  if (idx < 0) break;
+  // Where the item's tiles start in the ring of stages, as the producer wrote it (carried from
+  // item to item in the consumers' registers instead, the stage and its parity left the uniform
+  // registers: two R2UR ahead of every wgmma).
+  const int ring = *reinterpret_cast<const int*>(smem + K_::kRingOffset);
+  WorkItem item;
+  copy_item(&item, s_item);
+  const StructDesc sd = item.sd;
+  const int row0 = item.q_tile * kTile;
+  const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
+  const int n_kv = item.e_end - item.e_begin;
   QueryPos qpos[2];
   query_positions(p, sd, row0 + cw * 16 + g, qpos);
   const bool atoms_mask = sd.mask == kMaskAtoms;
@@ -230,8 +311,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
   std::uint32_t q_frag[K_::kQInRegs ? K_::kKSteps : 1][4];  // K_::kQInRegs: this warp's Q rows
 
-  // Q's descriptor (its warpgroup's rows), when S takes Q from shared memory.
-  const std::uint64_t q_desc = sm90::smem_desc(s_q + wg_row * Tile::kRowBytes, 16, 1024);
   // S = Q K^T of the tile in stage s (committed as one group).
   const auto issue_s = [&](int s) {
     const std::uint64_t db0 = sm90::smem_desc(stage_addr(s), 16, 1024);
@@ -366,7 +445,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   // w's turn (256 threads: its own 128 waiting, the other's 128 arriving). Not under mask atoms
   // by default (kPingpongNotAtoms): there the masks, not the products, set the pace, and the turns
   // made 16 copies of 2HHB 5% slower (with TMA, bench/results/2026-12-01-h200-tma).
-  const int my_wg = cw / 4;
   const bool turns = p.pingpong == kPingpongAll || (p.pingpong == kPingpongNotAtoms && !atoms_mask);
   const auto turn_wait = [&] {
     if (turns) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + my_wg) : "memory");
@@ -374,7 +452,11 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const auto turn_pass = [&] {
     if (turns) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
   };
-  if (my_wg == 1) turn_pass();  // warpgroup 0 goes first
+  // This warp is done with Q (the last S has completed, and the lazy max's way back, which reads
+  // Q's tile, is behind it): the producer may copy the next item's.
+  const auto release_q = [&] {
+    if (lane == 0) sm90::mbar_arrive(bar_qfree);
+  };
 
   // The tile loop, compiled twice: with the out-of-reach checks (kReach: a structure under mask
   // atoms, whose tiles carry the bits) and without them (every other mask runs code with no trace
@@ -386,15 +468,15 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // The next tile's column and kind are read a whole iteration before they are needed.
     int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
     int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
-    int s = 0, phase = 0;  // stage of the current tile and the parity of its "full" phase
-    sm90::mbar_wait(bar_full(0), 0);
+    int s = ring & 0xff, phase = ring >> 8;  // stage of the current tile and the parity of its "full" phase
+    sm90::mbar_wait(bar_full(s), phase);
     sm90::fence_proxy_async();
     turn_wait();
-    issue_s(0);
+    issue_s(s);
     turn_pass();
     sm90::wait<0>();
     const bool out0 = kReach && out_of_reach(kind);
-    if (!out0) softmax.template operator()<false>(kt, kind, 0);  // O is still zero: alpha is not needed
+    if (!out0) softmax.template operator()<false>(kt, kind, s);  // O is still zero: alpha is not needed
     pack_p(out0);
     for (int it = 1; it < n_kv; ++it) {
       const int prev = s;
@@ -426,13 +508,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       }
       pack_p(out);
     }
+    release_q();
     sm90::fence();
     turn_wait();
     issue_pv(s);
     turn_pass();
     sm90::wait<0>();
+    if (lane == 0) sm90::mbar_arrive(bar_empty(s));  // the item's last stage goes back too
   };
-  sm90::mbar_wait(bar_q, 0);
   if constexpr (K_::kQInRegs) {
 #pragma unroll
     for (int ks = 0; ks < K_::kKSteps; ++ks)
@@ -441,9 +524,12 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   if (n_kv > 0) {
     if (atoms_mask) tile_loop.template operator()<true>();
     else tile_loop.template operator()<false>();
+  } else {
+    release_q();
   }
-  if (my_wg == 0) turn_wait();  // takes warpgroup 1's last pass: every arrival is waited for
   finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, cw * 16 + g, t);
+  }
+  if (my_wg == 0) asm volatile("bar.sync 1, 256;\n" ::: "memory");  // warpgroup 1's last pass
 #endif
 }
 
