@@ -61,8 +61,10 @@ void row_map(TmaMap& out, const void* base, std::uint64_t rows, int dim) {
 
 // Fewest key tiles a split piece gets: below this the combine costs more than it saves.
 constexpr int kMinTilesPerSplit = 2;
-// Items of the last waves (block slots) ordered longest first, the rest in the layout's order.
-constexpr int kTailWaves = 4;
+// Items of the last waves (block slots) ordered longest first, the rest in the layout's order:
+// with the ws kernel's blocks taking items from a counter, 6 waves measured best of 4-16
+// (bench/results/2026-12-01-h200-tail-waves).
+constexpr int kTailWaves = 6;
 // Kept tiles per thread below which the plan packs a layout's columns and kinds on one thread.
 constexpr std::size_t kPlanEdgesPerThread = 1 << 16;
 // Most pieces one query tile is split into.
@@ -271,9 +273,9 @@ class FusedEngine final : public Engine {
     // Order of the blocks. Unsplit, the layout's order (structure, head, query tile): blocks that
     // run together then read the same key tiles, which stay in L2 (on the H200 W2 at d=128 ran
     // 16% faster than longest first), except the last kTailWaves waves' worth of items, longest
-    // first, so that the shortest items end the run (16 copies of 2HHB 2.5% faster, the large
-    // layouts 0-1.3%: bench/results/2026-12-01-h200-tail-order; PROTATTN_FUSED_TAIL=<waves> sets
-    // how many, 0 none). Split, longest first (ties in creation order), so that the block
+    // first, so that the shortest items end the run (at 4 waves, with a block per item: 16 copies
+    // of 2HHB 2.5% faster, the large layouts 0-1.3%: bench/results/2026-12-01-h200-tail-order;
+    // PROTATTN_FUSED_TAIL=<waves> sets how many, 0 none). Split, longest first (ties in creation order), so that the block
     // scheduler approximates LPT over few long pieces. PROTATTN_FUSED_ORDER=layout|longest
     // overrides, for comparison.
     const char* order_env = std::getenv("PROTATTN_FUSED_ORDER");
