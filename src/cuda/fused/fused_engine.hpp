@@ -7,7 +7,9 @@
 namespace protattn::fused {
 
 struct PlanSummary {
-  int items = 0;      // attention blocks launched
+  // Work items of the attention kernel (query tile x head, or a piece of one): a block each, but
+  // on the ws kernel min(items, sms x blocks_per_sm) blocks that take them in turn.
+  int items = 0;
   int combines = 0;   // split query tiles combined afterwards
   int slots = 0;      // partial results in the workspace
   int blocks_per_sm = 0, sms = 0;
