@@ -353,6 +353,53 @@ void fused_outputs(const std::string& kernel, const std::vector<const BlockLayou
   run_host(*engine, *plan, a);
 }
 
+// fused_outputs with the engine switch `env` (PROTATTN_FUSED_...) set to 0, then unset again.
+void fused_outputs_switched_off(const char* env, const std::string& kernel, const std::vector<const BlockLayout*>& layouts,
+                                const ProblemShape& shape, std::vector<std::uint8_t>& o, std::vector<float>& lse,
+                                fused::PlanSummary* summary) {
+  ASSERT_EQ(setenv(env, "0", 1), 0);
+  fused_outputs(kernel, layouts, shape, o, lse, summary);
+  unsetenv(env);
+}
+
+// The same bits of O and LSE from two runs.
+void expect_same_bits(const std::vector<std::uint8_t>& o_a, const std::vector<float>& l_a,
+                      const std::vector<std::uint8_t>& o_b, const std::vector<float>& l_b, const std::string& what) {
+  ASSERT_EQ(o_a.size(), o_b.size()) << what;
+  ASSERT_EQ(l_a.size(), l_b.size()) << what;
+  EXPECT_EQ(std::memcmp(o_a.data(), o_b.data(), o_b.size()), 0) << what << ": O differs";
+  EXPECT_EQ(std::memcmp(l_a.data(), l_b.data(), l_b.size() * sizeof(float)), 0) << what << ": LSE differs";
+}
+
+// On the ws kernel, f16 at d=64 and bf16 at d=128, `heads` heads of `batch`: the outputs with the
+// engine switch `env` on and off are the same bits, and match the float64 reference (with steep
+// scores too when `steep`). Returns the plans' summaries (switch on), one per case.
+std::vector<fused::PlanSummary> ws_switch_keeps_bits(const char* env, const std::vector<BlockLayout>& batch, int heads,
+                                                     bool steep) {
+  std::vector<const BlockLayout*> layouts;
+  for (const BlockLayout& l : batch) layouts.push_back(&l);
+  std::vector<fused::PlanSummary> sums;
+  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {
+    ProblemShape shape;
+    shape.heads = heads;
+    shape.dtype = dtype;
+    shape.dim = dim;
+    const std::string what = std::string(env) + ", " + to_string(dtype) + " d" + std::to_string(dim);
+    std::vector<std::uint8_t> o_on, o_off;
+    std::vector<float> l_on, l_off;
+    sums.emplace_back();
+    fused_outputs("ws", layouts, shape, o_on, l_on, &sums.back());
+    fused_outputs_switched_off(env, "ws", layouts, shape, o_off, l_off, nullptr);
+    expect_same_bits(o_on, l_on, o_off, l_off, what);
+    Case c;
+    c.layouts = batch;
+    c.shape = shape;
+    check("fused/ws", c, 11);
+    if (steep) check("fused/ws", c, 12, 4.0f);  // steep scores: the lazy max's way back
+  }
+  return sums;
+}
+
 // Params::kind's out-of-reach bits (BlockLayout::rows_out, src/layout/row_reach.cpp): in the ws kernel a warp whose
 // 16 query rows reach no key of a tile skips the tile's mask and softmax; the other kernels leave
 // the bits alone. On every kernel, for a protein alone and in a ragged batch with a globule whose
@@ -383,13 +430,10 @@ TEST(FusedReach, SkippingGivesTheSameBits) {
         std::vector<float> l_skip, l_all;
         fused::PlanSummary sum_skip, sum_all;
         fused_outputs(kernel, layouts, shape, o_skip, l_skip, &sum_skip);
-        ASSERT_EQ(setenv("PROTATTN_FUSED_REACH", "0", 1), 0);
-        fused_outputs(kernel, layouts, shape, o_all, l_all, &sum_all);
-        unsetenv("PROTATTN_FUSED_REACH");
+        fused_outputs_switched_off("PROTATTN_FUSED_REACH", kernel, layouts, shape, o_all, l_all, &sum_all);
         EXPECT_GT(sum_skip.warps_out, sum_skip.warp_tiles / 3) << what;  // 2HHB: about half
         EXPECT_EQ(sum_all.warps_out, 0) << what;
-        EXPECT_EQ(std::memcmp(o_skip.data(), o_all.data(), o_all.size()), 0) << what << ": O differs";
-        EXPECT_EQ(std::memcmp(l_skip.data(), l_all.data(), l_all.size() * sizeof(float)), 0) << what << ": LSE differs";
+        expect_same_bits(o_skip, l_skip, o_all, l_all, what);
         // The protein's bits made by its builder (LayoutOptions::mark_rows_out, as a server's
         // network thread does) instead of by the plan: the same plan, the same outputs.
         BlockLayout marked = protein;
@@ -401,9 +445,7 @@ TEST(FusedReach, SkippingGivesTheSameBits) {
         fused::PlanSummary sum_marked;
         fused_outputs(kernel, layouts, shape, o_marked, l_marked, &sum_marked);
         EXPECT_EQ(sum_marked.warps_out, sum_skip.warps_out) << what;
-        EXPECT_EQ(std::memcmp(o_marked.data(), o_skip.data(), o_skip.size()), 0) << what << ": O differs with rows_out given";
-        EXPECT_EQ(std::memcmp(l_marked.data(), l_skip.data(), l_skip.size() * sizeof(float)), 0)
-            << what << ": LSE differs with rows_out given";
+        expect_same_bits(o_marked, l_marked, o_skip, l_skip, what + ", rows_out given");
         if (kernel == kernels.front() && !ragged) {
           Case c;
           for (const BlockLayout* l : layouts) c.layouts.push_back(*l);
@@ -424,27 +466,7 @@ TEST(FusedTma, SameBitsAsCpAsync) {
   batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, 4));
   batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 5));
   batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 6));
-  std::vector<const BlockLayout*> layouts;
-  for (const BlockLayout& l : batch) layouts.push_back(&l);
-  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {
-    ProblemShape shape;
-    shape.heads = 3;
-    shape.dtype = dtype;
-    shape.dim = dim;
-    const std::string what = std::string(to_string(dtype)) + " d" + std::to_string(dim);
-    std::vector<std::uint8_t> o_tma, o_cp;
-    std::vector<float> l_tma, l_cp;
-    fused_outputs("ws", layouts, shape, o_tma, l_tma, nullptr);
-    ASSERT_EQ(setenv("PROTATTN_FUSED_TMA", "0", 1), 0);
-    fused_outputs("ws", layouts, shape, o_cp, l_cp, nullptr);
-    unsetenv("PROTATTN_FUSED_TMA");
-    EXPECT_EQ(std::memcmp(o_tma.data(), o_cp.data(), o_cp.size()), 0) << what << ": O differs";
-    EXPECT_EQ(std::memcmp(l_tma.data(), l_cp.data(), l_cp.size() * sizeof(float)), 0) << what << ": LSE differs";
-    Case c;
-    c.layouts = batch;
-    c.shape = shape;
-    check("fused/ws", c, 11);
-  }
+  ws_switch_keeps_bits("PROTATTN_FUSED_TMA", batch, 3, false);
 }
 
 // The ws kernel with a block per SM slot taking items from a counter (the stage ring, its
@@ -459,30 +481,9 @@ TEST(FusedPersistent, SameBitsAsBlockPerItem) {
   batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 8));
   batch.push_back(hand_layout(200, {{0}, {}}));
   batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 9));
-  std::vector<const BlockLayout*> layouts;
-  for (const BlockLayout& l : batch) layouts.push_back(&l);
-  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {
-    ProblemShape shape;
-    shape.heads = 16;  // 17 query tiles a head: 272 items, more than an H100's or H200's 132 SMs
-    shape.dtype = dtype;
-    shape.dim = dim;
-    const std::string what = std::string(to_string(dtype)) + " d" + std::to_string(dim);
-    std::vector<std::uint8_t> o_loop, o_one;
-    std::vector<float> l_loop, l_one;
-    fused::PlanSummary sum;
-    fused_outputs("ws", layouts, shape, o_loop, l_loop, &sum);
-    EXPECT_GT(sum.items, sum.sms) << what;
-    ASSERT_EQ(setenv("PROTATTN_FUSED_PERSISTENT", "0", 1), 0);
-    fused_outputs("ws", layouts, shape, o_one, l_one, nullptr);
-    unsetenv("PROTATTN_FUSED_PERSISTENT");
-    EXPECT_EQ(std::memcmp(o_loop.data(), o_one.data(), o_one.size()), 0) << what << ": O differs";
-    EXPECT_EQ(std::memcmp(l_loop.data(), l_one.data(), l_one.size() * sizeof(float)), 0) << what << ": LSE differs";
-    Case c;
-    c.layouts = batch;
-    c.shape = shape;
-    check("fused/ws", c, 11);
-    check("fused/ws", c, 12, 4.0f);  // steep scores: the lazy max's way back
-  }
+  // 17 query tiles a head x 16 heads: 272 items, more than an H100's or H200's 132 SMs.
+  for (const fused::PlanSummary& sum : ws_switch_keeps_bits("PROTATTN_FUSED_PERSISTENT", batch, 16, true))
+    EXPECT_GT(sum.items, sum.sms);
 }
 
 // A batch of a little more than one wave of query tiles x heads on the ws kernel (one block per
