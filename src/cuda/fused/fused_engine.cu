@@ -275,9 +275,9 @@ class FusedEngine final : public Engine {
     // 16% faster than longest first), except the last kTailWaves waves' worth of items, longest
     // first, so that the shortest items end the run (at 4 waves, with a block per item: 16 copies
     // of 2HHB 2.5% faster, the large layouts 0-1.3%: bench/results/2026-12-01-h200-tail-order;
-    // PROTATTN_FUSED_TAIL=<waves> sets how many, 0 none). Split, longest first (ties in creation order), so that the block
-    // scheduler approximates LPT over few long pieces. PROTATTN_FUSED_ORDER=layout|longest
-    // overrides, for comparison.
+    // PROTATTN_FUSED_TAIL=<waves> sets how many, 0 none). Split, longest first (ties in creation
+    // order), so that the block scheduler approximates LPT over few long pieces.
+    // PROTATTN_FUSED_ORDER=layout|longest overrides, for comparison.
     const char* order_env = std::getenv("PROTATTN_FUSED_ORDER");
     const std::string order = order_env ? order_env : (!combines.empty() ? "longest" : "layout");
     if (order != "layout" && order != "longest")

@@ -6,11 +6,11 @@
 // Warpgroup 0 is the producer: with few registers (setmaxnreg) it copies an item's Q (once the
 // consumers are done with the last one's) and then each kept K/V tile (and, for mask `atoms`, the
 // keys' coordinates) into a ring of shared-memory stages that runs on from item to item, and each
-// copy's completion arrives on the stage's "full" mbarrier. Tiles inside the structure come by TMA (one thread issues them, the
-// bytes complete on the barrier); a tile that crosses the structure's end (and every tile when
-// Params::tma is off) by cp.async from all 128 threads, rows past the end read as zeros. With a
-// block per item, its copies issued, it brings the Q tile of the item a wave ahead into L2
-// (Params::q_prefetch).
+// copy's completion arrives on the stage's "full" mbarrier. Tiles inside the structure come by
+// TMA (one thread issues them, the bytes complete on the barrier); a tile that crosses the
+// structure's end (and every tile when Params::tma is off) by cp.async from all 128 threads, rows
+// past the end read as zeros. With a block per item, its copies issued, it brings the Q tile of
+// the item a wave ahead into L2 (Params::q_prefetch).
 // Warpgroups 1 and 2 are consumers of 64 query rows each, with raised register limits. They
 // never wait for one another: per tile a consumer waits for the stage to be full and, once its
 // P V product has read the stage, arrives on the stage's "empty" mbarrier, which the producer
