@@ -141,7 +141,7 @@ class FusedEngine final : public Engine {
     else if (want == "ws") forced_kernel_ = kKernelWs;
     else if (want == "wgmma") forced_kernel_ = kKernelWgmma;
     else if (!want.empty()) throw Error("fused engine: unknown kernel '" + want + "' (ws, wgmma or mma_sync)");
-    if (const char* reach = std::getenv("PROTATTN_FUSED_REACH")) use_reach_ = reach[0] != '0';
+    use_reach_ = !switched_off("PROTATTN_FUSED_REACH");
     if ((forced_kernel_ == kKernelWs || forced_kernel_ == kKernelWgmma) && !hopper_)
       throw Error("fused engine: kernel " + want + " needs an sm_90 GPU (device " + std::to_string(device_) + " is sm_" +
                   std::to_string(major * 10 + minor) + ")");
@@ -349,21 +349,17 @@ class FusedEngine final : public Engine {
                                                         : std::clamp(static_cast<float>(std::atof(slack)), 0.0f, 12.0f);
     // The ws and wgmma kernels' lazy max (fused_params.hpp: kLazyMaxShare); PROTATTN_FUSED_LAZY_MAX=0 takes
     // every tile's max first, for comparison.
-    const char* lazy = std::getenv("PROTATTN_FUSED_LAZY_MAX");
-    p.lazy_max = lazy && lazy[0] == '0' ? 0 : 1;
+    p.lazy_max = switched_off("PROTATTN_FUSED_LAZY_MAX") ? 0 : 1;
     // The ws kernel's tiles by TMA (its maps are made by run, for the run's pointers);
     // PROTATTN_FUSED_TMA=0 copies every tile with cp.async, for comparison.
-    const char* tma = std::getenv("PROTATTN_FUSED_TMA");
-    p.tma = kernel == kKernelWs && !(tma && tma[0] == '0') ? 1 : 0;
+    p.tma = kernel == kKernelWs && !switched_off("PROTATTN_FUSED_TMA") ? 1 : 0;
     // The ws kernel: a block per SM slot, each taking items until they run out (the next one from
     // a counter as it nears the end of the last, its Q and first K/V tiles loading while the
     // consumers finish); PROTATTN_FUSED_PERSISTENT=0 launches a block per item. With a block per
     // item, the producer brings the Q tile of the item a wave ahead into L2 (that item's block
     // starts about when this one's wave ends); PROTATTN_FUSED_Q_PREFETCH=0 does not.
-    const char* persistent = std::getenv("PROTATTN_FUSED_PERSISTENT");
-    p.ws_grid = persistent && persistent[0] == '0' ? p.n_items : static_cast<int>(std::min<std::int64_t>(p.n_items, target));
-    const char* q_prefetch = std::getenv("PROTATTN_FUSED_Q_PREFETCH");
-    p.q_prefetch = p.tma && p.ws_grid == p.n_items && !(q_prefetch && q_prefetch[0] == '0') ? static_cast<int>(target) : 0;
+    p.ws_grid = switched_off("PROTATTN_FUSED_PERSISTENT") ? p.n_items : static_cast<int>(std::min<std::int64_t>(p.n_items, target));
+    p.q_prefetch = p.tma && p.ws_grid == p.n_items && !switched_off("PROTATTN_FUSED_Q_PREFETCH") ? static_cast<int>(target) : 0;
     if (kernel == kKernelWs) {
       fp.item_counter.resize(sizeof(std::int32_t));
       p.item_counter = fp.item_counter.as<std::int32_t>();

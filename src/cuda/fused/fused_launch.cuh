@@ -60,10 +60,7 @@ void launch_fused(const Params& p, cudaStream_t stream) {
   if (p.n_combines > 0) {
     // A programmatic dependent launch after the attention kernel (the combine kernel waits for
     // it in griddepcontrol.wait); PROTATTN_FUSED_PDL=0 launches it plainly, for comparison.
-    static const bool pdl = [] {
-      const char* e = std::getenv("PROTATTN_FUSED_PDL");
-      return !(e && e[0] == '0');
-    }();
+    static const bool pdl = !switched_off("PROTATTN_FUSED_PDL");
     cudaLaunchConfig_t cfg{};
     cfg.gridDim = dim3(p.n_combines, kTile / kCombineRows);
     cfg.blockDim = dim3(kCombineRows * D / 4);

@@ -2,9 +2,18 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include "cuda/fused/fused_params.hpp"
 
 namespace protattn::fused {
+
+// Whether the engine switch `name` (an environment variable PROTATTN_FUSED_..., for comparisons)
+// is set to 0, which turns its feature off.
+inline bool switched_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && v[0] == '0';
+}
 
 // Launches the attention kernel p.kernel over p.n_items work items, then the combine kernel
 // over p.n_combines split tiles, on `stream`. Instantiated once per (T, D) in generated files.
