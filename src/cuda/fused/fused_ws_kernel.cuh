@@ -282,252 +282,252 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   // Q's descriptor (its warpgroup's rows), when S takes Q from shared memory.
   const std::uint64_t q_desc = sm90::smem_desc(s_q + wg_row * Tile::kRowBytes, 16, 1024);
   for (int iter = 0;; ++iter) {
-  sm90::mbar_wait(bar_q, iter & 1);
-  // A plain load from one address (not volatile, not shuffled): the compiler then knows it is
-  // the same for the whole warp and keeps the loop counters and the stage ring in uniform
-  // registers. Q's barrier wait (a "memory" clobber) keeps it from moving.
-  const int idx = *reinterpret_cast<const int*>(smem + K_::kIdxOffset);
-  if (idx < 0) break;
-  // Where the item's tiles start in the ring of stages, as the producer wrote it (carried from
-  // item to item in the consumers' registers instead, the stage and its parity left the uniform
-  // registers: two R2UR ahead of every wgmma).
-  const int ring = *reinterpret_cast<const int*>(smem + K_::kRingOffset);
-  WorkItem item;
-  copy_item(&item, s_item);
-  const StructDesc sd = item.sd;
-  const int row0 = item.q_tile * kTile;
-  const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
-  const int n_kv = item.e_end - item.e_begin;
-  QueryPos qpos[2];
-  query_positions(p, sd, row0 + cw * 16 + g, qpos);
-  const bool atoms_mask = sd.mask == kMaskAtoms;
+    sm90::mbar_wait(bar_q, iter & 1);
+    // A plain load from one address (not volatile, not shuffled): the compiler then knows it is
+    // the same for the whole warp and keeps the loop counters and the stage ring in uniform
+    // registers. Q's barrier wait (a "memory" clobber) keeps it from moving.
+    const int idx = *reinterpret_cast<const int*>(smem + K_::kIdxOffset);
+    if (idx < 0) break;
+    // Where the item's tiles start in the ring of stages, as the producer wrote it (carried from
+    // item to item in the consumers' registers instead, the stage and its parity left the uniform
+    // registers: two R2UR ahead of every wgmma).
+    const int ring = *reinterpret_cast<const int*>(smem + K_::kRingOffset);
+    WorkItem item;
+    copy_item(&item, s_item);
+    const StructDesc sd = item.sd;
+    const int row0 = item.q_tile * kTile;
+    const std::int64_t head_off = static_cast<std::int64_t>(item.h) * p.head_stride + sd.offset * D;
+    const int n_kv = item.e_end - item.e_begin;
+    QueryPos qpos[2];
+    query_positions(p, sd, row0 + cw * 16 + g, qpos);
+    const bool atoms_mask = sd.mask == kMaskAtoms;
 
-  float o_acc[K_::kOAcc];
+    float o_acc[K_::kOAcc];
 #pragma unroll
-  for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
-  float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
-  float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum
-  float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
-  std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
-  std::uint32_t q_frag[K_::kQInRegs ? K_::kKSteps : 1][4];  // K_::kQInRegs: this warp's Q rows
+    for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
+    float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
+    float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum
+    float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
+    std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
+    std::uint32_t q_frag[K_::kQInRegs ? K_::kKSteps : 1][4];  // K_::kQInRegs: this warp's Q rows
 
-  // S = Q K^T of the tile in stage s (committed as one group).
-  const auto issue_s = [&](int s) {
-    const std::uint64_t db0 = sm90::smem_desc(stage_addr(s), 16, 1024);
-    sm90::fence();
+    // S = Q K^T of the tile in stage s (committed as one group).
+    const auto issue_s = [&](int s) {
+      const std::uint64_t db0 = sm90::smem_desc(stage_addr(s), 16, 1024);
+      sm90::fence();
 #pragma unroll
-    for (int ks = 0; ks < K_::kKSteps; ++ks) {
-      const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
-      const std::uint64_t db = sm90::desc_advance(db0, k_off);
-      if constexpr (K_::kQInRegs) {
-        wgmma_qk_rs<T>(s_acc, q_frag[ks], db, ks > 0);
-      } else {
-        wgmma_qk<T, kTile>(s_acc, sm90::desc_advance(q_desc, k_off), db, ks > 0);
-      }
-    }
-    sm90::commit();
-  };
-  // O += P V with the V of stage s (committed as one group).
-  const auto issue_pv = [&](int s) {
-    const std::uint64_t db0 = sm90::smem_desc(stage_addr(s) + Tile::kBytes, Tile::kBlockBytes, 1024);
-#pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) wgmma_pv<T, D>(o_acc, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
-    sm90::commit();
-  };
-  // Whether key tile kt of kind `kind` (Params::kind) needs the mask (PARTIAL, or past a
-  // structure's end).
-  const auto tile_masked = [&](int kind, int kt) {
-    return (kind & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
-  };
-  // Masks the scores in s_acc of key tile kt (kind `kind`, in stage s): -inf where not allowed.
-  const auto mask_scores = [&](int kt, int kind, int s) {
-    if (!tile_masked(kind, kt)) return;
-    if (atoms_mask) {
-      const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
-      mask_atoms_slice(s_acc, sd, qpos, kxyz, kt * kTile, t);
-    } else {
-#pragma unroll
-      for (int i = 0; i < K_::kSAcc; ++i) {
-        const int j = kt * kTile + (i / 4) * 8 + 2 * t + (i & 1);
-        if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
-      }
-    }
-  };
-  // Row r's scores in s_acc become exp2(score * scale_log2 - base); returns this thread's share of
-  // their sum (four independent chains: the latency of a dependent chain of 32, not the issue
-  // rate, would set the time with two warps per scheduler).
-  const auto exp_row = [&](int r, float base) {
-    float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
-      s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
-      s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
-      s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
-    }
-    return (s4[0] + s4[1]) + (s4[2] + s4[3]);
-  };
-  // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
-  // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
-  // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
-  bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
-  const auto softmax = [&]<bool kLazy>(int kt, int kind, int s) {
-    mask_scores(kt, kind, s);
-    // Lazy max (kLazy: the tile loop of structures without mask atoms, whose tiles are mostly
-    // FULL; compiled into the loop of mask atoms, whose tiles' masks set the time, it made 16
-    // copies of 2HHB 21% slower): once every row of the warp has a base, exponentiate against it
-    // at once, without the max (a chain of 64 comparisons and two shuffles ahead of the first
-    // exponential). Kept when no thread's share of a row's sum exceeds kLazyMaxShare: every
-    // probability then fits fp16, and O and l need no rescaling, the result after the final
-    // O / l being the same. Otherwise (a row's max rose far above its base, rare after the first
-    // tile; or NaN) the warp computes its S again alone (warp_scores: a wgmma would need the
-    // whole warpgroup; the stage is still held) and takes the max first, below.
-    if constexpr (kLazy) {
-      if (p.lazy_max && __all_sync(0xffffffffu, m_row[0] != -INFINITY && m_row[1] != -INFINITY)) {
-        const float share0 = exp_row(0, m_row[0]);
-        const float share1 = exp_row(1, m_row[1]);
-        if (__all_sync(0xffffffffu, share0 <= kLazyMaxShare && share1 <= kLazyMaxShare)) {
-          l_row[0] += share0;
-          l_row[1] += share1;
-          rescaled = false;
-          return make_float2(1.0f, 1.0f);
+      for (int ks = 0; ks < K_::kKSteps; ++ks) {
+        const std::uint32_t k_off = (ks / 4) * Tile::kBlockBytes + (ks % 4) * 32;
+        const std::uint64_t db = sm90::desc_advance(db0, k_off);
+        if constexpr (K_::kQInRegs) {
+          wgmma_qk_rs<T>(s_acc, q_frag[ks], db, ks > 0);
+        } else {
+          wgmma_qk<T, kTile>(s_acc, sm90::desc_advance(q_desc, k_off), db, ks > 0);
         }
-        warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
-        mask_scores(kt, kind, s);
       }
-    }
-    float m_new[2];
-    bool grow = false;  // some row's max rose by more than p.rescale_slack
+      sm90::commit();
+    };
+    // O += P V with the V of stage s (committed as one group).
+    const auto issue_pv = [&](int s) {
+      const std::uint64_t db0 = sm90::smem_desc(stage_addr(s) + Tile::kBytes, Tile::kBlockBytes, 1024);
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+      for (int kk = 0; kk < kTile / 16; ++kk) wgmma_pv<T, D>(o_acc, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
+      sm90::commit();
+    };
+    // Whether key tile kt of kind `kind` (Params::kind) needs the mask (PARTIAL, or past a
+    // structure's end).
+    const auto tile_masked = [&](int kind, int kt) {
+      return (kind & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
+    };
+    // Masks the scores in s_acc of key tile kt (kind `kind`, in stage s): -inf where not allowed.
+    const auto mask_scores = [&](int kt, int kind, int s) {
+      if (!tile_masked(kind, kt)) return;
+      if (atoms_mask) {
+        const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
+        mask_atoms_slice(s_acc, sd, qpos, kxyz, kt * kTile, t);
+      } else {
 #pragma unroll
-      for (int nt = 0; nt < K_::kSAcc / 4; ++nt)
-        m4[nt % 4] = fmaxf(m4[nt % 4], fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
-      float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      m_new[r] = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
-      grow |= m_new[r] > m_row[r] + p.rescale_slack;   // always on a row's first key (m_row = -inf)
-    }
-    // The base of the exponentials moves, and O and l are rescaled, only when some row of the
-    // warp needs it; otherwise the old base stays (probabilities up to 2^p.rescale_slack, exact the
-    // same after the final O / l) and the rescaling is skipped (warp-uniform: one vote).
-    const bool rescale = __any_sync(0xffffffffu, grow);
-    float2 alpha = make_float2(1.0f, 1.0f);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (rescale) {
-        const float base_new = m_new[r] == -INFINITY ? 0.0f : m_new[r];  // no key yet: keep exp2 finite
-        (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base_new);
-        m_row[r] = m_new[r];
+        for (int i = 0; i < K_::kSAcc; ++i) {
+          const int j = kt * kTile + (i / 4) * 8 + 2 * t + (i & 1);
+          if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
+        }
       }
-      const float sum = exp_row(r, m_row[r] == -INFINITY ? 0.0f : m_row[r]);
-      l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
-    }
-    rescaled = rescale;
-    return alpha;
-  };
-  // P of the tile for its P V; zero when this warp's rows reach no key of it.
-  const auto pack_p = [&](bool out) {
+    };
+    // Row r's scores in s_acc become exp2(score * scale_log2 - base); returns this thread's share of
+    // their sum (four independent chains: the latency of a dependent chain of 32, not the issue
+    // rate, would set the time with two warps per scheduler).
+    const auto exp_row = [&](int r, float base) {
+      float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int kk = 0; kk < kTile / 16; ++kk) {
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+        s_acc[4 * nt + 2 * r] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base));
+        s_acc[4 * nt + 2 * r + 1] = fast_exp2(fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base));
+        s4[nt % 4] += s_acc[4 * nt + 2 * r] + s_acc[4 * nt + 2 * r + 1];
+      }
+      return (s4[0] + s4[1]) + (s4[2] + s4[3]);
+    };
+    // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
+    // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
+    // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
+    bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
+    const auto softmax = [&]<bool kLazy>(int kt, int kind, int s) {
+      mask_scores(kt, kind, s);
+      // Lazy max (kLazy: the tile loop of structures without mask atoms, whose tiles are mostly
+      // FULL; compiled into the loop of mask atoms, whose tiles' masks set the time, it made 16
+      // copies of 2HHB 21% slower): once every row of the warp has a base, exponentiate against it
+      // at once, without the max (a chain of 64 comparisons and two shuffles ahead of the first
+      // exponential). Kept when no thread's share of a row's sum exceeds kLazyMaxShare: every
+      // probability then fits fp16, and O and l need no rescaling, the result after the final
+      // O / l being the same. Otherwise (a row's max rose far above its base, rare after the first
+      // tile; or NaN) the warp computes its S again alone (warp_scores: a wgmma would need the
+      // whole warpgroup; the stage is still held) and takes the max first, below.
+      if constexpr (kLazy) {
+        if (p.lazy_max && __all_sync(0xffffffffu, m_row[0] != -INFINITY && m_row[1] != -INFINITY)) {
+          const float share0 = exp_row(0, m_row[0]);
+          const float share1 = exp_row(1, m_row[1]);
+          if (__all_sync(0xffffffffu, share0 <= kLazyMaxShare && share1 <= kLazyMaxShare)) {
+            l_row[0] += share0;
+            l_row[1] += share1;
+            rescaled = false;
+            return make_float2(1.0f, 1.0f);
+          }
+          warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
+          mask_scores(kt, kind, s);
+        }
+      }
+      float m_new[2];
+      bool grow = false;  // some row's max rose by more than p.rescale_slack
 #pragma unroll
-      for (int j = 0; j < 4; ++j) p_frag[kk][j] = out ? 0u : E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
-    }
-  };
-  // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
-  // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
-  const auto out_of_reach = [&](int kind) { return ((kind >> (kKindOutShift + cw)) & 1) != 0; };
+      for (int r = 0; r < 2; ++r) {
+        float m4[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < K_::kSAcc / 4; ++nt)
+          m4[nt % 4] = fmaxf(m4[nt % 4], fmaxf(s_acc[4 * nt + 2 * r], s_acc[4 * nt + 2 * r + 1]));
+        float mx = fmaxf(fmaxf(m4[0], m4[1]), fmaxf(m4[2], m4[3]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        m_new[r] = fmaxf(m_row[r], mx * p.scale_log2);  // log2 domain
+        grow |= m_new[r] > m_row[r] + p.rescale_slack;   // always on a row's first key (m_row = -inf)
+      }
+      // The base of the exponentials moves, and O and l are rescaled, only when some row of the
+      // warp needs it; otherwise the old base stays (probabilities up to 2^p.rescale_slack, exact the
+      // same after the final O / l) and the rescaling is skipped (warp-uniform: one vote).
+      const bool rescale = __any_sync(0xffffffffu, grow);
+      float2 alpha = make_float2(1.0f, 1.0f);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (rescale) {
+          const float base_new = m_new[r] == -INFINITY ? 0.0f : m_new[r];  // no key yet: keep exp2 finite
+          (r == 0 ? alpha.x : alpha.y) = fast_exp2(m_row[r] - base_new);
+          m_row[r] = m_new[r];
+        }
+        const float sum = exp_row(r, m_row[r] == -INFINITY ? 0.0f : m_row[r]);
+        l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
+      }
+      rescaled = rescale;
+      return alpha;
+    };
+    // P of the tile for its P V; zero when this warp's rows reach no key of it.
+    const auto pack_p = [&](bool out) {
+#pragma unroll
+      for (int kk = 0; kk < kTile / 16; ++kk) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) p_frag[kk][j] = out ? 0u : E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
+      }
+    };
+    // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
+    // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
+    const auto out_of_reach = [&](int kind) { return ((kind >> (kKindOutShift + cw)) & 1) != 0; };
 
-  // Turns on the tensor cores (Params::pingpong): a consumer warpgroup issues its
-  // matrix products only in its turn and then hands the turn to the other, so that one's softmax
-  // runs while the other's products are on the tensor cores. Named barrier 1 + w is warpgroup
-  // w's turn (256 threads: its own 128 waiting, the other's 128 arriving). Not under mask atoms
-  // by default (kPingpongNotAtoms): there the masks, not the products, set the pace, and the turns
-  // made 16 copies of 2HHB 5% slower (with TMA, bench/results/2026-12-01-h200-tma).
-  const bool turns = p.pingpong == kPingpongAll || (p.pingpong == kPingpongNotAtoms && !atoms_mask);
-  const auto turn_wait = [&] {
-    if (turns) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + my_wg) : "memory");
-  };
-  const auto turn_pass = [&] {
-    if (turns) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
-  };
-  // This warp is done with Q (the last S has completed, and the lazy max's way back, which reads
-  // Q's tile, is behind it): the producer may copy the next item's.
-  const auto release_q = [&] {
-    if (lane == 0) sm90::mbar_arrive(bar_qfree);
-  };
+    // Turns on the tensor cores (Params::pingpong): a consumer warpgroup issues its
+    // matrix products only in its turn and then hands the turn to the other, so that one's softmax
+    // runs while the other's products are on the tensor cores. Named barrier 1 + w is warpgroup
+    // w's turn (256 threads: its own 128 waiting, the other's 128 arriving). Not under mask atoms
+    // by default (kPingpongNotAtoms): there the masks, not the products, set the pace, and the turns
+    // made 16 copies of 2HHB 5% slower (with TMA, bench/results/2026-12-01-h200-tma).
+    const bool turns = p.pingpong == kPingpongAll || (p.pingpong == kPingpongNotAtoms && !atoms_mask);
+    const auto turn_wait = [&] {
+      if (turns) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + my_wg) : "memory");
+    };
+    const auto turn_pass = [&] {
+      if (turns) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
+    };
+    // This warp is done with Q (the last S has completed, and the lazy max's way back, which reads
+    // Q's tile, is behind it): the producer may copy the next item's.
+    const auto release_q = [&] {
+      if (lane == 0) sm90::mbar_arrive(bar_qfree);
+    };
 
-  // The tile loop, compiled twice: with the out-of-reach checks (kReach: a structure under mask
-  // atoms, whose tiles carry the bits) and without them (every other mask runs code with no trace
-  // of them).
-  const auto tile_loop = [&]<bool kReach>() {
-    constexpr bool kLazyLoop = K_::kLazyMax && !kReach;
-    int kt = item.first_col;
-    int kind = p.kind[item.e_begin];
-    // The next tile's column and kind are read a whole iteration before they are needed.
-    int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
-    int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
-    int s = ring & 0xff, phase = ring >> 8;  // stage of the current tile and the parity of its "full" phase
-    sm90::mbar_wait(bar_full(s), phase);
-    sm90::fence_proxy_async();
-    turn_wait();
-    issue_s(s);
-    turn_pass();
-    sm90::wait<0>();
-    const bool out0 = kReach && out_of_reach(kind);
-    if (!out0) softmax.template operator()<false>(kt, kind, s);  // O is still zero: alpha is not needed
-    pack_p(out0);
-    for (int it = 1; it < n_kv; ++it) {
-      const int prev = s;
-      if (++s == stages) {
-        s = 0;
-        phase ^= 1;
-      }
-      kt = kt_next;
-      kind = kind_next;
-      if (it + 1 < n_kv) {
-        kt_next = p.col_idx[item.e_begin + it + 1];
-        kind_next = p.kind[item.e_begin + it + 1];
-      }
+    // The tile loop, compiled twice: with the out-of-reach checks (kReach: a structure under mask
+    // atoms, whose tiles carry the bits) and without them (every other mask runs code with no trace
+    // of them).
+    const auto tile_loop = [&]<bool kReach>() {
+      constexpr bool kLazyLoop = K_::kLazyMax && !kReach;
+      int kt = item.first_col;
+      int kind = p.kind[item.e_begin];
+      // The next tile's column and kind are read a whole iteration before they are needed.
+      int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
+      int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
+      int s = ring & 0xff, phase = ring >> 8;  // stage of the current tile and the parity of its "full" phase
       sm90::mbar_wait(bar_full(s), phase);
       sm90::fence_proxy_async();
       turn_wait();
-      issue_s(s);      // S of this tile ...
-      issue_pv(prev);  // ... and P V of the one before, both in flight
+      issue_s(s);
       turn_pass();
-      sm90::wait<1>();
-      const bool out = kReach && out_of_reach(kind);
-      float2 alpha = make_float2(1.0f, 1.0f);
-      if (!out) alpha = softmax.template operator()<kLazyLoop>(kt, kind, s);  // under the P V
       sm90::wait<0>();
-      if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
-      if (rescaled && !out) {
+      const bool out0 = kReach && out_of_reach(kind);
+      if (!out0) softmax.template operator()<false>(kt, kind, s);  // O is still zero: alpha is not needed
+      pack_p(out0);
+      for (int it = 1; it < n_kv; ++it) {
+        const int prev = s;
+        if (++s == stages) {
+          s = 0;
+          phase ^= 1;
+        }
+        kt = kt_next;
+        kind = kind_next;
+        if (it + 1 < n_kv) {
+          kt_next = p.col_idx[item.e_begin + it + 1];
+          kind_next = p.kind[item.e_begin + it + 1];
+        }
+        sm90::mbar_wait(bar_full(s), phase);
+        sm90::fence_proxy_async();
+        turn_wait();
+        issue_s(s);      // S of this tile ...
+        issue_pv(prev);  // ... and P V of the one before, both in flight
+        turn_pass();
+        sm90::wait<1>();
+        const bool out = kReach && out_of_reach(kind);
+        float2 alpha = make_float2(1.0f, 1.0f);
+        if (!out) alpha = softmax.template operator()<kLazyLoop>(kt, kind, s);  // under the P V
+        sm90::wait<0>();
+        if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
+        if (rescaled && !out) {
 #pragma unroll
-        for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+          for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+        }
+        pack_p(out);
       }
-      pack_p(out);
-    }
-    release_q();
-    sm90::fence();
-    turn_wait();
-    issue_pv(s);
-    turn_pass();
-    sm90::wait<0>();
-    if (lane == 0) sm90::mbar_arrive(bar_empty(s));  // the item's last stage goes back too
-  };
-  if constexpr (K_::kQInRegs) {
+      release_q();
+      sm90::fence();
+      turn_wait();
+      issue_pv(s);
+      turn_pass();
+      sm90::wait<0>();
+      if (lane == 0) sm90::mbar_arrive(bar_empty(s));  // the item's last stage goes back too
+    };
+    if constexpr (K_::kQInRegs) {
 #pragma unroll
-    for (int ks = 0; ks < K_::kKSteps; ++ks)
-      ldmatrix_x4(q_frag[ks], s_q + Tile::offset(wg_row + (cw % 4) * 16 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
-  }
-  if (n_kv > 0) {
-    if (atoms_mask) tile_loop.template operator()<true>();
-    else tile_loop.template operator()<false>();
-  } else {
-    release_q();
-  }
-  finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, cw * 16 + g, t);
+      for (int ks = 0; ks < K_::kKSteps; ++ks)
+        ldmatrix_x4(q_frag[ks], s_q + Tile::offset(wg_row + (cw % 4) * 16 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
+    }
+    if (n_kv > 0) {
+      if (atoms_mask) tile_loop.template operator()<true>();
+      else tile_loop.template operator()<false>();
+    } else {
+      release_q();
+    }
+    finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, cw * 16 + g, t);
   }
   if (my_wg == 0) asm volatile("bar.sync 1, 256;\n" ::: "memory");  // warpgroup 1's last pass
 #endif
