@@ -26,7 +26,8 @@ inline constexpr float kRescaleSlack = 8.0f;
 // The lazy max of the ws and wgmma kernels: once every row of a warp has a base, they
 // exponentiate a tile's scores against it before taking their max, and keep the result when every
 // thread's share of a row's sum is at most this (so every probability fits fp16, whose largest
-// value is 65,504); otherwise the warp computes its scores again and takes the max first.
+// value is 65,504; where the tensor core makes the sums, every probability); otherwise the warp
+// computes its scores again and takes the max first.
 // Params::lazy_max turns this off.
 inline constexpr float kLazyMaxShare = 32768.0f;
 

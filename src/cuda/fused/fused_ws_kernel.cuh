@@ -17,7 +17,8 @@
 // waits for before refilling it.
 // In the consumer, S = Q K^T of tile j+1 is issued on the tensor cores together with
 // O += P V of tile j, and the softmax of tile j+1 runs while P V of tile j is in flight
-// (one 64 x 128 S accumulator and one P in registers).
+// (one 64 x 128 S accumulator and one P in registers). In fp16 at d=64 (WsKernel::kSumsByMma)
+// P V also makes the rows' sums, from a block of ones after the stages.
 // Rows, masks and results are those of fused_attention_kernel; the online softmax takes a whole
 // 128-key tile per step (that kernel takes 64 keys), so the two agree within the engine's bound,
 // not bit for bit. Each is deterministic.
@@ -64,7 +65,18 @@ struct WsKernel {
   static_assert(kItemOffset % 16 == 0 && kItemOffset + static_cast<int>(sizeof(WorkItem)) <= kBarBytes,
                 "barriers, index and item in the first KiB");
   static constexpr int kSAcc = kTile / 2;  // S accumulators per thread: 64 rows x 128 keys per warpgroup
-  static constexpr int kOAcc = D / 2;
+  // fp16 at d=64: the tensor core sums each row's probabilities. P V takes 72 columns, V's 64 and
+  // 8 of a block of ones in shared memory (16 keys x 64 columns, which every k-step of every stage
+  // reads), so O's accumulators end in the row sums and the softmax issues no additions for them
+  // (32 FADD a row and tile; the lazy max then checks the packed probabilities instead of the
+  // sums): W1b 1.9-2.2%, W2 1.3-1.4%, the 1M-atom globule 1.6% faster
+  // (bench/results/2026-12-01-h200-sums-by-mma). The sums are then those of the probabilities
+  // rounded to fp16, as O gets them: l is off by at most 2^-11 relative, the LSE by at most 4.9e-4
+  // (under the GPU tests' 5e-4). Not bf16 (2^-9: its LSE went over that bound), not d=128 (V's
+  // two column blocks would have to lie as far apart as the ones; not tried).
+  static constexpr bool kSumsByMma = D == 64 && std::is_same_v<T, __half>;
+  static constexpr int kOnesBytes = kSumsByMma ? 16 * Tile::kRowBytes : 0;
+  static constexpr int kOAcc = D / 2 + (kSumsByMma ? 4 : 0);
   static constexpr int kKSteps = D / 16;
   static constexpr bool kLazyMax = true;  // the lazy max: see softmax in fused_ws_kernel
   // S = Q K^T with Q's fragment in registers (16 per thread at d=64; 32 at d=128 would not fit):
@@ -78,10 +90,10 @@ template <typename T, int D>
 WsGeometry ws_geometry(bool atoms, int max_stages) {
   using K_ = WsKernel<T, D>;
   const int stage = 2 * K_::Tile::kBytes + (atoms ? K_::kXyzBytes : 0);
-  int stages = (K_::kSmemLimit - K_::kBarBytes - K_::kQBytes) / stage;
+  int stages = (K_::kSmemLimit - K_::kBarBytes - K_::kQBytes - K_::kOnesBytes) / stage;
   stages = stages < K_::kMaxStages ? stages : K_::kMaxStages;
   if (max_stages > 0 && max_stages < stages) stages = max_stages;
-  return {stages, stage, K_::kBarBytes + K_::kQBytes + stages * stage};
+  return {stages, stage, K_::kBarBytes + K_::kQBytes + stages * stage + K_::kOnesBytes};
 }
 
 // load_tile for the producer's kThr threads with few registers: a thread always copies the same
@@ -134,6 +146,8 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const auto bar_full = [&](int s) { return bar_q + 8u * (1 + s); };
   const auto bar_empty = [&](int s) { return bar_q + 8u * (1 + K_::kMaxStages + s); };
   const auto stage_addr = [&](int s) { return s_stage0 + static_cast<std::uint32_t>(s * p.ws_stage_bytes); };
+  // The block of ones after the stages (K_::kSumsByMma), filled before the block's first barrier.
+  const std::uint32_t s_ones = stage_addr(stages);
 
   // Q's "free" barrier: every consumer warp is done with the block's Q (the producer waits for it
   // before copying the next item's).
@@ -154,6 +168,12 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     }
     sm90::mbar_init(bar_qfree, K_::kConsumers * 4);
     sm90::mbar_init_fence();
+  }
+  if constexpr (K_::kSumsByMma) {
+    const std::uint32_t ones = E::pack(1.0f, 1.0f);
+    auto* dst = reinterpret_cast<std::uint32_t*>(smem + (s_ones - bar_q));
+    for (int i = tid; i < K_::kOnesBytes / 4; i += K_::kThreads) dst[i] = ones;
+    sm90::fence_proxy_async();  // before the products read them (after the barrier)
   }
   __syncthreads();
 
@@ -305,8 +325,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     float o_acc[K_::kOAcc];
 #pragma unroll
     for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
+    auto& o_part = reinterpret_cast<float(&)[D / 2]>(o_acc);  // O without the row sums
     float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
-    float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum
+    float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum (K_::kSumsByMma: in O)
     float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
     std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
     std::uint32_t q_frag[K_::kQInRegs ? K_::kKSteps : 1][4];  // K_::kQInRegs: this warp's Q rows
@@ -328,10 +349,24 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       sm90::commit();
     };
     // O += P V with the V of stage s (committed as one group).
-    const auto issue_pv = [&](int s) {
-      const std::uint64_t db0 = sm90::smem_desc(stage_addr(s) + Tile::kBytes, Tile::kBlockBytes, 1024);
+    // kSums: with the row sums (K_::kSumsByMma).
+    const auto issue_pv = [&]<bool kSums>(int s) {
+      const std::uint32_t v = stage_addr(s) + Tile::kBytes;
+      if constexpr (kSums) {
+        if constexpr (K_::kSumsByMma) {  // (d=64: so that no other head dim compiles this)
+          // V's 64 columns, then, the LBO further, 8 of the ones: the LBO shrinks as each k-step's
+          // start moves 16 rows on (the ones lie after every stage: it stays positive).
+          const std::uint64_t db0 = sm90::smem_desc(v, s_ones - v, 1024);
 #pragma unroll
-      for (int kk = 0; kk < kTile / 16; ++kk) wgmma_pv<T, D>(o_acc, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
+          for (int kk = 0; kk < kTile / 16; ++kk)
+            wgmma_pv_sums<T>(o_acc, p_frag[kk], sm90::desc_advance_fixed_lbo(db0, kk * 16 * Tile::kRowBytes));
+        }
+      } else {
+        const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
+#pragma unroll
+        for (int kk = 0; kk < kTile / 16; ++kk)
+          wgmma_pv<T, D>(o_part, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
+      }
       sm90::commit();
     };
     // Whether key tile kt of kind `kind` (Params::kind) needs the mask (PARTIAL, or past a
@@ -370,7 +405,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
     // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
     bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
-    const auto softmax = [&]<bool kLazy>(int kt, int kind, int s) {
+    bool lazy_unchecked = false;  // K_::kSumsByMma: the last softmax took the lazy max unchecked
+    // kSums: the row sums come with P V (K_::kSumsByMma), not from here.
+    const auto softmax = [&]<bool kLazy, bool kSums>(int kt, int kind, int s) {
       mask_scores(kt, kind, s);
       // Lazy max (kLazy: the tile loop of structures without mask atoms, whose tiles are mostly
       // FULL; compiled into the loop of mask atoms, whose tiles' masks set the time, it made 16
@@ -385,9 +422,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         if (p.lazy_max && __all_sync(0xffffffffu, m_row[0] != -INFINITY && m_row[1] != -INFINITY)) {
           const float share0 = exp_row(0, m_row[0]);
           const float share1 = exp_row(1, m_row[1]);
-          if (__all_sync(0xffffffffu, share0 <= kLazyMaxShare && share1 <= kLazyMaxShare)) {
-            l_row[0] += share0;
-            l_row[1] += share1;
+          // kSums: there are no sums; the tile loop checks the probabilities once packed.
+          if (kSums || __all_sync(0xffffffffu, share0 <= kLazyMaxShare && share1 <= kLazyMaxShare)) {
+            if constexpr (kSums) {
+              lazy_unchecked = true;
+            } else {
+              l_row[0] += share0;
+              l_row[1] += share1;
+            }
             rescaled = false;
             return make_float2(1.0f, 1.0f);
           }
@@ -422,7 +464,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
           m_row[r] = m_new[r];
         }
         const float sum = exp_row(r, m_row[r] == -INFINITY ? 0.0f : m_row[r]);
-        l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
+        if constexpr (!kSums) l_row[r] = rescale ? l_row[r] * (r == 0 ? alpha.x : alpha.y) + sum : l_row[r] + sum;
       }
       rescaled = rescale;
       return alpha;
@@ -435,6 +477,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         for (int j = 0; j < 4; ++j) p_frag[kk][j] = out ? 0u : E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
       }
     };
+    // O (and with it the row sums, K_::kSumsByMma) scaled by the factors the softmax returned.
+    const auto rescale_o = [&]<bool kSums>(float2 alpha) {
+#pragma unroll
+      for (int i = 0; i < (kSums ? K_::kOAcc : D / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+    };
+    // The largest probability the lazy max allows (K_::kSumsByMma), kLazyMaxShare, in fp16 bits.
+    static_assert(kLazyMaxShare == 32768.0f, "2^15 is 0x7800 in fp16");
+    constexpr std::uint32_t lazy_limit = 0x7800u;
     // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
     // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
     const auto out_of_reach = [&](int kind) { return ((kind >> (kKindOutShift + cw)) & 1) != 0; };
@@ -463,6 +513,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // of them).
     const auto tile_loop = [&]<bool kReach>() {
       constexpr bool kLazyLoop = K_::kLazyMax && !kReach;
+      // The row sums by the tensor core (K_::kSumsByMma) only without the reach checks: with them
+      // (mask atoms: the query atoms' coordinates held too) the four more accumulators made ptxas
+      // serialise every wgmma of the kernel for want of registers.
+      constexpr bool kSums = K_::kSumsByMma && !kReach;
       int kt = item.first_col;
       int kind = p.kind[item.e_begin];
       // The next tile's column and kind are read a whole iteration before they are needed.
@@ -476,7 +530,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       turn_pass();
       sm90::wait<0>();
       const bool out0 = kReach && out_of_reach(kind);
-      if (!out0) softmax.template operator()<false>(kt, kind, s);  // O is still zero: alpha is not needed
+      if (!out0) softmax.template operator()<false, kSums>(kt, kind, s);  // O is still zero: alpha is not needed
       pack_p(out0);
       for (int it = 1; it < n_kv; ++it) {
         const int prev = s;
@@ -494,24 +548,34 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         sm90::fence_proxy_async();
         turn_wait();
         issue_s(s);      // S of this tile ...
-        issue_pv(prev);  // ... and P V of the one before, both in flight
+        issue_pv.template operator()<kSums>(prev);  // ... and P V of the one before, both in flight
         turn_pass();
         sm90::wait<1>();
         const bool out = kReach && out_of_reach(kind);
         float2 alpha = make_float2(1.0f, 1.0f);
-        if (!out) alpha = softmax.template operator()<kLazyLoop>(kt, kind, s);  // under the P V
+        if (!out) alpha = softmax.template operator()<kLazyLoop, kSums>(kt, kind, s);  // under the P V
         sm90::wait<0>();
         if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
-        if (rescaled && !out) {
-#pragma unroll
-          for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
-        }
+        if (rescaled && !out) rescale_o.template operator()<kSums>(alpha);
         pack_p(out);
+        if constexpr (kSums && kLazyLoop) {
+          // The lazy max's check: no probability over kLazyMaxShare (so all fit fp16); otherwise
+          // the warp computes its S again (the stage is still held) and takes the max first.
+          if (lazy_unchecked) {
+            lazy_unchecked = false;
+            if (!__all_sync(0xffffffffu, packed_at_most(p_frag, lazy_limit))) {
+              warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
+              alpha = softmax.template operator()<false, kSums>(kt, kind, s);
+              if (rescaled) rescale_o.template operator()<kSums>(alpha);
+              pack_p(false);
+            }
+          }
+        }
       }
       release_q();
       sm90::fence();
       turn_wait();
-      issue_pv(s);
+      issue_pv.template operator()<kSums>(s);
       turn_pass();
       sm90::wait<0>();
       if (lane == 0) sm90::mbar_arrive(bar_empty(s));  // the item's last stage goes back too
@@ -527,7 +591,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     } else {
       release_q();
     }
-    finish_rows<T, D>(p, item, sd, head_off, o_acc, m_row, l_row, cw * 16 + g, t);
+    if (K_::kSumsByMma && !atoms_mask) {
+      // The row sums: O's columns 64-71 hold each (the same in all); one thread of the quad's
+      // (finish_rows adds the quad's shares up).
+      l_row[0] = t == 0 ? o_acc[D / 2] : 0.0f;
+      l_row[1] = t == 0 ? o_acc[D / 2 + 2] : 0.0f;
+    }
+    finish_rows<T, D>(p, item, sd, head_off, o_part, m_row, l_row, cw * 16 + g, t);
   }
   if (my_wg == 0) asm volatile("bar.sync 1, 256;\n" ::: "memory");  // warpgroup 1's last pass
 #endif

@@ -1,7 +1,7 @@
 // protattn fused engine: Hopper warpgroup MMA (wgmma) wrappers, sm_90a only.
 // Generated shapes: S = Q K^T as m64n{64,128}k16 with both operands in shared memory (K-major,
-// 128-byte swizzle) or as m64n128k16 with Q in registers, and O += P V as m64n{64,128}k16 with P
-// in registers and V in shared memory (MN-major, 128-byte swizzle). Accumulators fp32.
+// 128-byte swizzle) or as m64n128k16 with Q in registers, and O += P V as m64n{64,72,128}k16 with
+// P in registers and V in shared memory (MN-major, 128-byte swizzle). Accumulators fp32.
 #pragma once
 #include <cstdint>
 
@@ -20,6 +20,13 @@ __device__ __forceinline__ std::uint64_t smem_desc(std::uint32_t addr, std::uint
 // operations ahead of every wgmma.
 __device__ __forceinline__ std::uint64_t desc_advance(std::uint64_t d, std::uint32_t bytes) {
   const std::uint32_t lo = static_cast<std::uint32_t>(d) + (bytes >> 4);
+  return (d & 0xffffffff00000000ull) | lo;
+}
+
+// The descriptor of the address `bytes` further whose leading byte offset still reaches the same
+// block (its LBO field, bits 16-29, drops by as much: the caller keeps it from going below zero).
+__device__ __forceinline__ std::uint64_t desc_advance_fixed_lbo(std::uint64_t d, std::uint32_t bytes) {
+  const std::uint32_t lo = static_cast<std::uint32_t>(d) + (bytes >> 4) - ((bytes >> 4) << 16);
   return (d & 0xffffffff00000000ull) | lo;
 }
 
@@ -57,6 +64,19 @@ __device__ __forceinline__ void rs_m64n64k16_##TY(float (&d)[32], const std::uin
 PROTATTN_WGMMA_RS_M64N64K16(f16)
 PROTATTN_WGMMA_RS_M64N64K16(bf16)
 #undef PROTATTN_WGMMA_RS_M64N64K16
+// d[36] += A[64x16] (registers) * B[16x72] (smem desc, MN-major): P V with 8 more columns.
+#define PROTATTN_WGMMA_RS_M64N72K16(TY) \
+__device__ __forceinline__ void rs_m64n72k16_##TY(float (&d)[36], const std::uint32_t (&a)[4], std::uint64_t b) { \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n" \
+      "wgmma.mma_async.sync.aligned.m64n72k16.f32." #TY "." #TY " " \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, {%36, %37, %38, %39}, %40, p, 1, 1, 1;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)); \
+}
+PROTATTN_WGMMA_RS_M64N72K16(f16)
+PROTATTN_WGMMA_RS_M64N72K16(bf16)
+#undef PROTATTN_WGMMA_RS_M64N72K16
 // d[64] += A[64x16] (registers, 4 x f16x2 or bf16x2) * B[16x128] (smem desc, MN-major).
 #define PROTATTN_WGMMA_RS_M64N128K16(TY) \
 __device__ __forceinline__ void rs_m64n128k16_##TY(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t b) { \
