@@ -327,7 +327,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
     auto& o_part = reinterpret_cast<float(&)[D / 2]>(o_acc);  // O without the row sums
     float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
-    float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum (K_::kSumsByMma: in O)
+    float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum (or in O)
     float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
     std::uint32_t p_frag[kTile / 16][4];      // P of the tile whose P V is next
     std::uint32_t q_frag[K_::kQInRegs ? K_::kKSteps : 1][4];  // K_::kQInRegs: this warp's Q rows
