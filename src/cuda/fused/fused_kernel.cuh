@@ -391,12 +391,12 @@ __device__ __forceinline__ void wgmma_qk_rs(float (&d)[64], const std::uint32_t 
   else sm90::rs_kmajor_m64n128k16_bf16(d, a, b, scale_d);
 #endif
 }
-// O += P V at d=64 with V's 64 columns and 8 more (the ws kernel's row sums: a block of ones).
+// O += P V at d=64 with V's 64 columns and 8 more (the ws kernel's row sums: a block of ones); fp16.
 template <typename T>
 __device__ __forceinline__ void wgmma_pv_sums(float (&d)[36], const std::uint32_t (&a)[4], std::uint64_t b) {
+  static_assert(std::is_same_v<T, __half>, "the row sums by the tensor core are fp16 only");
 #if PROTATTN_WGMMA_ARCH
-  if constexpr (std::is_same_v<T, __half>) sm90::rs_m64n72k16_f16(d, a, b);
-  else sm90::rs_m64n72k16_bf16(d, a, b);
+  sm90::rs_m64n72k16_f16(d, a, b);
 #endif
 }
 // Whether no 16-bit value packed in p (two a word, none negative, so that their bit patterns order

@@ -74,8 +74,7 @@ __device__ __forceinline__ void rs_m64n72k16_##TY(float (&d)[36], const std::uin
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]) \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)); \
 }
-PROTATTN_WGMMA_RS_M64N72K16(f16)
-PROTATTN_WGMMA_RS_M64N72K16(bf16)
+PROTATTN_WGMMA_RS_M64N72K16(f16)  // fp16 only: the row sums of bf16 probabilities would be too coarse
 #undef PROTATTN_WGMMA_RS_M64N72K16
 // d[64] += A[64x16] (registers, 4 x f16x2 or bf16x2) * B[16x128] (smem desc, MN-major).
 #define PROTATTN_WGMMA_RS_M64N128K16(TY) \
