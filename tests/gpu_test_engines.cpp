@@ -341,18 +341,27 @@ namespace protattn {
 namespace {
 
 // Runs `layouts` on the fused engine (kernel forced) on poisoned outputs; returns O and LSE.
-void fused_outputs(const std::string& kernel, const std::vector<const BlockLayout*>& layouts, const ProblemShape& shape,
-                   std::vector<std::uint8_t>& o, std::vector<float>& lse, fused::PlanSummary* summary) {
+// O and LSE of a fresh plan on `kernel` for the given inputs (outputs poisoned first).
+void fused_outputs_of(const std::string& kernel, const std::vector<const BlockLayout*>& layouts, const ProblemShape& shape,
+                      const test::Inputs& in, std::vector<std::uint8_t>& o, std::vector<float>& lse,
+                      fused::PlanSummary* summary = nullptr) {
   EngineOptions opt;
   opt.fused_kernel = kernel;
   auto engine = make_engine("fused", opt);
   auto plan = engine->plan(layouts, shape);
   if (summary) *summary = fused::summarize(*plan);
-  const test::Inputs in = test::random_inputs(shape, plan->total_n(), 11);
   o.assign(in.q.size(), 0xff);  // NaN in fp16 and bf16
   lse.assign(static_cast<std::size_t>(shape.heads) * plan->total_n(), std::numeric_limits<float>::quiet_NaN());
   RunArgs a{in.q.data(), in.k.data(), in.v.data(), o.data(), lse.data(), nullptr};
   run_host(*engine, *plan, a);
+}
+
+// fused_outputs_of on random inputs (seed 11).
+void fused_outputs(const std::string& kernel, const std::vector<const BlockLayout*>& layouts, const ProblemShape& shape,
+                   std::vector<std::uint8_t>& o, std::vector<float>& lse, fused::PlanSummary* summary) {
+  std::int64_t total_n = 0;
+  for (const BlockLayout* l : layouts) total_n += l->n;
+  fused_outputs_of(kernel, layouts, shape, test::random_inputs(shape, total_n, 11), o, lse, summary);
 }
 
 // fused_outputs with the engine switch `env` (PROTATTN_FUSED_...) set to 0, then unset again.
@@ -486,6 +495,80 @@ TEST(FusedPersistent, SameBitsAsBlockPerItem) {
   // 17 query tiles a head x 16 heads: 272 items, more than an H100's or H200's 132 SMs.
   for (const fused::PlanSummary& sum : ws_switch_keeps_bits("PROTATTN_FUSED_PERSISTENT", batch, 16, true))
     EXPECT_GT(sum.items, sum.sms);
+}
+
+// Split tiles on one plan, run after run with other inputs queued back to back on one stream:
+// each run's combine must merge its own run's partials (the workspace is the plan's, shared by
+// its runs). W1's split lists in a batch with a structure whose lists are too short to cut (those
+// tiles write O directly): every run gives the bits of a fresh plan on the same inputs, on each
+// kernel.
+TEST(FusedSplitGpu, RunsOnOnePlanEachCombineTheirOwnPieces) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const BlockLayout w1 = make_w1_layout(32, 800, 12, 1);
+  const BlockLayout small = hand_layout(200, {{0}, {}});
+  ProblemShape shape;
+  shape.dtype = DType::f16;
+  shape.dim = 64;
+  std::vector<std::string> kernels = {"mma_sync"};
+  if (hopper()) kernels = {"ws", "wgmma", "mma_sync"};
+  for (const std::string& kernel : kernels) {
+    SCOPED_TRACE("kernel " + kernel);
+    EngineOptions opt;
+    opt.fused_kernel = kernel;
+    auto engine = make_engine("fused", opt);
+    auto plan = engine->plan({&w1, &small}, shape);
+    ASSERT_GT(fused::summarize(*plan).combines, 0);
+    const test::Inputs in[2] = {test::random_inputs(shape, plan->total_n(), 21), test::random_inputs(shape, plan->total_n(), 22)};
+    const std::size_t bytes = in[0].q.size(), lse_bytes = static_cast<std::size_t>(shape.heads) * plan->total_n() * 4;
+    constexpr int kRuns = 6;  // inputs 0, 1, 0, 1, ...
+    std::vector<void*> bufs;
+    const auto dev = [&](std::size_t n) {
+      void* d = nullptr;
+      EXPECT_EQ(cudaMalloc(&d, n), cudaSuccess);
+      bufs.push_back(d);
+      return d;
+    };
+    void* qkv[2][3];
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<std::uint8_t>* host[3] = {&in[i].q, &in[i].k, &in[i].v};
+      for (int j = 0; j < 3; ++j) {
+        qkv[i][j] = dev(bytes);
+        ASSERT_EQ(cudaMemcpy(qkv[i][j], host[j]->data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      }
+    }
+    void* o[kRuns];
+    void* lse[kRuns];
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+    for (int r = 0; r < kRuns; ++r) {
+      o[r] = dev(bytes);
+      lse[r] = dev(lse_bytes);
+      ASSERT_EQ(cudaMemsetAsync(o[r], 0xff, bytes, stream), cudaSuccess);  // NaN in fp16
+      ASSERT_EQ(cudaMemsetAsync(lse[r], 0xff, lse_bytes, stream), cudaSuccess);
+    }
+    for (int r = 0; r < kRuns; ++r)  // queued back to back, no wait between the runs
+      engine->run(*plan, RunArgs{qkv[r % 2][0], qkv[r % 2][1], qkv[r % 2][2], o[r], static_cast<float*>(lse[r]), stream});
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    for (int i = 0; i < 2; ++i) {
+      std::vector<std::uint8_t> o_fresh;
+      std::vector<float> l_fresh;
+      fused_outputs_of(kernel, {&w1, &small}, shape, in[i], o_fresh, l_fresh);
+      for (int r = i; r < kRuns; r += 2) {
+        std::vector<std::uint8_t> o_run(bytes);
+        std::vector<float> l_run(lse_bytes / 4);
+        ASSERT_EQ(cudaMemcpy(o_run.data(), o[r], bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(l_run.data(), lse[r], lse_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        expect_same_bits(o_fresh, l_fresh, o_run, l_run, "run " + std::to_string(r) + " against a fresh plan");
+        if (i == 1) {
+          std::vector<std::uint8_t> o_other(bytes);
+          ASSERT_EQ(cudaMemcpy(o_other.data(), o[r - 1], bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+          EXPECT_NE(std::memcmp(o_other.data(), o_run.data(), bytes), 0) << "the two inputs must give other outputs";
+        }
+      }
+    }
+    cudaStreamDestroy(stream);
+    for (void* d : bufs) cudaFree(d);
+  }
 }
 
 // A batch of a little more than one wave of query tiles x heads on the ws kernel (one block per
