@@ -340,8 +340,8 @@ TEST(FusedErrors, UnsupportedShapesFailLoudly) {
 namespace protattn {
 namespace {
 
-// Runs `layouts` on the fused engine (kernel forced) on poisoned outputs; returns O and LSE.
-// O and LSE of a fresh plan on `kernel` for the given inputs (outputs poisoned first).
+// Runs `layouts` on a fresh plan of the fused engine (kernel forced) with the given inputs, on
+// poisoned outputs; returns O and LSE.
 void fused_outputs_of(const std::string& kernel, const std::vector<const BlockLayout*>& layouts, const ProblemShape& shape,
                       const test::Inputs& in, std::vector<std::uint8_t>& o, std::vector<float>& lse,
                       fused::PlanSummary* summary = nullptr) {
