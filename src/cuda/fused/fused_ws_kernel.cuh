@@ -404,6 +404,11 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
     // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
     // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
+    // The lazy max's way back: this warp's S of the tile in stage s again, on its own (mma.sync from
+    // Q's and the stage's shared memory; a wgmma would need the whole warpgroup).
+    const auto rescore = [&](int s) {
+      warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
+    };
     bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
     bool lazy_unchecked = false;  // K_::kSumsByMma: the last softmax took the lazy max unchecked
     // kSums: the row sums come with P V (K_::kSumsByMma), not from here.
@@ -433,7 +438,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
             rescaled = false;
             return make_float2(1.0f, 1.0f);
           }
-          warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
+          rescore(s);
           mask_scores(kt, kind, s);
         }
       }
@@ -564,7 +569,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
           if (lazy_unchecked) {
             lazy_unchecked = false;
             if (!__all_sync(0xffffffffu, packed_at_most(p_frag, lazy_limit))) {
-              warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
+              rescore(s);
               alpha = softmax.template operator()<false, kSums>(kt, kind, s);
               if (rescaled) rescale_o.template operator()<kSums>(alpha);
               pack_p(false);
