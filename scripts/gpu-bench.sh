@@ -4,7 +4,7 @@
 #   scripts/gpu-bench.sh [BIN_DIR]     BIN_DIR holds protattn and protattn_gpu_tests
 #                                      (default: build/tools and build/tests; scripts/build-carry.sh
 #                                      builds them on a machine without a GPU and stages them).
-# Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,1m), ENGINES (default fused),
+# Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,w2d32,w4,1m), ENGINES (default fused),
 # STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, when present), SKIP_TESTS=1,
 # SERVE=0 (skip serving), PERF_ANALYZER (a perf_analyzer binary: also measure with it).
 # The structures in tests/data must travel with the run (name tests/data in the device's carry).
@@ -27,7 +27,7 @@ mkdir -p "$out"
 find_bin() { for c in "$bin/$1" "$root/build/tools/$1" "$root/build/tests/$1"; do [ -x "$c" ] && { echo "$c"; return; }; done; }
 protattn=$(find_bin protattn); gtests=$(find_bin protattn_gpu_tests)
 [ -n "$protattn" ] || { echo "gpu-bench: no protattn binary (give BIN_DIR)" >&2; exit 1; }
-workloads=${WORKLOADS:-w1,w1alt,w1b,w2,w2d128,w4,1m}
+workloads=${WORKLOADS:-w1,w1alt,w1b,w2,w2d128,w2d32,w4,1m}
 engines=${ENGINES:-fused}
 structures=${STRUCTURES-$( [ -f "$root/tests/data/6zu5.cif" ] && echo "$root/tests/data/6zu5.cif")}
 export PROTATTN_TEST_DATA="$root/tests/data"

@@ -218,16 +218,26 @@ const std::vector<std::string> kDeviceEngines = {
 #endif
 };
 
+std::string engine_case_name(const ::testing::TestParamInfo<EngineTest::ParamType>& info) {
+  std::string e = std::get<0>(info.param);
+  for (char& ch : e)
+    if (ch == '/') ch = '_';
+  return e + "_" + to_string(std::get<1>(info.param)) + "_d" + std::to_string(std::get<2>(info.param));
+}
+
 INSTANTIATE_TEST_SUITE_P(EngineDtypeDim, EngineTest,
                          ::testing::Combine(::testing::ValuesIn(kDeviceEngines), ::testing::Values(DType::f16, DType::bf16),
                                             ::testing::Values(64, 128)),
-                         [](const auto& info) {
-                           std::string e = std::get<0>(info.param);
-                           for (char& ch : e)
-                             if (ch == '/') ch = '_';
-                           return e + "_" + to_string(std::get<1>(info.param)) + "_d" +
-                                  std::to_string(std::get<2>(info.param));
-                         });
+                         engine_case_name);
+
+// d=32 (AlphaFold 3's atom attention: 128 channels in 4 heads), the fused engine only: its tiles
+// keep 64 columns (fused_kernel.cuh: kTileCols), S runs over the first 32, O's columns past 32
+// are never written.
+const std::vector<std::string> kFusedEngines = {"fused", "fused/ws", "fused/wgmma", "fused/mma_sync"};
+INSTANTIATE_TEST_SUITE_P(FusedDim32, EngineTest,
+                         ::testing::Combine(::testing::ValuesIn(kFusedEngines), ::testing::Values(DType::f16, DType::bf16),
+                                            ::testing::Values(32)),
+                         engine_case_name);
 
 // The harness itself, on any machine: the CPU engine through check() on two cases, each twice
 // (the second time against the cached reference), and a different case after them.
@@ -382,15 +392,16 @@ void expect_same_bits(const std::vector<std::uint8_t>& o_a, const std::vector<fl
   EXPECT_EQ(std::memcmp(l_a.data(), l_b.data(), l_b.size() * sizeof(float)), 0) << what << ": LSE differs";
 }
 
-// On the ws kernel, f16 at d=64 and bf16 at d=128, `heads` heads of `batch`: the outputs with the
-// engine switch `env` on and off are the same bits, and match the float64 reference (with steep
-// scores too when `steep`). Returns the plans' summaries (switch on), one per case.
+// On the ws kernel, f16 at d=64, bf16 at d=128 and f16 at d=32, `heads` heads of `batch`: the
+// outputs with the engine switch `env` on and off are the same bits, and match the float64
+// reference (with steep scores too when `steep`). Returns the plans' summaries (switch on), one per
+// case.
 std::vector<fused::PlanSummary> ws_switch_keeps_bits(const char* env, const std::vector<BlockLayout>& batch, int heads,
                                                      bool steep) {
   std::vector<const BlockLayout*> layouts;
   for (const BlockLayout& l : batch) layouts.push_back(&l);
   std::vector<fused::PlanSummary> sums;
-  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {
+  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}, std::pair{DType::f16, 32}}) {
     ProblemShape shape;
     shape.heads = heads;
     shape.dtype = dtype;

@@ -199,6 +199,19 @@ TEST(ModelGpu, MatchesCpuWithTilesMaskAndHeadDim128) {
   compare(gpu.forward(data.batch()), cpu.forward(data.batch()), "batch 2hhb+1ubq, mask tiles, d=128, C=96, 3 layers");
 }
 
+// The shape of AlphaFold 3's atom attention, 128 channels in 4 heads of 32: the fused engine's d=32.
+TEST(ModelGpu, MatchesCpuWithHeadDim32) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const Loaded data = load({"2hhb.pdb", "1ubq.pdb"});
+  ModelConfig c;
+  c.channels = 128;
+  c.heads = 4;
+  c.head_dim = 32;
+  const Model m = init_model(c, 7);
+  AtomEncoder cpu(m, "cpu"), gpu(m, "fused");
+  compare(gpu.forward(data.batch()), cpu.forward(data.batch()), "batch 2hhb+1ubq, mask atoms, 4 heads of d=32");
+}
+
 // Channels that are not a multiple of 4 take the row kernels' one-element path (the embedding
 // rows); the rest take 16-byte vectors.
 TEST(ModelGpu, MatchesCpuWithChannelsNotAMultipleOfFour) {

@@ -122,10 +122,10 @@ Workload make_workload(const std::string& name, MaskMode mask) {
     const BlockLayout l = make_w1_layout(32, 800, 12, 1);
     w.layouts.assign(64, l);
     w.note = "64 structures of the W1 pattern in one ragged batch, 1 head, d=64";
-  } else if (name == "w2" || name == "w2d128") {
+  } else if (name == "w2" || name == "w2d128" || name == "w2d32") {
     w.layouts.push_back(globule_layout(kW2Atoms, 8.0f, mask));
     w.heads = 8;
-    w.dim = name == "w2" ? 64 : 128;
+    w.dim = name == "w2" ? 64 : name == "w2d128" ? 128 : 32;
     w.note = "100,096-atom globule, Morton, tile-box cutoff 8 A, 8 heads";
   } else if (name == "w4") {
     std::mt19937_64 rng(4);
@@ -141,7 +141,7 @@ Workload make_workload(const std::string& name, MaskMode mask) {
     w.heads = 8;
     w.note = "1,000,000-atom globule, Morton, tile-box cutoff 8 A, 8 heads, d=64";
   } else {
-    throw Error("bench: unknown workload '" + name + "' (w1, w1alt, w1b, w2, w2d128, w4, 1m)");
+    throw Error("bench: unknown workload '" + name + "' (w1, w1alt, w1b, w2, w2d128, w2d32, w4, 1m)");
   }
   w.layout_ms = ms_since(t0);
   time_layouts(w);
@@ -370,7 +370,7 @@ void add_bench_command(CLI::App& app) {
                                      "warm-up, the L2 flushed before each call; the median is reported. TFLOPS count the\n"
                                      "computed (kept) blocks only: 4 * nnz * 128 * 128 * d * heads / time.");
   cmd->add_option("--engine", opt->engines, "engines to time (cpu, fused, grouped)")->delimiter(',');
-  cmd->add_option("--workload", opt->workloads, "workloads: w1 w1alt w1b w2 w2d128 w4 1m (none: only --structure/--layout)")
+  cmd->add_option("--workload", opt->workloads, "workloads: w1 w1alt w1b w2 w2d128 w2d32 w4 1m (none: only --structure/--layout)")
       ->delimiter(',');
   cmd->add_option("--structure", opt->structures, "structure files (PDB/mmCIF) to time, cutoff 8 A, Hilbert");
   cmd->add_option("--layout", opt->layout_dirs, "exported layout folders to time");

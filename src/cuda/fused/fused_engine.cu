@@ -44,7 +44,8 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // Fills `out` with the 2-D map of a [rows, dim] tensor of 2-byte elements at `base` (16-byte
-// aligned) that the ws kernel's TMA copies read (fused_params.hpp: Params::tma_q).
+// aligned) that the ws kernel's TMA copies read (fused_params.hpp: Params::tma_q). At d=32 the
+// box (64 columns, the tile's width) reaches past the rows' end: TMA fills those columns with zeros.
 void row_map(TmaMap& out, const void* base, std::uint64_t rows, int dim) {
   static_assert(sizeof(CUtensorMap) == sizeof(TmaMap) && alignof(CUtensorMap) <= alignof(TmaMap));
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(dim), rows};
@@ -72,6 +73,9 @@ constexpr int kMaxSplits = 16;
 
 bool dim_compiled(int d) {
   switch (d) {
+#ifdef PROTATTN_FUSED_D32
+    case 32: return true;
+#endif
 #ifdef PROTATTN_FUSED_D64
     case 64: return true;
 #endif
@@ -84,7 +88,7 @@ bool dim_compiled(int d) {
 
 std::string compiled_dims() {
   std::string s;
-  for (int d : {64, 128})
+  for (int d : {32, 64, 128})
     if (dim_compiled(d)) s += (s.empty() ? "" : ", ") + std::to_string(d);
   return s;
 }
@@ -95,6 +99,9 @@ template <typename F>
 auto dispatch(DType dtype, int dim, F&& f) {
   auto by_dim = [&]<typename T>() {
     switch (dim) {
+#ifdef PROTATTN_FUSED_D32
+      case 32: return f.template operator()<T, 32>();
+#endif
 #ifdef PROTATTN_FUSED_D64
       case 64: return f.template operator()<T, 64>();
 #endif
@@ -414,7 +421,7 @@ class FusedEngine final : public Engine {
   // kept: a server plans a batch on every inference thread, and the query (with the shared-memory
   // limit it raises first) takes a lock. Racing threads store the same value.
   int blocks_per_sm(const ProblemShape& shape, int kernel) {
-    std::atomic<int>& slot = bps_[shape.dtype == DType::bf16 ? 1 : 0][shape.dim == 128 ? 1 : 0][kernel];
+    std::atomic<int>& slot = bps_[shape.dtype == DType::bf16 ? 1 : 0][shape.dim == 32 ? 0 : shape.dim == 64 ? 1 : 2][kernel];
     int bps = slot.load(std::memory_order_relaxed);
     if (bps == 0) {
       bps = dispatch(shape.dtype, shape.dim, [&]<typename T, int D>() { return fused_blocks_per_sm<T, D>(kernel); });
@@ -430,7 +437,7 @@ class FusedEngine final : public Engine {
   // Params::kind's out-of-reach bits set (mask atoms, BlockLayout::rows_out); PROTATTN_FUSED_REACH=0
   // leaves them clear, for comparison.
   bool use_reach_ = true;
-  std::atomic<int> bps_[2][2][3] = {};  // [fp16, bf16][d 64, 128][KernelCode]; 0: not asked yet
+  std::atomic<int> bps_[2][3][3] = {};  // [fp16, bf16][d 32, 64, 128][KernelCode]; 0: not asked yet
 };
 
 }  // namespace

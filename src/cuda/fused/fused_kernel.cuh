@@ -80,6 +80,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::ui
                : "r"(addr));
 }
 
+// Columns of the shared-memory tiles for head dim D. Below 64 (d=32) a tile still has 64
+// columns, the narrowest the 128-byte swizzle and the wgmma descriptors take: copies fill its
+// first D (TMA fills the rest with zeros, cp.async leaves what the stage held), S = Q K^T runs
+// over D / 16 k-steps only, and O's columns past D, computed from the rest of V's tile where a
+// product is 64 wide, are never read.
+template <int D>
+inline constexpr int kTileCols = D < 64 ? 64 : D;
+
 // Shared-memory tile of 128 rows x D elements of 2 bytes, stored as D/64 blocks of 128 rows x
 // 128 bytes; within a block the 16-byte chunk index is XORed with (row & 7). This is the
 // canonical 128-byte-swizzle layout of wgmma operands (K-major for Q and K, MN-major for V),
@@ -95,18 +103,20 @@ struct SwizzledTile {
   }
 };
 
-// Loads rows [row0, row0 + 128) of a [rows, D] matrix into a swizzled tile with kThr threads
-// (tid in [0, kThr)); rows >= limit read as zeros (and are never read from global memory).
+// Loads rows [row0, row0 + 128) of a [rows, D] matrix into a swizzled tile (kTileCols<D>
+// columns) with kThr threads (tid in [0, kThr)); rows >= limit read as zeros (and are never read
+// from global memory).
 template <int D, int kThr = kThreads>
 __device__ __forceinline__ void load_tile(std::uint32_t smem, const std::uint16_t* base, int row0, int limit,
                                           int tid) {
-  using Tile = SwizzledTile<D>;
-  constexpr int kTotal = kTile * Tile::kChunks;
+  using Tile = SwizzledTile<kTileCols<D>>;
+  constexpr int kChunks = D / 8;  // 16-byte chunks of a row in global memory
+  constexpr int kTotal = kTile * kChunks;
   static_assert(kTotal % kThr == 0, "whole chunks per thread");
 #pragma unroll
   for (int i = 0; i < kTotal / kThr; ++i) {
     const int id = tid + i * kThr;
-    const int row = id / Tile::kChunks, chunk = id % Tile::kChunks;
+    const int row = id / kChunks, chunk = id % kChunks;
     const int grow = row0 + row;
     const bool in = grow < limit;
     const std::uint16_t* src = base + static_cast<std::int64_t>(in ? grow : 0) * D + chunk * 8;
@@ -281,7 +291,7 @@ __device__ __forceinline__ void pack_p(const float (&s)[N], std::uint32_t (&a)[N
 template <typename T, int D, int N>
 __device__ __forceinline__ void warp_scores(float (&s)[N / 2], std::uint32_t s_q, std::uint32_t s_k, int q_row0, int key0,
                                             int lane) {
-  using Tile = SwizzledTile<D>;
+  using Tile = SwizzledTile<kTileCols<D>>;
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) s[i] = 0.0f;
 #pragma unroll
@@ -300,10 +310,11 @@ __device__ __forceinline__ void warp_scores(float (&s)[N / 2], std::uint32_t s_q
 
 // Finishes a warp's 16 rows (local rows lrow0 and lrow0 + 8 of the query tile for this thread,
 // accumulator layout of mma.sync / wgmma): full row sums across the quad, then O / l and the
-// LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel.
+// LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel. Only O's
+// first D columns are written (the accumulators hold kTileCols<D>).
 template <typename T, int D>
 __device__ __forceinline__ void finish_rows(const Params& p, const WorkItem& item, const StructDesc& sd,
-                                            std::int64_t head_off, const float (&o_acc)[D / 2], const float (&m_row)[2],
+                                            std::int64_t head_off, const float (&o_acc)[kTileCols<D> / 2], const float (&m_row)[2],
                                             float (&l_row)[2], int lrow0, int t) {
   using E = ElemTraits<T>;
 #pragma unroll
@@ -349,8 +360,8 @@ __device__ __forceinline__ void finish_rows(const Params& p, const WorkItem& ite
 
 template <typename T, int D>
 struct FusedKernel {
-  static constexpr int kQBytes = SwizzledTile<D>::kBytes;
-  static constexpr int kStageBytes = 2 * SwizzledTile<D>::kBytes;  // K and V
+  static constexpr int kQBytes = SwizzledTile<kTileCols<D>>::kBytes;
+  static constexpr int kStageBytes = 2 * SwizzledTile<kTileCols<D>>::kBytes;  // K and V
   static constexpr int kSmemBytes = kQBytes + 2 * kStageBytes;  // the mma.sync back end
   // The wgmma back end adds, for mask `atoms`, the key tile's coordinates (one float4 per key) in
   // two stages like K and V, read from shared memory instead of global memory per score.
@@ -358,10 +369,10 @@ struct FusedKernel {
   static constexpr int kSmemBytesWgmma = kSmemBytes + 2 * kKeyXyzBytes;
   static constexpr int kMinBlocks = D <= 64 ? 2 : 1;
   static constexpr int kKSteps = D / 16;          // k16 steps of Q K^T
-  static constexpr int kOAcc = D / 2;             // O accumulators per thread (16 x D per warp)
+  static constexpr int kOAcc = kTileCols<D> / 2;  // O accumulators per thread (16 x kTileCols per warp)
   static constexpr int kSAcc = kKeyChunk / 2;     // S accumulators per thread (16 x 64 per warp)
-  // The shared-memory tiles are 128-byte rows of 64 columns: head dims are multiples of 64.
-  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  // The shared-memory tiles are 128-byte rows of 64 columns (kTileCols).
+  static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
 };
 
 // The sm_90a wgmma back end exists only where the compiler targets sm_90a.
@@ -432,9 +443,8 @@ __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t 
 template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused_attention_kernel(const Params p) {
   using K_ = FusedKernel<T, D>;
-  using Tile = SwizzledTile<D>;
+  using Tile = SwizzledTile<kTileCols<D>>;
   using E = ElemTraits<T>;
-  static_assert(!kWgmma || D == 64 || D == 128, "wgmma back end: head dim 64 or 128");
 #if !PROTATTN_WGMMA_ARCH
   if constexpr (kWgmma) {
     __trap();  // never launched: the host picks this back end on sm_90 only
@@ -615,7 +625,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
           std::uint32_t a[4];
 #pragma unroll
           for (int j = 0; j < 4; ++j) a[j] = E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
-          wgmma_pv<T, D>(o_acc, a, sm90::desc_advance(dv0, kk * 16 * Tile::kRowBytes));
+          wgmma_pv<T, kTileCols<D>>(o_acc, a, sm90::desc_advance(dv0, kk * 16 * Tile::kRowBytes));
         }
         sm90::commit();
         sm90::wait<0>();

@@ -24,7 +24,7 @@ struct KernelChoice {
 // The kernel of a KernelCode (the plan checked that the GPU runs it).
 template <typename T, int D>
 KernelChoice attention_kernel(int kernel) {
-  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
   static const KernelChoice choices[3] = {
       {&fused_ws_kernel<T, D>, WsKernel<T, D>::kThreads, WsKernel<T, D>::kSmemLimit},  // launched with less
       {&fused_attention_kernel<T, D, true>, kThreads, FusedKernel<T, D>::kSmemBytesWgmma},

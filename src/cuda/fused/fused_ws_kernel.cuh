@@ -46,7 +46,7 @@ struct WsKernel {
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
   static_assert(kProducerThreads * kProducerRegs + kConsumers * 128 * kConsumerRegs <= kThreads * kLaunchRegs,
                 "the register limits fit what the block is launched with");
-  using Tile = SwizzledTile<D>;
+  using Tile = SwizzledTile<kTileCols<D>>;
   // Shared memory: the mbarriers in the first KiB, then Q, then the stages (K, V and, when the
   // batch has mask `atoms`, the keys' coordinates), as many as fit (the plan decides: see
   // ws_geometry; 6 at d=64, 3 at d=128 without coordinates, 2 with).
@@ -73,16 +73,18 @@ struct WsKernel {
   // (bench/results/2026-12-01-h200-sums-by-mma). The sums are then those of the probabilities
   // rounded to fp16, as O gets them: l is off by at most 2^-11 relative, the LSE by at most 4.9e-4
   // (under the GPU tests' 5e-4). Not bf16 (2^-9: its LSE went over that bound), not d=128 (V's
-  // two column blocks would have to lie as far apart as the ones; not tried).
-  static constexpr bool kSumsByMma = D == 64 && std::is_same_v<T, __half>;
+  // two column blocks would have to lie as far apart as the ones; not tried). At d=32 too, whose
+  // tiles have 64 columns (kTileCols).
+  static constexpr bool kSumsByMma = kTileCols<D> == 64 && std::is_same_v<T, __half>;
   static constexpr int kOnesBytes = kSumsByMma ? 16 * Tile::kRowBytes : 0;
-  static constexpr int kOAcc = D / 2 + (kSumsByMma ? 4 : 0);
+  static constexpr int kOCols = kTileCols<D>;  // O's columns in the accumulators (P V's width)
+  static constexpr int kOAcc = kOCols / 2 + (kSumsByMma ? 4 : 0);
   static constexpr int kKSteps = D / 16;
   static constexpr bool kLazyMax = true;  // the lazy max: see softmax in fused_ws_kernel
-  // S = Q K^T with Q's fragment in registers (16 per thread at d=64; 32 at d=128 would not fit):
-  // Q then is not read from shared memory again for every key tile.
-  static constexpr bool kQInRegs = D == 64;
-  static_assert(D == 64 || D == 128, "head dim 64 or 128");
+  // S = Q K^T with Q's fragment in registers (16 per thread at d=64, 8 at d=32; 32 at d=128
+  // would not fit): Q then is not read from shared memory again for every key tile.
+  static constexpr bool kQInRegs = D <= 64;
+  static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
 };
 
 // Declared in fused_launch.hpp (the plan calls it).
@@ -102,10 +104,11 @@ WsGeometry ws_geometry(bool atoms, int max_stages) {
 template <int D, int kThr>
 __device__ __forceinline__ void load_tile_lean(std::uint32_t smem, const std::uint16_t* base, int row0, int limit,
                                                int tid) {
-  using Tile = SwizzledTile<D>;
-  constexpr int kStep = kThr / Tile::kChunks;
-  static_assert(kThr % Tile::kChunks == 0 && kStep % 8 == 0, "rows a multiple of 8 apart");
-  const int chunk = tid % Tile::kChunks, r0 = tid / Tile::kChunks;
+  using Tile = SwizzledTile<kTileCols<D>>;
+  constexpr int kChunks = D / 8;  // 16-byte chunks of a row in global memory
+  constexpr int kStep = kThr / kChunks;
+  static_assert(kThr % kChunks == 0 && kStep % 8 == 0, "rows a multiple of 8 apart");
+  const int chunk = tid % kChunks, r0 = tid / kChunks;
   const std::uint32_t dst = smem + Tile::offset(r0, chunk);
   const std::uint16_t* src = base + static_cast<std::int64_t>(row0 + r0) * D + chunk * 8;
   const int left = limit - row0 - r0;  // rows of this thread's column still inside
@@ -135,7 +138,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   __trap();  // never launched: the host picks this kernel on sm_90 only
 #else
   using K_ = WsKernel<T, D>;
-  using Tile = SwizzledTile<D>;
+  using Tile = typename K_::Tile;
   using E = ElemTraits<T>;
   allow_dependent_launch();
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -213,14 +216,16 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       const auto* vg = static_cast<const std::uint16_t*>(p.v) + head_off;
       const int map_row0 = map_row0_of(p, item);
       // Copies rows r0 .. r0 + 127 of Q, K or V (map m, global g) into the tile at dst, completing
-      // on `bar`: by TMA when `whole` (thread 0 issues one box per 64 columns; it has already set
-      // the bytes to expect), else by every thread's cp.async.
+      // on `bar`: by TMA when `whole` (thread 0 issues one box per 64 columns of the tile; it has
+      // already set the bytes to expect, a whole box's, the columns past D filled with zeros), else
+      // by every thread's cp.async.
       const auto copy_tile = [&](std::uint32_t dst, const TmaMap& m, const std::uint16_t* g, int r0, std::uint32_t bar,
                                  bool whole) {
         if (whole) {
           if (tid == 0) {
 #pragma unroll
-            for (int c = 0; c < D / 64; ++c) sm90::tma_load_2d(dst + c * Tile::kBlockBytes, &m, c * 64, map_row0 + r0, bar);
+            for (int c = 0; c < K_::kOCols / 64; ++c)
+              sm90::tma_load_2d(dst + c * Tile::kBlockBytes, &m, c * 64, map_row0 + r0, bar);
           }
         } else {
           load_tile_lean<D, K_::kProducerThreads>(dst, g, r0, sd.n, tid);
@@ -275,7 +280,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
             if (nrow0 + kTile <= ni.sd.n) {
               const int nmap = map_row0_of(p, ni) + nrow0;
 #pragma unroll
-              for (int c = 0; c < D / 64; ++c) sm90::tma_prefetch_2d(&p.tma_q, c * 64, nmap);
+              for (int c = 0; c < K_::kOCols / 64; ++c) sm90::tma_prefetch_2d(&p.tma_q, c * 64, nmap);
             }
           }
         }
@@ -325,7 +330,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     float o_acc[K_::kOAcc];
 #pragma unroll
     for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
-    auto& o_part = reinterpret_cast<float(&)[D / 2]>(o_acc);  // O without the row sums
+    auto& o_part = reinterpret_cast<float(&)[K_::kOCols / 2]>(o_acc);  // O without the row sums
     float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
     float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum (or in O)
     float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
@@ -353,7 +358,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     const auto issue_pv = [&]<bool kSums>(int s) {
       const std::uint32_t v = stage_addr(s) + Tile::kBytes;
       if constexpr (kSums) {
-        if constexpr (K_::kSumsByMma) {  // (d=64: so that no other head dim compiles this)
+        if constexpr (K_::kSumsByMma) {  // (so that the head dims and types without it do not compile this)
           // V's 64 columns, then, the LBO further, 8 of the ones: the LBO shrinks as each k-step's
           // start moves 16 rows on (the ones lie after every stage: it stays positive).
           const std::uint64_t db0 = sm90::smem_desc(v, s_ones - v, 1024);
@@ -365,7 +370,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
 #pragma unroll
         for (int kk = 0; kk < kTile / 16; ++kk)
-          wgmma_pv<T, D>(o_part, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
+          wgmma_pv<T, K_::kOCols>(o_part, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
       }
       sm90::commit();
     };
@@ -485,7 +490,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // O (and with it the row sums, K_::kSumsByMma) scaled by the factors the softmax returned.
     const auto rescale_o = [&]<bool kSums>(float2 alpha) {
 #pragma unroll
-      for (int i = 0; i < (kSums ? K_::kOAcc : D / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+      for (int i = 0; i < (kSums ? K_::kOAcc : K_::kOCols / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
     };
     // The largest probability the lazy max allows (K_::kSumsByMma), kLazyMaxShare, in fp16 bits.
     static_assert(kLazyMaxShare == 32768.0f, "2^15 is 0x7800 in fp16");
@@ -599,8 +604,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     if (K_::kSumsByMma && !atoms_mask) {
       // The row sums: O's columns 64-71 hold each (the same in all); one thread of the quad's
       // (finish_rows adds the quad's shares up).
-      l_row[0] = t == 0 ? o_acc[D / 2] : 0.0f;
-      l_row[1] = t == 0 ? o_acc[D / 2 + 2] : 0.0f;
+      l_row[0] = t == 0 ? o_acc[K_::kOCols / 2] : 0.0f;
+      l_row[1] = t == 0 ? o_acc[K_::kOCols / 2 + 2] : 0.0f;
+    }
+    if constexpr (D < K_::kOCols) {
+      // O's columns past D are never written; left dead here, ptxas serialised every wgmma of
+      // the kernel (C7511). An empty asm keeps them live to the end at no cost.
+#pragma unroll
+      for (int i = D / 2; i < K_::kOCols / 2; ++i) asm volatile("" ::"f"(o_part[i]));
     }
     finish_rows<T, D>(p, item, sd, head_off, o_part, m_row, l_row, cw * 16 + g, t);
   }
