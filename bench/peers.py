@@ -64,6 +64,10 @@ def measure(folder, dense_limit):
     out = {"layout": os.path.basename(os.path.normpath(folder)), "gpu": torch.cuda.get_device_name(),
            "torch": torch.__version__, "triton": triton.__version__, "n": n, "nnz_blocks": nnz * batch,
            "batch": batch, "heads": heads, "dim": dim, "dtype": shape.get("dtype", "fp16")}
+    # A fresh compile per layout: dynamo keeps compiled variants of flex_attention per process
+    # and past its recompile limit runs it eagerly, which materialises all N^2 scores (W4, the
+    # seventh layout of a run, asked for 3.5 TiB).
+    torch._dynamo.reset()
     flex = torch.compile(flex_attention, dynamic=False)
     mask = flex_block_mask(kept, batch, heads, n_pad, tile)
     flex(q, k, v, block_mask=mask)
@@ -90,7 +94,10 @@ def main():
     a = ap.parse_args()
     results = []
     for folder in a.layouts:
-        r = measure(folder, a.no_dense_above)
+        try:
+            r = measure(folder, a.no_dense_above)
+        except Exception as e:  # one layout's failure is recorded; the others are still timed
+            r = {"layout": os.path.basename(os.path.normpath(folder)), "error": f"{type(e).__name__}: {str(e)[:300]}"}
         print(json.dumps(r), flush=True)
         results.append(r)
         torch.cuda.empty_cache()

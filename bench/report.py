@@ -35,6 +35,8 @@ def main():
             print(f"report: {r['engine']} on {r['workload']}: {r['error']}")
             continue
         p = peers.get(r["workload"], {})
+        if "error" in p:
+            print(f"report: the peers on {r['workload']}: {p['error']}")
         row = dict(r)
         row["peers"] = p
         us = r["ms"] * 1e3
