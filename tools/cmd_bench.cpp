@@ -375,7 +375,8 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--structure", opt->structures, "structure files (PDB/mmCIF) to time, cutoff 8 A, Hilbert");
   cmd->add_option("--layout", opt->layout_dirs, "exported layout folders to time");
   cmd->add_option("--heads", opt->heads, "heads for --structure/--layout")->check(CLI::PositiveNumber);
-  cmd->add_option("--dim", opt->dim, "head dim for --structure/--layout")->check(CLI::PositiveNumber);
+  cmd->add_option("--dim", opt->dim, "head dim for --structure/--layout (fused: 32, 64 or 128 as compiled; grouped: 64 or 128)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--batch", opt->batch, "copies of each --structure/--layout run as one ragged batch")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--dtype", opt->dtype, "fp16 or bf16 (fp32 on cpu)");

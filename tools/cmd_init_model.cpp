@@ -41,7 +41,7 @@ void add_init_model_command(CLI::App& app) {
   cmd->add_option("--channels", o->config.channels, "embedding width C")->check(CLI::PositiveNumber);
   cmd->add_option("--layers", o->config.layers, "transformer blocks L")->check(CLI::NonNegativeNumber);
   cmd->add_option("--heads", o->config.heads, "attention heads H")->check(CLI::PositiveNumber);
-  cmd->add_option("--dim", o->config.head_dim, "head dim d (the fused engine supports the compiled dims, 64 and 128 by default)")
+  cmd->add_option("--dim", o->config.head_dim, "head dim d (the fused engine supports the compiled dims, 32, 64 and 128 by default)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--cutoff", o->config.cutoff, "attention cutoff (Angstrom)");
   cmd->add_option("--order", o->order, "spatial order: file, morton, hilbert");

@@ -138,7 +138,9 @@ void add_run_command(CLI::App& app) {
   for (const std::string& e : engine_names()) engines += (engines.empty() ? "" : ", ") + e;
   cmd->add_option("--engine", o->engine, "engine: " + engines)->capture_default_str();
   cmd->add_option("--heads", o->heads, "attention heads")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--dim", o->dim, "head dimension")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--dim", o->dim, "head dimension (fused: 32, 64 or 128 as compiled; grouped: 64 or 128)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "dtype of Q, K, V and O: fp32, fp16, bf16 (bf16 npy files hold raw uint16 bits)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
       ->capture_default_str();
