@@ -410,23 +410,6 @@ __device__ __forceinline__ void wgmma_pv_sums(float (&d)[36], const std::uint32_
   sm90::rs_m64n72k16_f16(d, a, b);
 #endif
 }
-// Whether no 16-bit value packed in p (two a word, none negative, so that their bit patterns order
-// as their values) exceeds the bit pattern `limit`; four independent chains of max.u16x2.
-template <int N>
-__device__ __forceinline__ bool packed_at_most(const std::uint32_t (&p)[N][4], std::uint32_t limit) {
-  std::uint32_t m[4] = {0u, 0u, 0u, 0u};
-#if PROTATTN_WGMMA_ARCH
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) asm("max.u16x2 %0, %0, %1;\n" : "+r"(m[j]) : "r"(p[i][j]));
-  }
-  asm("max.u16x2 %0, %0, %1;\n" : "+r"(m[0]) : "r"(m[1]));
-  asm("max.u16x2 %0, %0, %1;\n" : "+r"(m[2]) : "r"(m[3]));
-  asm("max.u16x2 %0, %0, %1;\n" : "+r"(m[0]) : "r"(m[2]));
-#endif
-  return (m[0] & 0xffffu) <= limit && (m[0] >> 16) <= limit;
-}
 template <typename T, int D>
 __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t (&a)[4], std::uint64_t b) {
 #if PROTATTN_WGMMA_ARCH

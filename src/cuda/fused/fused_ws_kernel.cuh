@@ -23,6 +23,8 @@
 // 128-key tile per step (that kernel takes 64 keys), so the two agree within the engine's bound,
 // not bit for bit. Each is deterministic.
 #pragma once
+#include <climits>
+
 #include "cuda/fused/fused_kernel.cuh"
 #include "cuda/fused/fused_launch.hpp"
 #include "cuda/fused/sm90_sync.cuh"
@@ -68,8 +70,8 @@ struct WsKernel {
   // fp16 at d=64: the tensor core sums each row's probabilities. P V takes 72 columns, V's 64 and
   // 8 of a block of ones in shared memory (16 keys x 64 columns, which every k-step of every stage
   // reads), so O's accumulators end in the row sums and the softmax issues no additions for them
-  // (32 FADD a row and tile; the lazy max then checks the packed probabilities instead of the
-  // sums): W1b 1.9-2.2%, W2 1.3-1.4%, the 1M-atom globule 1.6% faster
+  // (32 FADD a row and tile; the lazy max then checks the exponents instead of the sums):
+  // W1b 1.9-2.2%, W2 1.3-1.4%, the 1M-atom globule 1.6% faster
   // (bench/results/2026-12-01-h200-sums-by-mma). The sums are then those of the probabilities
   // rounded to fp16, as O gets them: l is off by at most 2^-11 relative, the LSE by at most 4.9e-4
   // (under the GPU tests' 5e-4). Not bf16 (2^-9: its LSE went over that bound), not d=128 (V's
@@ -406,6 +408,28 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       }
       return (s4[0] + s4[1]) + (s4[2] + s4[3]);
     };
+    // exp_row for the lazy max where the tensor core makes the sums (K_::kSumsByMma): returns the
+    // largest exponent argument of the row's scores as its float's bits read as a signed int,
+    // which order as the floats do where one is positive (over kLazyArgBits: some probability over
+    // kLazyMaxShare; NaN, whose bits the GPU's arithmetic makes positive, too). The maxima need
+    // only the FMAs' results, so ptxas spreads them among the exponentials. (The check on the
+    // packed P it replaced stood after the wait for the last P V, ahead of the next products:
+    // bench/results/2026-12-01-h200-amax-check.)
+    const auto exp_row_amax = [&](int r, float base) {
+      int a4[4] = {INT_MIN, INT_MIN, INT_MIN, INT_MIN};
+#pragma unroll
+      for (int nt = 0; nt < K_::kSAcc / 4; ++nt) {
+        const float x0 = fmaf(s_acc[4 * nt + 2 * r], p.scale_log2, -base);
+        const float x1 = fmaf(s_acc[4 * nt + 2 * r + 1], p.scale_log2, -base);
+        a4[nt % 4] = max(a4[nt % 4], max(__float_as_int(x0), __float_as_int(x1)));
+        s_acc[4 * nt + 2 * r] = fast_exp2(x0);
+        s_acc[4 * nt + 2 * r + 1] = fast_exp2(x1);
+      }
+      return max(max(a4[0], a4[1]), max(a4[2], a4[3]));
+    };
+    // log2(kLazyMaxShare) = 15 as float bits (a positive float's bits order as its value).
+    static_assert(kLazyMaxShare == 32768.0f, "2^15");
+    constexpr int kLazyArgBits = 0x41700000;  // 15.0f
     // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
     // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
     // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
@@ -415,7 +439,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
     };
     bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
-    bool lazy_unchecked = false;  // K_::kSumsByMma: the last softmax took the lazy max unchecked
     // kSums: the row sums come with P V (K_::kSumsByMma), not from here.
     const auto softmax = [&]<bool kLazy, bool kSums>(int kt, int kind, int s) {
       mask_scores(kt, kind, s);
@@ -427,21 +450,25 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       // probability then fits fp16, and O and l need no rescaling, the result after the final
       // O / l being the same. Otherwise (a row's max rose far above its base, rare after the first
       // tile; or NaN) the warp computes its S again alone (warp_scores: a wgmma would need the
-      // whole warpgroup; the stage is still held) and takes the max first, below.
+      // whole warpgroup; the stage is still held) and takes the max first, below. With the sums
+      // by the tensor core (kSums) no sums are made here: the exponents are checked instead.
       if constexpr (kLazy) {
         if (p.lazy_max && __all_sync(0xffffffffu, m_row[0] != -INFINITY && m_row[1] != -INFINITY)) {
-          const float share0 = exp_row(0, m_row[0]);
-          const float share1 = exp_row(1, m_row[1]);
-          // kSums: there are no sums; the tile loop checks the probabilities once packed.
-          if (kSums || __all_sync(0xffffffffu, share0 <= kLazyMaxShare && share1 <= kLazyMaxShare)) {
-            if constexpr (kSums) {
-              lazy_unchecked = true;
-            } else {
+          if constexpr (kSums) {
+            const int a = max(exp_row_amax(0, m_row[0]), exp_row_amax(1, m_row[1]));
+            if (__all_sync(0xffffffffu, a <= kLazyArgBits)) {
+              rescaled = false;
+              return make_float2(1.0f, 1.0f);
+            }
+          } else {
+            const float share0 = exp_row(0, m_row[0]);
+            const float share1 = exp_row(1, m_row[1]);
+            if (__all_sync(0xffffffffu, share0 <= kLazyMaxShare && share1 <= kLazyMaxShare)) {
               l_row[0] += share0;
               l_row[1] += share1;
+              rescaled = false;
+              return make_float2(1.0f, 1.0f);
             }
-            rescaled = false;
-            return make_float2(1.0f, 1.0f);
           }
           rescore(s);
           mask_scores(kt, kind, s);
@@ -492,9 +519,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
 #pragma unroll
       for (int i = 0; i < (kSums ? K_::kOAcc : K_::kOCols / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
     };
-    // The largest probability the lazy max allows (K_::kSumsByMma), kLazyMaxShare, in fp16 bits.
-    static_assert(kLazyMaxShare == 32768.0f, "2^15 is 0x7800 in fp16");
-    constexpr std::uint32_t lazy_limit = 0x7800u;
     // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
     // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
     const auto out_of_reach = [&](int kind) { return ((kind >> (kKindOutShift + cw)) & 1) != 0; };
@@ -568,19 +592,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         if (lane == 0) sm90::mbar_arrive(bar_empty(prev));
         if (rescaled && !out) rescale_o.template operator()<kSums>(alpha);
         pack_p(out);
-        if constexpr (kSums && kLazyLoop) {
-          // The lazy max's check: no probability over kLazyMaxShare (so all fit fp16); otherwise
-          // the warp computes its S again (the stage is still held) and takes the max first.
-          if (lazy_unchecked) {
-            lazy_unchecked = false;
-            if (!__all_sync(0xffffffffu, packed_at_most(p_frag, lazy_limit))) {
-              rescore(s);
-              alpha = softmax.template operator()<false, kSums>(kt, kind, s);
-              if (rescaled) rescale_o.template operator()<kSums>(alpha);
-              pack_p(false);
-            }
-          }
-        }
       }
       release_q();
       sm90::fence();
