@@ -288,6 +288,19 @@ __device__ __forceinline__ void pack_p(const float (&s)[N], std::uint32_t (&a)[N
 // accumulator layout of wgmma and mma.sync alike (element i: row g + 8 * ((i % 4) / 2), key
 // 8 * (i / 4) + 2 * t + (i % 2)). Warp-local: the lazy max's way back to the max-first path,
 // taken by one warp alone where a wgmma would need its whole warpgroup.
+// One k-step of it: the warp's A fragment `a` of Q (k-step ks) against the N keys.
+template <typename T, int D, int N>
+__device__ __forceinline__ void warp_scores_step(float (&s)[N / 2], const std::uint32_t (&a)[4], std::uint32_t s_k, int key0,
+                                                 int ks, int lane) {
+  using Tile = SwizzledTile<kTileCols<D>>;
+#pragma unroll
+  for (int np = 0; np < N / 16; ++np) {
+    std::uint32_t b[4];
+    ldmatrix_x4(b, s_k + Tile::offset(key0 + np * 16 + (lane % 8) + (lane / 16) * 8, ks * 2 + (lane / 8) % 2));
+    ElemTraits<T>::mma(&s[8 * np], a, b[0], b[1]);
+    ElemTraits<T>::mma(&s[8 * np + 4], a, b[2], b[3]);
+  }
+}
 template <typename T, int D, int N>
 __device__ __forceinline__ void warp_scores(float (&s)[N / 2], std::uint32_t s_q, std::uint32_t s_k, int q_row0, int key0,
                                             int lane) {
@@ -298,14 +311,18 @@ __device__ __forceinline__ void warp_scores(float (&s)[N / 2], std::uint32_t s_q
   for (int ks = 0; ks < D / 16; ++ks) {
     std::uint32_t a[4];
     ldmatrix_x4(a, s_q + Tile::offset(q_row0 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
-#pragma unroll
-    for (int np = 0; np < N / 16; ++np) {
-      std::uint32_t b[4];
-      ldmatrix_x4(b, s_k + Tile::offset(key0 + np * 16 + (lane % 8) + (lane / 16) * 8, ks * 2 + (lane / 8) % 2));
-      ElemTraits<T>::mma(&s[8 * np], a, b[0], b[1]);
-      ElemTraits<T>::mma(&s[8 * np + 4], a, b[2], b[3]);
-    }
+    warp_scores_step<T, D, N>(s, a, s_k, key0, ks, lane);
   }
+}
+// warp_scores with the warp's fragments of Q already in registers (q[ks]: what warp_scores loads
+// for k-step ks), so that Q's tile in shared memory is not needed.
+template <typename T, int D, int N>
+__device__ __forceinline__ void warp_scores_rq(float (&s)[N / 2], const std::uint32_t (&q)[D / 16][4], std::uint32_t s_k,
+                                               int key0, int lane) {
+#pragma unroll
+  for (int i = 0; i < N / 2; ++i) s[i] = 0.0f;
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) warp_scores_step<T, D, N>(s, q[ks], s_k, key0, ks, lane);
 }
 
 // Finishes a warp's 16 rows (local rows lrow0 and lrow0 + 8 of the query tile for this thread,

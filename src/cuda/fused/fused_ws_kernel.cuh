@@ -434,9 +434,11 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
     // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
     // The lazy max's way back: this warp's S of the tile in stage s again, on its own (mma.sync from
-    // Q's and the stage's shared memory; a wgmma would need the whole warpgroup).
+    // Q's fragments in registers, or Q's tile, and the stage's shared memory; a wgmma would need
+    // the whole warpgroup).
     const auto rescore = [&](int s) {
-      warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
+      if constexpr (K_::kQInRegs) warp_scores_rq<T, D, kTile>(s_acc, q_frag, stage_addr(s), 0, lane);
+      else warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
     };
     bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
     // kSums: the row sums come with P V (K_::kSumsByMma), not from here.
@@ -536,8 +538,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     const auto turn_pass = [&] {
       if (turns) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
     };
-    // This warp is done with Q (the last S has completed, and the lazy max's way back, which reads
-    // Q's tile, is behind it): the producer may copy the next item's.
+    // This warp is done with Q's tile: the producer may copy the next item's. With Q in registers
+    // (K_::kQInRegs; the lazy max's way back takes it from there too) as soon as they are loaded,
+    // at the item's start, so that the next item's Q arrives while this one's tiles run; else
+    // once the last S has completed and the way back is behind.
     const auto release_q = [&] {
       if (lane == 0) sm90::mbar_arrive(bar_qfree);
     };
@@ -593,7 +597,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         if (rescaled && !out) rescale_o.template operator()<kSums>(alpha);
         pack_p(out);
       }
-      release_q();
+      if constexpr (!K_::kQInRegs) release_q();
       sm90::fence();
       turn_wait();
       issue_pv.template operator()<kSums>(s);
@@ -605,11 +609,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
 #pragma unroll
       for (int ks = 0; ks < K_::kKSteps; ++ks)
         ldmatrix_x4(q_frag[ks], s_q + Tile::offset(wg_row + (cw % 4) * 16 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
+      __syncwarp();  // every lane's reads of the item and of Q's tile ahead of the release
+      release_q();
     }
     if (n_kv > 0) {
       if (atoms_mask) tile_loop.template operator()<true>();
       else tile_loop.template operator()<false>();
-    } else {
+    } else if constexpr (!K_::kQInRegs) {
       release_q();
     }
     if (K_::kSumsByMma && !atoms_mask) {
