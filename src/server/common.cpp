@@ -84,7 +84,7 @@ void write_output_to(OutputTensor& t, const ShmSpan& span, const void* src, std:
   std::memcpy(span.data, src, bytes);
   t.shm = ref;
   t.shm.byte_size = static_cast<std::int64_t>(bytes);
-  std::vector<std::uint8_t>().swap(t.data);
+  std::string().swap(t.data);
 }
 
 }  // namespace protattn::server

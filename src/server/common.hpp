@@ -49,7 +49,8 @@ struct OutputTensor {
   std::string name;
   std::string datatype;
   std::vector<std::int64_t> shape;
-  std::vector<std::uint8_t> data;     // raw little-endian elements, row-major
+  std::string data;                   // raw little-endian elements, row-major (the gRPC front
+                                      // moves it into its answer, not a copy)
   ShmRef shm;                         // region set: written there (data then empty)
 };
 

@@ -194,7 +194,7 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
       svc_.record_failure(q->model_name(), "grpc", {e.code, e.what()}, arrived);
       return grpc::Status(grpc_code(e.code), e.what());
     }
-    const InferResult res = svc_.infer(call, [ctx] { return ctx->IsCancelled(); });
+    InferResult res = svc_.infer(call, [ctx] { return ctx->IsCancelled(); });
     ctx->AddTrailingMetadata("x-request-id", res.request_id);
     if (!res.status.ok()) return grpc::Status(grpc_code(res.status.code), res.status.message);
     r->set_model_name(m->name);
@@ -202,7 +202,7 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
     r->set_id(q->id());
     // raw_output_contents has one entry per output, an empty one for an output in shared memory
     // (Triton's C++ client reads an entry for every output).
-    for (const auto& t : res.outputs) {
+    for (auto& t : res.outputs) {
       auto* o = r->add_outputs();
       o->set_name(t.name);
       o->set_datatype(t.datatype);
@@ -213,7 +213,7 @@ class InferenceService final : public inference::GRPCInferenceService::Service {
         p["shared_memory_byte_size"].set_int64_param(t.shm.byte_size);
         if (t.shm.offset != 0) p["shared_memory_offset"].set_int64_param(t.shm.offset);
       }
-      r->add_raw_output_contents(reinterpret_cast<const char*>(t.data.data()), t.data.size());
+      r->add_raw_output_contents(std::move(t.data));  // the answer's bytes, moved
     }
     return grpc::Status::OK;
   }

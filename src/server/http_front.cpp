@@ -417,7 +417,7 @@ void send_infer_result(httplib::Response& res, const ParsedHttp& p, const InferR
   std::string body;
   body.reserve(total);
   body += head;
-  for (const OutputTensor* t : binary) body.append(reinterpret_cast<const char*>(t->data.data()), t->data.size());
+  for (const OutputTensor* t : binary) body.append(t->data);
   res.set_content(std::move(body), "application/octet-stream");
 }
 
