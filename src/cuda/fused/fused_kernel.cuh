@@ -288,6 +288,13 @@ __device__ __forceinline__ void pack_p(const float (&s)[N], std::uint32_t (&a)[N
 // accumulator layout of wgmma and mma.sync alike (element i: row g + 8 * ((i % 4) / 2), key
 // 8 * (i / 4) + 2 * t + (i % 2)). Warp-local: the lazy max's way back to the max-first path,
 // taken by one warp alone where a wgmma would need its whole warpgroup.
+// A warp's A fragment of Q for k-step ks (rows q_row0 .. + 16 of the swizzled Q tile), the
+// mma.sync layout: what warp_scores, the mma.sync kernel and the ws kernel's Q registers load.
+template <int D>
+__device__ __forceinline__ void load_q_fragment(std::uint32_t (&a)[4], std::uint32_t s_q, int q_row0, int ks, int lane) {
+  using Tile = SwizzledTile<kTileCols<D>>;
+  ldmatrix_x4(a, s_q + Tile::offset(q_row0 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
+}
 // One k-step of it: the warp's A fragment `a` of Q (k-step ks) against the N keys.
 template <typename T, int D, int N>
 __device__ __forceinline__ void warp_scores_step(float (&s)[N / 2], const std::uint32_t (&a)[4], std::uint32_t s_k, int key0,
@@ -304,13 +311,12 @@ __device__ __forceinline__ void warp_scores_step(float (&s)[N / 2], const std::u
 template <typename T, int D, int N>
 __device__ __forceinline__ void warp_scores(float (&s)[N / 2], std::uint32_t s_q, std::uint32_t s_k, int q_row0, int key0,
                                             int lane) {
-  using Tile = SwizzledTile<kTileCols<D>>;
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) s[i] = 0.0f;
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     std::uint32_t a[4];
-    ldmatrix_x4(a, s_q + Tile::offset(q_row0 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
+    load_q_fragment<D>(a, s_q, q_row0, ks, lane);
     warp_scores_step<T, D, N>(s, a, s_k, key0, ks, lane);
   }
 }
@@ -522,11 +528,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     if constexpr (!kWgmma) {
       if (it == 0) {
 #pragma unroll
-        for (int ks = 0; ks < K_::kKSteps; ++ks) {
-          const int row = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-          const int chunk = ks * 2 + lane / 16;
-          ldmatrix_x4(q_frag[ks], s_q + Tile::offset(row, chunk));
-        }
+        for (int ks = 0; ks < K_::kKSteps; ++ks) load_q_fragment<D>(q_frag[ks], s_q, warp * 16, ks, lane);
       }
     }
 

@@ -430,9 +430,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // log2(kLazyMaxShare) = 15 as float bits (a positive float's bits order as its value).
     static_assert(kLazyMaxShare == 32768.0f, "2^15");
     constexpr int kLazyArgBits = 0x41700000;  // 15.0f
-    // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
-    // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
-    // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
     // The lazy max's way back: this warp's S of the tile in stage s again, on its own (mma.sync from
     // Q's fragments in registers, or Q's tile, and the stage's shared memory; a wgmma would need
     // the whole warpgroup).
@@ -441,6 +438,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       else warp_scores<T, D, kTile>(s_acc, s_q, stage_addr(s), wg_row + (cw % 4) * 16, 0, lane);
     };
     bool rescaled = true;  // whether the last softmax moved the base (O must then be scaled)
+    // Mask and online softmax of the scores in s_acc (key tile kt, in stage s) as one step over its
+    // 128 keys: s_acc becomes the probabilities, m (the base) and l are updated; returns the
+    // factors (one per row) by which the earlier O must be scaled when `rescaled` is set.
     // kSums: the row sums come with P V (K_::kSumsByMma), not from here.
     const auto softmax = [&]<bool kLazy, bool kSums>(int kt, int kind, int s) {
       mask_scores(kt, kind, s);
@@ -608,7 +608,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     if constexpr (K_::kQInRegs) {
 #pragma unroll
       for (int ks = 0; ks < K_::kKSteps; ++ks)
-        ldmatrix_x4(q_frag[ks], s_q + Tile::offset(wg_row + (cw % 4) * 16 + (lane % 8) + ((lane / 8) % 2) * 8, ks * 2 + lane / 16));
+        load_q_fragment<D>(q_frag[ks], s_q, wg_row + (cw % 4) * 16, ks, lane);
       __syncwarp();  // every lane's reads of the item and of Q's tile ahead of the release
       release_q();
     }
