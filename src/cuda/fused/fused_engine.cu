@@ -335,7 +335,7 @@ class FusedEngine final : public Engine {
     // turns them off, =all on for every structure, for comparison.
     const char* pingpong = std::getenv("PROTATTN_FUSED_PINGPONG");
     p.pingpong = kPingpongNotAtoms;
-    if (pingpong && pingpong[0] == '0') p.pingpong = kPingpongOff;
+    if (switched_off("PROTATTN_FUSED_PINGPONG")) p.pingpong = kPingpongOff;
     if (pingpong && std::string(pingpong) == "all") p.pingpong = kPingpongAll;
     if (kernel == kKernelWs) {
       // Its stages (those of coordinates too when a structure has mask atoms), as many as fit;
