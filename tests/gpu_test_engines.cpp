@@ -207,16 +207,15 @@ TEST_P(EngineTest, W1SplitKeyRange) {
 }
 
 // The fused engine as it chooses, then each of its kernels on every case (the Hopper ones on
-// sm_90 only).
-const std::vector<std::string> kDeviceEngines = {
-    "fused",
-    "fused/ws",
-    "fused/wgmma",
-    "fused/mma_sync",
+// sm_90 only); with the grouped engine, every device engine.
+const std::vector<std::string> kFusedEngines = {"fused", "fused/ws", "fused/wgmma", "fused/mma_sync"};
+const std::vector<std::string> kDeviceEngines = [] {
+  std::vector<std::string> e = kFusedEngines;
 #ifdef PROTATTN_HAVE_GROUPED
-    "grouped",
+  e.push_back("grouped");
 #endif
-};
+  return e;
+}();
 
 std::string engine_case_name(const ::testing::TestParamInfo<EngineTest::ParamType>& info) {
   std::string e = std::get<0>(info.param);
@@ -233,7 +232,6 @@ INSTANTIATE_TEST_SUITE_P(EngineDtypeDim, EngineTest,
 // d=32 (AlphaFold 3's atom attention: 128 channels in 4 heads), the fused engine only: its tiles
 // keep 64 columns (fused_kernel.cuh: kTileCols), S runs over the first 32, O's columns past 32
 // are never written.
-const std::vector<std::string> kFusedEngines = {"fused", "fused/ws", "fused/wgmma", "fused/mma_sync"};
 INSTANTIATE_TEST_SUITE_P(FusedDim32, EngineTest,
                          ::testing::Combine(::testing::ValuesIn(kFusedEngines), ::testing::Values(DType::f16, DType::bf16),
                                             ::testing::Values(32)),
