@@ -55,11 +55,13 @@ run_dist() {
   fi
   local g=1
   while [ "$g" -le "$gpus" ]; do
-    for run in "heads w2 50" "spatial w2 50" "spatial 1m 20"; do
+    # The spatial runs also with --overlap (the exchange beside the rows that need no halo).
+    for run in "heads w2 50" "spatial w2 50" "spatial 1m 20" "spatial w2 50 --overlap" "spatial 1m 20 --overlap"; do
       set -- $run
-      echo "-- dist --gpus $g --mode $1 --workload $2"
+      local name="$1${4:+-overlap}"
+      echo "-- dist --gpus $g --mode $1 --workload $2 ${4:-}"
       timeout "${DIST_TIMEOUT:-240}" "$protattn" dist --gpus "$g" --mode "$1" --workload "$2" --heads 8 --dim 64 --iters "$3" --check \
-        --json "$out/dist_$1_$2_g$g.json" 2>&1 | tail -12 || status=1
+        ${4:-} --json "$out/dist_${name}_$2_g$g.json" 2>&1 | tail -12 || status=1
     done
     g=$((g * 2))
   done
@@ -68,7 +70,7 @@ import glob, json, sys
 rows = []
 for f in sorted(glob.glob(sys.argv[1] + "/dist_*_g*.json")):
     j = json.load(open(f))
-    rows.append((j["mode"], j["workload"], j.get("world", 0), j.get("step_ms", 0), j.get("single_gpu_ms", 0),
+    rows.append((j["mode"] + ("+ov" if j.get("overlap") else ""), j["workload"], j.get("world", 0), j.get("step_ms", 0), j.get("single_gpu_ms", 0),
                  j.get("scaling_efficiency", 0), j.get("halo_bytes", 0) / 2**20, j.get("allgather_bytes", 0) / 2**20,
                  j.get("check", {}).get("max_rel_o", float("nan")), j.get("check", {}).get("bit_identical")))
 print(f"{'mode':8} {'workload':8} {'gpus':>4} {'step ms':>9} {'1 GPU ms':>9} {'eff':>6} {'halo MiB':>9} {'allgath MiB':>11} {'max rel':>8} bits")

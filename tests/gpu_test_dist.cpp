@@ -65,7 +65,7 @@ struct RankResult {
   std::int64_t lse_inf_mismatch = -1, differing = -1, received = -1;
 };
 constexpr const char* kRankOut = "PROTATTN_DIST_TEST_OUT";  // where rank 0 writes its RankResult
-constexpr const char* kRankCase = "PROTATTN_DIST_TEST_CASE";  // "<mode> <mask> <atoms> <tag>"
+constexpr const char* kRankCase = "PROTATTN_DIST_TEST_CASE";  // "<mode> <mask> <atoms> <overlap> <tag>"
 
 void write_result(const std::string& path, const dist::GpuReport& rep) {
   bool split = rep.single_splits > 0;
@@ -91,7 +91,7 @@ RankResult read_result(const std::string& path) {
 
 // Starts `world` copies of this test binary running DistGpuRank.Run (rank r on device r) and
 // returns rank 0's result.
-RankResult run_group(dist::Mode mode, MaskMode mask, std::int64_t atoms, int world) {
+RankResult run_group(dist::Mode mode, MaskMode mask, std::int64_t atoms, int world, bool overlap) {
   static int groups = 0;
   const fs::path self = fs::read_symlink("/proc/self/exe");
   const fs::path out = fs::temp_directory_path() / ("protattn-gpu-test-dist-" + std::to_string(::getpid()) + ".txt");
@@ -100,7 +100,7 @@ RankResult run_group(dist::Mode mode, MaskMode mask, std::int64_t atoms, int wor
                     {std::string(kRankOut) + "=" + out.string(),
                      // The tag names the rendezvous file: the same in every rank of one group only.
                      std::string(kRankCase) + "=" + dist::to_string(mode) + " " + to_string(mask) + " " +
-                         std::to_string(atoms) + " many-" + std::to_string(::getpid()) + "-" + std::to_string(++groups),
+                         std::to_string(atoms) + " " + std::to_string(overlap ? 1 : 0) + " many-" + std::to_string(::getpid()) + "-" + std::to_string(++groups),
                      "NCCL_NVLS_ENABLE=0"});
   RankResult r = read_result(out.string());
   fs::remove(out);
@@ -120,13 +120,18 @@ TEST(DistGpu, WorldOfOneIsTheOneGpuResult) {
   if (gpu_count() < 1) GTEST_SKIP() << "no GPU";
   for (MaskMode mask : {MaskMode::tiles, MaskMode::atoms}) {
     const BlockLayout l = test::globule_layout(4113, mask);
-    for (dist::Mode mode : {dist::Mode::heads, dist::Mode::spatial}) {
-      const dist::GpuReport rep = run_one(l, options(mode, "one"));
-      // One rank: the same layout and heads as the one-GPU run, so the same plan and bits.
-      ASSERT_TRUE(rep.checked);
-      EXPECT_TRUE(rep.bit_identical) << dist::to_string(mode) << " " << to_string(mask) << ": " << rep.differing;
-      EXPECT_GT(rep.step_ms, 0);
-    }
+    for (dist::Mode mode : {dist::Mode::heads, dist::Mode::spatial})
+      for (bool overlap : {false, true}) {
+        if (overlap && mode == dist::Mode::heads) continue;
+        dist::GpuOptions o = options(mode, "one");
+        o.overlap = overlap;  // one rank: no halo, every row interior (the two streams still run)
+        const dist::GpuReport rep = run_one(l, o);
+        // One rank: the same layout and heads as the one-GPU run, so the same plan and bits.
+        ASSERT_TRUE(rep.checked);
+        EXPECT_TRUE(rep.bit_identical) << dist::to_string(mode) << " " << to_string(mask) << " overlap " << overlap << ": "
+                                       << rep.differing;
+        EXPECT_GT(rep.step_ms, 0);
+      }
   }
 }
 
@@ -135,12 +140,15 @@ TEST(DistGpu, SeveralGpusMatchOneGpu) {
   if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, found " << gpus;
   for (MaskMode mask : {MaskMode::tiles, MaskMode::atoms})
     for (int world = 2; world <= std::min(gpus, 4); ++world)
-      for (dist::Mode mode : {dist::Mode::heads, dist::Mode::spatial}) {
-        const std::string what = std::string(dist::to_string(mode)) + " " + to_string(mask) + " x" + std::to_string(world);
-        const RankResult rep = run_group(mode, mask, 40000 + 17, world);
-        expect_matches(rep, what);
-        if (mode == dist::Mode::spatial) EXPECT_GT(rep.received, 0) << what;
-      }
+      for (dist::Mode mode : {dist::Mode::heads, dist::Mode::spatial})
+        for (bool overlap : {false, true}) {
+          if (overlap && mode == dist::Mode::heads) continue;
+          const std::string what = std::string(dist::to_string(mode)) + " " + to_string(mask) + " x" +
+                                   std::to_string(world) + (overlap ? " overlap" : "");
+          const RankResult rep = run_group(mode, mask, 40000 + 17, world, overlap);
+          expect_matches(rep, what);
+          if (mode == dist::Mode::spatial) EXPECT_GT(rep.received, 0) << what;
+        }
 }
 
 // One rank of SeveralGpusMatchOneGpu, in a process of its own; skipped when run otherwise.
@@ -151,13 +159,15 @@ TEST(DistGpuRank, Run) {
   std::istringstream in(what);
   std::string mode, mask, tag;
   std::int64_t atoms = 0;
-  in >> mode >> mask >> atoms >> tag;
+  int overlap = 0;
+  in >> mode >> mask >> atoms >> overlap >> tag;
   ASSERT_TRUE(in) << what;
   const BlockLayout l = test::globule_layout(atoms, parse_mask(mask));
   const dist::RankInfo me = dist::rank_from_env();
   ASSERT_TRUE(me.from_env);
   dist::GpuOptions o = options(dist::parse_mode(mode), "many");
   o.run_tag = tag;
+  o.overlap = overlap != 0;
   const dist::GpuReport rep = dist::run_nccl(l, o, me);
   if (me.rank == 0) write_result(out, rep);
 }

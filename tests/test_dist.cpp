@@ -271,16 +271,94 @@ TEST(DistExec, SpatialIsBitIdenticalToOneEngine) {
     const Outputs ref = one_engine(*engine, l, shape, in);
     for (int P : kRanks) {
       const dist::SpatialPlan sp = dist::plan_spatial(l, P);
-      Outputs got;
-      got.o.assign(in.q.size(), 0xCD);
-      got.lse.assign(ref.lse.size(), -777.0f);
-      const dist::ExecReport rep = dist::run_spatial_host(
-          *engine, sp, l, shape, RunArgs{in.q.data(), in.k.data(), in.v.data(), got.o.data(), got.lse.data(), nullptr});
-      EXPECT_TRUE(same_bits(got, ref)) << c.name << " P=" << P;
-      // Only the halo moved: K and V rows of the halo tiles, every head.
-      EXPECT_EQ(rep.bytes_moved, dist::kv_bytes(sp.halo_atoms(), shape.heads, shape.dim, dtype_size(shape.dtype)));
+      // overlap: the interior rows run on K and V without the halo (before the unpacking), so a
+      // row that needs the halo and ran with them would differ.
+      for (bool overlap : {false, true}) {
+        Outputs got;
+        got.o.assign(in.q.size(), 0xCD);
+        got.lse.assign(ref.lse.size(), -777.0f);
+        const dist::ExecReport rep = dist::run_spatial_host(
+            *engine, sp, l, shape, RunArgs{in.q.data(), in.k.data(), in.v.data(), got.o.data(), got.lse.data(), nullptr},
+            overlap);
+        EXPECT_TRUE(same_bits(got, ref)) << c.name << " P=" << P << " overlap=" << overlap;
+        // Only the halo moved: K and V rows of the halo tiles, every head.
+        EXPECT_EQ(rep.bytes_moved, dist::kv_bytes(sp.halo_atoms(), shape.heads, shape.dim, dtype_size(shape.dtype)));
+      }
     }
   }
+}
+
+// The interior / boundary split of every rank against its definition, block for block.
+TEST(DistPlan, OverlapSplitPartitionsTheOwnedRows) {
+  std::int64_t w2_both = 0;  // W2's ranks with interior and boundary rows (the split exercised)
+  std::vector<Case> all = cases();
+  all.push_back({"w2", &w2()});
+  for (const Case& c : all) {
+    for (int P : kRanks) {
+      const dist::SpatialPlan sp = dist::plan_spatial(*c.l, P);
+      for (const dist::RankPlan& rp : sp.rank) {
+        const std::string where = c.name + " P=" + std::to_string(P) + " rank " + std::to_string(rp.rank);
+        const BlockLayout& s = rp.local;
+        const dist::OverlapSplit o = dist::split_for_overlap(rp);
+        const std::int32_t lo = rp.local_tile_begin, hi = lo + (rp.tile_end - rp.tile_begin);
+        std::int32_t n_interior = 0, n_boundary = 0;
+        std::vector<bool> boundary_pos(static_cast<std::size_t>(s.n), false);
+        for (const BlockLayout* d : {&o.interior, &o.boundary}) {
+          EXPECT_NO_THROW(validate_layout(*d)) << where;
+          EXPECT_EQ(d->n, s.n) << where;
+          EXPECT_EQ(d->n_tiles, s.n_tiles) << where;
+          EXPECT_EQ(d->coords, s.coords) << where;
+        }
+        for (std::int32_t i = 0; i < s.n_tiles; ++i) {
+          const std::vector<std::int32_t> cols(s.col_idx.begin() + s.row_ptr[i], s.col_idx.begin() + s.row_ptr[i + 1]);
+          const std::vector<BlockKind> kinds(s.kind.begin() + s.row_ptr[i], s.kind.begin() + s.row_ptr[i + 1]);
+          const bool needs_halo = std::any_of(cols.begin(), cols.end(), [&](std::int32_t t) { return t < lo || t >= hi; });
+          const auto row_of = [&](const BlockLayout& d) {
+            return std::pair{std::vector<std::int32_t>(d.col_idx.begin() + d.row_ptr[i], d.col_idx.begin() + d.row_ptr[i + 1]),
+                             std::vector<BlockKind>(d.kind.begin() + d.row_ptr[i], d.kind.begin() + d.row_ptr[i + 1])};
+          };
+          const auto in_i = row_of(o.interior), in_b = row_of(o.boundary);
+          if (cols.empty()) {
+            EXPECT_TRUE(in_i.first.empty() && in_b.first.empty()) << where << " tile " << i;
+          } else if (needs_halo) {
+            ++n_boundary;
+            EXPECT_EQ(in_b.first, cols) << where << " tile " << i;
+            EXPECT_EQ(in_b.second, kinds) << where << " tile " << i;
+            EXPECT_TRUE(in_i.first.empty()) << where << " tile " << i;
+            for (std::int64_t p = std::int64_t{i} * s.tile; p < std::min<std::int64_t>(s.n, std::int64_t{i + 1} * s.tile); ++p)
+              boundary_pos[static_cast<std::size_t>(p)] = true;
+          } else {
+            ++n_interior;
+            EXPECT_EQ(in_i.first, cols) << where << " tile " << i;
+            EXPECT_EQ(in_i.second, kinds) << where << " tile " << i;
+            EXPECT_TRUE(in_b.first.empty()) << where << " tile " << i;
+          }
+          if (!cols.empty()) EXPECT_TRUE(i >= lo && i < hi) << where << ": a halo tile's row has blocks";
+        }
+        EXPECT_EQ(o.interior_tiles, n_interior) << where;
+        EXPECT_EQ(o.boundary_tiles, n_boundary) << where;
+        EXPECT_EQ(o.interior_blocks + o.boundary_blocks, s.nnz()) << where;
+        // The runs cover exactly the boundary rows' positions, once each, in order.
+        std::vector<bool> covered(static_cast<std::size_t>(s.n), false);
+        std::int64_t last_end = -1;
+        for (const dist::CopyRun& r : o.boundary_runs) {
+          EXPECT_EQ(r.src, r.dst) << where;
+          EXPECT_EQ(r.src_stride, s.n) << where;
+          EXPECT_EQ(r.dst_stride, s.n) << where;
+          EXPECT_GT(r.src, last_end) << where;
+          last_end = r.src + r.rows - 1;
+          for (std::int64_t p = r.src; p < r.src + r.rows; ++p) {
+            ASSERT_LT(p, s.n) << where;
+            EXPECT_FALSE(covered[static_cast<std::size_t>(p)]) << where;
+            covered[static_cast<std::size_t>(p)] = true;
+          }
+        }
+        EXPECT_EQ(covered, boundary_pos) << where;
+        if (c.l == &w2() && (P == 2 || P == 4) && n_interior > 0 && n_boundary > 0) ++w2_both;
+      }
+    }
+  }
+  EXPECT_EQ(w2_both, 2 + 4);  // every rank of W2 at P = 2 and 4 (at 7 some ranks' rows all need the halo)
 }
 
 TEST(DistExec, HeadsIsBitIdenticalToOneEngine) {

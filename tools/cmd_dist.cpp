@@ -38,7 +38,7 @@ struct DistOptions {
   float cutoff = 8.0f;
   double timeout_s = 120, partial_weight = 1.0;
   std::uint64_t seed = 1;
-  bool check = false, plan_only = false, keep_distributed = false, no_baseline = false;
+  bool check = false, plan_only = false, keep_distributed = false, no_baseline = false, overlap = false;
 };
 
 // w2 / 1m: the globules of `protattn bench` (Morton, tile-box cutoff); a folder: an exported
@@ -82,18 +82,32 @@ json describe_plan(const BlockLayout& l, const DistOptions& o, dist::Mode mode, 
   }
   const std::size_t elem = dtype_size(dtype);
   json per = json::array();
-  fmt::print("  {:>8} {:>15} {:>10} {:>6} {:>10} {:>12} {:>12}\n", "rank", "query tiles", "cost", "halo", "halo atoms",
-             "recv/step", "sent/step");
+  fmt::print("  {:>8} {:>15} {:>10} {:>6} {:>10} {:>12} {:>12}{}\n", "rank", "query tiles", "cost", "halo", "halo atoms",
+             "recv/step", "sent/step", o.overlap ? "   interior / boundary blocks" : "");
   for (const dist::RankPlan& r : sp->rank) {
     std::int64_t sent = 0;
     for (const dist::PeerTiles& s : r.send) sent += s.atoms;
     const std::int64_t rb = dist::kv_bytes(r.halo_atoms, o.heads, o.dim, elem), sb = dist::kv_bytes(sent, o.heads, o.dim, elem);
-    fmt::print("  {:>8} {:>15} {:>10.0f} {:>6} {:>10} {:>12} {:>12}\n", r.rank,
-               fmt::format("[{}, {})", r.tile_begin, r.tile_end), r.cost, r.halo.size(), r.halo_atoms, mib(rb), mib(sb));
-    per.push_back({{"rank", r.rank},       {"tile_begin", r.tile_begin}, {"tile_end", r.tile_end},
-                   {"cost", r.cost},       {"halo_tiles", r.halo.size()}, {"halo_atoms", r.halo_atoms},
-                   {"local_atoms", r.local.n}, {"peers_recv", r.recv.size()}, {"peers_send", r.send.size()},
-                   {"bytes_received", rb}, {"bytes_sent", sb}});
+    std::string split;
+    json row = {{"rank", r.rank},       {"tile_begin", r.tile_begin}, {"tile_end", r.tile_end},
+                {"cost", r.cost},       {"halo_tiles", r.halo.size()}, {"halo_atoms", r.halo_atoms},
+                {"local_atoms", r.local.n}, {"peers_recv", r.recv.size()}, {"peers_send", r.send.size()},
+                {"bytes_received", rb}, {"bytes_sent", sb}};
+    if (o.overlap) {
+      // The rows that can run while the halo travels, and those that wait for it.
+      const dist::OverlapSplit ov = dist::split_for_overlap(r);
+      const std::int64_t blocks = ov.interior_blocks + ov.boundary_blocks;
+      split = fmt::format("   {} / {} ({:.1f}% interior)", ov.interior_blocks, ov.boundary_blocks,
+                          blocks ? 100.0 * ov.interior_blocks / blocks : 0.0);
+      row["interior_tiles"] = ov.interior_tiles;
+      row["boundary_tiles"] = ov.boundary_tiles;
+      row["interior_blocks"] = ov.interior_blocks;
+      row["boundary_blocks"] = ov.boundary_blocks;
+    }
+    fmt::print("  {:>8} {:>15} {:>10.0f} {:>6} {:>10} {:>12} {:>12}{}\n", r.rank,
+               fmt::format("[{}, {})", r.tile_begin, r.tile_end), r.cost, r.halo.size(), r.halo_atoms, mib(rb), mib(sb),
+               split);
+    per.push_back(row);
   }
   const std::int64_t halo = dist::kv_bytes(sp->halo_atoms(), o.heads, o.dim, elem);
   const std::int64_t all = dist::kv_bytes(sp->allgather_atoms(), o.heads, o.dim, elem);
@@ -134,7 +148,7 @@ void run_cpu(const DistOptions& o, dist::Mode mode, int ranks, const BlockLayout
     rep = dist::run_heads_host(*engine, l, shape, ranks, host);
   } else {
     const Activity a("running " + std::to_string(ranks) + " simulated ranks");
-    rep = dist::run_spatial_host(*engine, *sp, l, shape, host);
+    rep = dist::run_spatial_host(*engine, *sp, l, shape, host, o.overlap);
   }
   const double total_ms = ms_since(t0);
   json per = json::array();
@@ -176,6 +190,7 @@ void run_gpu(const DistOptions& o, dist::Mode mode, const BlockLayout& l, const 
   g.check = o.check;
   g.baseline = !o.no_baseline;
   g.gather = !o.keep_distributed;
+  g.overlap = o.overlap;
   g.timeout_s = o.timeout_s;
   g.cost = dist::CostModel{1.0, o.partial_weight};
   g.seed = o.seed;
@@ -213,6 +228,7 @@ void run_gpu(const DistOptions& o, dist::Mode mode, const BlockLayout& l, const 
   j["step_ms"] = rep.step_ms;
   j["halo_bytes_measured"] = bytes_halo;
   j["gathered"] = !o.keep_distributed;
+  j["overlap"] = o.overlap && mode == dist::Mode::spatial;
   fmt::print("step (slowest rank, median of {}) {:.3f} ms", o.iters, rep.step_ms);
   if (rep.single_ms > 0) {
     const double eff = rep.single_ms / (me.world * rep.step_ms);
@@ -339,6 +355,9 @@ void add_dist_command(CLI::App& app) {
   cmd->add_flag("--plan-only", opt->plan_only, "print the plan (split, halo, bytes) and stop: no GPU needed");
   cmd->add_flag("--keep-distributed", opt->keep_distributed, "leave O and LSE on their ranks (no gather to rank 0)");
   cmd->add_flag("--no-baseline", opt->no_baseline, "do not time the one-GPU run on rank 0");
+  cmd->add_flag("--overlap", opt->overlap,
+                "spatial: run the rows that reference no halo tile while the halo is exchanged, the rest after it "
+                "(same results)");
   cmd->add_option("--rendezvous", opt->rendezvous,
                   "directory shared by the ranks for the NCCL id file (default $PROTATTN_DIST_DIR, else a folder in /tmp)");
   cmd->add_option("--timeout", opt->timeout_s, "seconds a rank waits for rank 0's id file")

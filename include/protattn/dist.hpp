@@ -141,6 +141,23 @@ void copy_runs(const std::vector<CopyRun>& runs, const void* const srcs[2], void
                int heads);
 
 // ---------------------------------------------------------------------------------------------
+// The exchange beside the attention (`--overlap`): a rank's owned rows that reference no halo
+// tile (interior) need none of the step's messages, so they can run while the messages travel;
+// the rest (boundary) once the halo has arrived. Both are square sub-layouts over the same local
+// buffer as RankPlan::local, each with the other's rows empty, and each row keeps its blocks and
+// their order: the interior run's O and LSE and the boundary run's boundary rows together are the
+// bits of one run of `local`.
+struct OverlapSplit {
+  BlockLayout interior, boundary;
+  // The boundary rows as runs of local positions (src = dst, strides local.n, tensor 0; the last
+  // tile may be short): what is copied from the boundary run's O and LSE into the interior run's.
+  std::vector<CopyRun> boundary_runs;
+  std::int32_t interior_tiles = 0, boundary_tiles = 0;  // owned tiles with at least one block
+  std::int64_t interior_blocks = 0, boundary_blocks = 0;
+};
+OverlapSplit split_for_overlap(const RankPlan& rank);
+
+// ---------------------------------------------------------------------------------------------
 // The CPU executor: P simulated ranks in one process, the same plan and data path as the NCCL
 // executor, memcpy standing in for ncclSend/ncclRecv. Inputs and outputs are the global
 // [heads, n, dim] host tensors of RunArgs (one layout, batch of one).
@@ -162,8 +179,10 @@ struct ExecReport {
 
 ExecReport run_heads_host(Engine& engine, const BlockLayout& l, const ProblemShape& shape, int ranks,
                           const RunArgs& host);
+// overlap: each rank runs its interior rows before unpacking the messages (split_for_overlap),
+// then its boundary rows into a second output, whose boundary rows it copies over.
 ExecReport run_spatial_host(Engine& engine, const SpatialPlan& plan, const BlockLayout& l, const ProblemShape& shape,
-                            const RunArgs& host);
+                            const RunArgs& host, bool overlap = false);
 
 // ---------------------------------------------------------------------------------------------
 // Process group

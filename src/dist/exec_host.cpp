@@ -74,7 +74,7 @@ ExecReport run_heads_host(Engine& engine, const BlockLayout& l, const ProblemSha
 }
 
 ExecReport run_spatial_host(Engine& engine, const SpatialPlan& plan, const BlockLayout& l, const ProblemShape& shape,
-                            const RunArgs& host) {
+                            const RunArgs& host, bool overlap) {
   if (engine.on_device()) throw Error("dist: the CPU executor runs host engines only (got " + std::string(engine.name()) + ")");
   check_host_args(host, "dist spatial");
   if (plan.n != l.n || plan.n_tiles != l.n_tiles || plan.tile != l.tile)
@@ -147,11 +147,21 @@ ExecReport run_spatial_host(Engine& engine, const SpatialPlan& plan, const Block
     }
     rep.rank[r].exchange_ms += ms_since(t0);
   }
-  // 3. Every rank unpacks into its local buffer and computes; 4. the owned rows are gathered.
+  // 3. Every rank unpacks into its local buffer and computes (with overlap: its interior rows
+  //    first, on K and V without the halo, as they would run while the messages travel, then its
+  //    boundary rows into a second output); 4. the owned rows are gathered.
   for (int r = 0; r < P; ++r) {
     const RankPlan& rp = plan.rank[r];
     Local& L = loc[r];
     RankReport& rr = rep.rank[r];
+    const RunArgs local_args{L.q.data(), L.k.data(), L.v.data(), L.o.data(), L.lse.data(), nullptr};
+    OverlapSplit split;
+    if (overlap && rp.local.n > 0) {
+      split = split_for_overlap(rp);
+      const auto t0 = Clock::now();
+      engine.run(*engine.plan({&split.interior}, shape), local_args);
+      rr.compute_ms += ms_since(t0);
+    }
     auto t0 = Clock::now();
     const void* srcs[2] = {L.recv.data(), L.recv.data()};
     void* dsts[2] = {L.k.data(), L.v.data()};
@@ -162,10 +172,25 @@ ExecReport run_spatial_host(Engine& engine, const SpatialPlan& plan, const Block
     rr.tile_end = rp.tile_end;
     rr.cost = rp.cost;
     rr.halo_atoms = rp.halo_atoms;
-    if (rp.local.n > 0) {
+    if (overlap && rp.local.n > 0) {
+      t0 = Clock::now();
+      Bytes ob(L.o.size(), 0);
+      std::vector<float> lseb(L.lse.size(), 0.0f);
+      RunArgs b = local_args;
+      b.o = ob.data();
+      b.lse = lseb.data();
+      engine.run(*engine.plan({&split.boundary}, shape), b);
+      const void* bo[2] = {ob.data(), ob.data()};
+      void* to[2] = {L.o.data(), L.o.data()};
+      copy_runs(split.boundary_runs, bo, to, row_bytes, heads);
+      const void* bl[2] = {lseb.data(), lseb.data()};
+      void* tl[2] = {L.lse.data(), L.lse.data()};
+      copy_runs(split.boundary_runs, bl, tl, sizeof(float), heads);
+      rr.compute_ms += ms_since(t0);
+    } else if (rp.local.n > 0) {
       t0 = Clock::now();
       const auto p = engine.plan({&rp.local}, shape);
-      engine.run(*p, RunArgs{L.q.data(), L.k.data(), L.v.data(), L.o.data(), L.lse.data(), nullptr});
+      engine.run(*p, local_args);
       rr.compute_ms = ms_since(t0);
     }
     const CopyRun back{rp.local_atom_begin, rp.atom_begin, rp.owned_atoms, rp.local.n, l.n, 0};

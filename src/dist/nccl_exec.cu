@@ -36,14 +36,16 @@ constexpr std::size_t kCopyAlign = sizeof(int4);  // rows are copied in 16-byte 
 // Seeds of the Q, K, V fills (the same on every rank: every rank holds the same global tensors).
 constexpr std::uint64_t kSeedQ = 1, kSeedK = 2, kSeedV = 3;
 
-// blockIdx.x: run, blockIdx.y: head. Copies the run's rows of one head in 16-byte words.
+// blockIdx.x: run, blockIdx.y: head. Copies the run's rows of one head in words W (16 bytes for
+// rows of K, V and O, whose bytes run_nccl checks; 4 for the LSE's one-float rows).
+template <typename W>
 __global__ void copy_runs_kernel(const CopyRun* runs, const std::uint8_t* src0, const std::uint8_t* src1,
                                  std::uint8_t* dst0, std::uint8_t* dst1, std::int64_t row_bytes) {
   const CopyRun run = runs[blockIdx.x];
   const std::int64_t h = blockIdx.y;
-  const auto* s = reinterpret_cast<const int4*>((run.tensor ? src1 : src0) + (run.src + h * run.src_stride) * row_bytes);
-  auto* d = reinterpret_cast<int4*>((run.tensor ? dst1 : dst0) + (run.dst + h * run.dst_stride) * row_bytes);
-  const std::int64_t words = run.rows * row_bytes / static_cast<std::int64_t>(sizeof(int4));
+  const auto* s = reinterpret_cast<const W*>((run.tensor ? src1 : src0) + (run.src + h * run.src_stride) * row_bytes);
+  auto* d = reinterpret_cast<W*>((run.tensor ? dst1 : dst0) + (run.dst + h * run.dst_stride) * row_bytes);
+  const std::int64_t words = run.rows * row_bytes / static_cast<std::int64_t>(sizeof(W));
   for (std::int64_t i = threadIdx.x; i < words; i += blockDim.x) d[i] = s[i];
 }
 
@@ -55,10 +57,11 @@ class DeviceRuns {
     count_ = static_cast<int>(cut.size());
     buf_.upload(cut);
   }
+  template <typename W = int4>
   void launch(const void* src0, const void* src1, void* dst0, void* dst1, std::size_t row_bytes, int heads,
               cudaStream_t stream) const {
     if (count_ == 0) return;
-    copy_runs_kernel<<<dim3(count_, heads), kCopyThreads, 0, stream>>>(
+    copy_runs_kernel<W><<<dim3(count_, heads), kCopyThreads, 0, stream>>>(
         buf_.as<CopyRun>(), static_cast<const std::uint8_t*>(src0), static_cast<const std::uint8_t*>(src1),
         static_cast<std::uint8_t*>(dst0), static_cast<std::uint8_t*>(dst1), static_cast<std::int64_t>(row_bytes));
     PROTATTN_CUDA_CHECK_LAUNCH();
@@ -299,11 +302,56 @@ GpuReport run_nccl(const BlockLayout& l, const GpuOptions& o, const RankInfo& me
   mine.heads = rank_heads;
   mine.tiles = o.mode == Mode::heads ? l.n_tiles : sp.rank[me.rank].tile_end - sp.rank[me.rank].tile_begin;
   mine.local_atoms = local_n;
-  if (local_n > 0) {
+  const auto count_plan = [&](const Plan& pl) {
+    const auto s = fused::summarize(pl);
+    mine.fused_items += s.items;
+    mine.fused_splits += s.combines;
+  };
+  // With overlap, two runs instead of one: the interior rows (into out, the other rows 0 / -inf)
+  // while the exchange runs on xstream, then the boundary rows into out_b, whose rows `merge`
+  // copies into out (O in 16-byte words, the LSE in floats).
+  const bool overlap = o.overlap && o.mode == Mode::spatial && local_n > 0;
+  OverlapSplit ov;
+  std::unique_ptr<Plan> plan_interior, plan_boundary;
+  cuda::DeviceBuffer out_b, lse_b;
+  std::unique_ptr<DeviceRuns> merge;
+  if (overlap) {
+    ov = split_for_overlap(sp.rank[me.rank]);
+    plan_interior = engine->plan({&ov.interior}, rs);
+    count_plan(*plan_interior);
+    if (ov.boundary_tiles > 0) {
+      plan_boundary = engine->plan({&ov.boundary}, rs);
+      count_plan(*plan_boundary);
+      out_b.resize(local_bytes);
+      lse_b.resize(local_lse_bytes);
+      merge = std::make_unique<DeviceRuns>(ov.boundary_runs);
+    }
+  } else if (local_n > 0) {
     plan = engine->plan({local_layout}, rs);
-    const auto s = fused::summarize(*plan);
-    mine.fused_items = s.items;
-    mine.fused_splits = s.combines;
+    count_plan(*plan);
+  }
+  // The exchange's stream, of the highest priority: its copy and NCCL kernels get multiprocessors
+  // ahead of the attention's blocks launched beside them.
+  cudaStream_t xstream = stream;
+  cudaEvent_t go = nullptr, packed = nullptr, exchanged = nullptr;
+  struct OverlapGuard {
+    cudaStream_t s, main;
+    cudaEvent_t e[3];
+    ~OverlapGuard() {
+      for (cudaEvent_t x : e)
+        if (x) cudaEventDestroy(x);
+      if (s != main) cudaStreamDestroy(s);
+    }
+  } overlap_guard{stream, stream, {nullptr, nullptr, nullptr}};
+  if (overlap) {
+    int least = 0, greatest = 0;
+    PROTATTN_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    PROTATTN_CUDA_CHECK(cudaStreamCreateWithPriority(&xstream, cudaStreamNonBlocking, greatest));
+    overlap_guard.s = xstream;
+    for (cudaEvent_t* e : {&go, &packed, &exchanged}) PROTATTN_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    overlap_guard.e[0] = go;
+    overlap_guard.e[1] = packed;
+    overlap_guard.e[2] = exchanged;
   }
   if (xp) {
     mine.bytes_sent = xp->send_rows * static_cast<std::int64_t>(row_bytes);
@@ -391,41 +439,73 @@ GpuReport run_nccl(const BlockLayout& l, const GpuOptions& o, const RankInfo& me
       }
     }
   };
-  const auto exchange = [&] {
+  // Pack, one grouped round of messages, unpack, on stream st; `after_pack`, when given, is
+  // recorded once the pack is issued.
+  const auto exchange = [&](cudaStream_t st, cudaEvent_t after_pack) {
     if (!xp) return;
-    pack->launch(k.get(), v.get(), send_buf.get(), send_buf.get(), row_bytes, heads, stream);
+    pack->launch(k.get(), v.get(), send_buf.get(), send_buf.get(), row_bytes, heads, st);
+    if (after_pack) PROTATTN_CUDA_CHECK(cudaEventRecord(after_pack, st));
     PROTATTN_NCCL_CHECK(api.GroupStart());
     for (const Message& m : xp->sends)
       PROTATTN_NCCL_CHECK(api.Send(static_cast<std::uint8_t*>(send_buf.get()) + m.offset * row_bytes, m.rows * row_bytes,
-                                   ncclUint8, m.peer, comm.get(), stream));
+                                   ncclUint8, m.peer, comm.get(), st));
     for (const Message& m : xp->recvs)
       PROTATTN_NCCL_CHECK(api.Recv(static_cast<std::uint8_t*>(recv_buf.get()) + m.offset * row_bytes, m.rows * row_bytes,
-                                   ncclUint8, m.peer, comm.get(), stream));
+                                   ncclUint8, m.peer, comm.get(), st));
     PROTATTN_NCCL_CHECK(api.GroupEnd());
-    unpack->launch(recv_buf.get(), recv_buf.get(), k.get(), v.get(), row_bytes, heads, stream);
+    unpack->launch(recv_buf.get(), recv_buf.get(), k.get(), v.get(), row_bytes, heads, st);
   };
   const RunArgs args{q.get(), k.get(), v.get(), out.get(), static_cast<float*>(lse.get()), stream};
+  const RunArgs args_b{q.get(), k.get(), v.get(), out_b.get(), static_cast<float*>(lse_b.get()), stream};
 
-  // The steps: events 0..3 per iteration: start, exchanged, computed, gathered.
+  // The steps: events 0..4 per iteration: start, exchanged, computed, gathered, and with overlap
+  // the interior rows computed.
   const int total = o.warmup + o.iters;
-  Events ev(4 * static_cast<std::size_t>(o.iters));
+  Events ev(5 * static_cast<std::size_t>(o.iters));
   std::vector<double> t_x, t_c, t_s, t_g;
   for (int it = 0; it < total; ++it) {
     barrier();  // every rank starts the step together: the slowest rank's step is the step
     const bool timed = it >= o.warmup;
-    const std::size_t e0 = 4 * static_cast<std::size_t>(it - o.warmup);
+    const std::size_t e0 = 5 * static_cast<std::size_t>(it - o.warmup);
     if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0], stream));
-    exchange();
-    if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0 + 1], stream));
-    if (plan) engine->run(*plan, args);
+    if (overlap) {
+      // The exchange starts with the step, on its own stream; the interior rows once the pack
+      // (which reads K and V) is issued, so that the messages' kernels are ahead of theirs.
+      PROTATTN_CUDA_CHECK(cudaEventRecord(go, stream));
+      PROTATTN_CUDA_CHECK(cudaStreamWaitEvent(xstream, go, 0));
+      exchange(xstream, packed);
+      if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0 + 1], xstream));
+      PROTATTN_CUDA_CHECK(cudaEventRecord(exchanged, xstream));
+      if (xp) PROTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, packed, 0));
+      engine->run(*plan_interior, args);
+      if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0 + 4], stream));
+      PROTATTN_CUDA_CHECK(cudaStreamWaitEvent(stream, exchanged, 0));
+      if (plan_boundary) {
+        engine->run(*plan_boundary, args_b);
+        merge->launch<int4>(out_b.get(), out_b.get(), out.get(), out.get(), row_bytes, heads, stream);
+        merge->launch<float>(lse_b.get(), lse_b.get(), lse.get(), lse.get(), lse_row, heads, stream);
+      }
+    } else {
+      exchange(stream, nullptr);
+      if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0 + 1], stream));
+      if (plan) engine->run(*plan, args);
+    }
     if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0 + 2], stream));
     if (o.gather) gather();
     if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0 + 3], stream));
     PROTATTN_CUDA_CHECK(cudaStreamSynchronize(stream));
     if (timed) {
-      t_x.push_back(ev.ms(e0, e0 + 1));
-      t_c.push_back(ev.ms(e0 + 1, e0 + 2));
-      t_s.push_back(ev.ms(e0, e0 + 2));
+      const double x = ev.ms(e0, e0 + 1), step = ev.ms(e0, e0 + 2);
+      t_x.push_back(x);
+      if (overlap) {
+        // Attention time: the interior rows', and the rest of the step past the later of the
+        // interior rows and the exchange (the wait for the messages left out).
+        const double interior = ev.ms(e0, e0 + 4);
+        t_c.push_back(interior + step - std::max(interior, x));
+      } else {
+        t_c.push_back(ev.ms(e0 + 1, e0 + 2));
+      }
+      t_s.push_back(step);
       t_g.push_back(ev.ms(e0 + 2, e0 + 3));
     }
   }

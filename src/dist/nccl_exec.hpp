@@ -18,6 +18,9 @@ struct GpuOptions {
   bool check = false;       // rank 0 compares the gathered result with a one-GPU fused run
   bool baseline = true;     // rank 0 times the one-GPU fused run (for scaling efficiency)
   bool gather = true;       // O and LSE gathered to rank 0 each step (false: kept distributed)
+  // spatial: the exchange on a second stream beside the attention of the rows that need no halo
+  // tile, the other rows after it (split_for_overlap); compute_ms then leaves out the wait.
+  bool overlap = false;
   std::string rendezvous;   // directory holding the NCCL id file (shared by all ranks)
   std::string run_tag;      // names the id file: ranks of one run agree on it
   double timeout_s = 120;   // how long ranks wait for the id file

@@ -248,6 +248,52 @@ ExchangePlan exchange_plan(const SpatialPlan& plan, int rank, int heads) {
   return x;
 }
 
+OverlapSplit split_for_overlap(const RankPlan& rp) {
+  const BlockLayout& s = rp.local;
+  const std::int32_t own_lo = rp.local_tile_begin, own_hi = rp.local_tile_begin + (rp.tile_end - rp.tile_begin);
+  OverlapSplit o;
+  // The same buffer, tiles, coordinates and mask; rows filled below.
+  for (BlockLayout* d : {&o.interior, &o.boundary}) {
+    d->n = s.n;
+    d->tile = s.tile;
+    d->n_tiles = s.n_tiles;
+    d->cutoff = s.cutoff;
+    d->mask = s.mask;
+    d->order = s.order;
+    d->builder = s.builder;
+    d->perm = s.perm;
+    d->coords = s.coords;
+    d->row_ptr.assign(1, 0);
+  }
+  for (std::int32_t i = 0; i < s.n_tiles; ++i) {
+    const std::int32_t e0 = s.row_ptr[i], e1 = s.row_ptr[i + 1];
+    bool boundary = false;
+    for (std::int32_t e = e0; e < e1 && !boundary; ++e) boundary = s.col_idx[e] < own_lo || s.col_idx[e] >= own_hi;
+    if (e0 < e1) {
+      BlockLayout& d = boundary ? o.boundary : o.interior;
+      d.col_idx.insert(d.col_idx.end(), s.col_idx.begin() + e0, s.col_idx.begin() + e1);
+      d.kind.insert(d.kind.end(), s.kind.begin() + e0, s.kind.begin() + e1);
+      (boundary ? o.boundary_tiles : o.interior_tiles) += 1;
+      (boundary ? o.boundary_blocks : o.interior_blocks) += e1 - e0;
+    }
+    for (BlockLayout* d : {&o.interior, &o.boundary}) d->row_ptr.push_back(static_cast<std::int32_t>(d->col_idx.size()));
+    if (!boundary) continue;
+    const std::int64_t first = static_cast<std::int64_t>(i) * s.tile;
+    const std::int64_t rows = std::min<std::int64_t>(s.tile, s.n - first);
+    if (!o.boundary_runs.empty() && o.boundary_runs.back().src + o.boundary_runs.back().rows == first)
+      o.boundary_runs.back().rows += rows;
+    else
+      o.boundary_runs.push_back({first, first, rows, s.n, s.n, 0});
+  }
+  for (BlockLayout* d : {&o.interior, &o.boundary}) {
+    d->stats.atoms = d->n;
+    d->stats.tiles = d->n_tiles;
+    d->stats.nnz = d->nnz();
+    d->stats.density = d->n_tiles ? static_cast<double>(d->nnz()) / (static_cast<double>(d->n_tiles) * d->n_tiles) : 0;
+  }
+  return o;
+}
+
 std::vector<CopyRun> split_runs(const std::vector<CopyRun>& runs, std::int64_t max_rows) {
   if (max_rows < 1) throw Error("dist: runs must be cut into pieces of at least one row");
   std::vector<CopyRun> cut;

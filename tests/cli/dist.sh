@@ -15,6 +15,10 @@ grep -q "bit-identical (O and LSE)" "$work/spatial.txt"
 "$bin" dist --engine cpu --ranks 4 --mode spatial --workload globule:2085 --mask atoms --heads 1 --dim 8 --dtype fp32 \
   --check > "$work/atoms.txt"
 grep -q "bit-identical (O and LSE)" "$work/atoms.txt"
+# --overlap: interior rows before the halo arrives, the boundary rows after: the same bits.
+"$bin" dist --engine cpu --ranks 3 --mode spatial --workload globule:3000 --mask atoms --heads 2 --dim 16 --overlap \
+  --check > "$work/overlap.txt"
+grep -q "bit-identical (O and LSE)" "$work/overlap.txt"
 "$bin" dist --engine cpu --ranks 3 --mode heads --workload w1 --heads 5 --dim 8 --check --json "$work/heads.json" \
   > "$work/heads.txt"
 grep -q "bit-identical (O and LSE)" "$work/heads.txt"
@@ -24,7 +28,8 @@ if [ -f "$data/1ubq.pdb" ]; then
 fi
 
 # The plan alone on a larger globule: cost balanced, halo below an all-gather.
-"$bin" dist --engine cpu --plan-only --ranks 4 --mode spatial --workload globule:60000 --json "$work/plan.json" > /dev/null
+"$bin" dist --engine cpu --plan-only --ranks 4 --mode spatial --workload globule:60000 --overlap --json "$work/plan.json" \
+  > /dev/null
 
 python3 - "$work" <<'PY'
 import json, sys
@@ -42,6 +47,10 @@ p = json.load(open(w + "/plan.json"))
 assert 1.0 <= p["imbalance"] < 1.05, p["imbalance"]
 assert p["halo_bytes"] < p["allgather_bytes"], (p["halo_bytes"], p["allgather_bytes"])
 assert "check" not in p and "simulated_ranks" not in p
+# --overlap: every rank's kept blocks are its interior ones plus its boundary ones, both present.
+for r in p["per_rank"]:
+    assert r["interior_blocks"] > 0 and r["boundary_blocks"] > 0, r
+assert sum(r["interior_blocks"] + r["boundary_blocks"] for r in p["per_rank"]) == p["nnz_blocks"], p["per_rank"]
 print(f"dist: spatial/heads bit-identical; 60k-atom plan: imbalance {p['imbalance']:.4f}, "
       f"halo {p['halo_bytes'] / 2**20:.1f} MiB vs all-gather {p['allgather_bytes'] / 2**20:.1f} MiB")
 PY
