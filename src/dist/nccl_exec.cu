@@ -469,8 +469,9 @@ GpuReport run_nccl(const BlockLayout& l, const GpuOptions& o, const RankInfo& me
     const std::size_t e0 = 5 * static_cast<std::size_t>(it - o.warmup);
     if (timed) PROTATTN_CUDA_CHECK(cudaEventRecord(ev.ev[e0], stream));
     if (overlap) {
-      // The exchange starts with the step, on its own stream; the interior rows once the pack
-      // (which reads K and V) is issued, so that the messages' kernels are ahead of theirs.
+      // The exchange starts with the step, on its own stream; the interior rows once the pack has
+      // run, so that the message kernels are resident ahead of the attention's blocks (the two
+      // touch different rows: the interior rows read no halo row, which the unpack writes).
       PROTATTN_CUDA_CHECK(cudaEventRecord(go, stream));
       PROTATTN_CUDA_CHECK(cudaStreamWaitEvent(xstream, go, 0));
       exchange(xstream, packed);
