@@ -8,10 +8,12 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "common/device_io.hpp"
 #include "common/reference.hpp"
 #include "cuda/fused/fused_engine.hpp"
 #include "protattn/error.hpp"
@@ -22,6 +24,7 @@
 namespace protattn {
 namespace {
 
+using test::DeviceIo;
 using test::globule_layout;
 using test::hand_layout;
 
@@ -271,42 +274,32 @@ TEST(FusedGraph, RunIsCapturableAndReplaysBitIdentical) {
       EXPECT_GT(sum.items, sum.sms * sum.blocks_per_sm);
     }
     const test::Inputs in = test::random_inputs(shape, plan->total_n(), 5);
-    const std::size_t bytes = in.q.size(), lse_bytes = static_cast<std::size_t>(shape.heads) * plan->total_n() * 4;
-    void *q, *k, *v, *o, *lse;
-    for (void** p : {&q, &k, &v, &o}) ASSERT_EQ(cudaMalloc(p, bytes), cudaSuccess);
-    ASSERT_EQ(cudaMalloc(&lse, lse_bytes), cudaSuccess);
-    cudaMemcpy(q, in.q.data(), bytes, cudaMemcpyHostToDevice);
-    cudaMemcpy(k, in.k.data(), bytes, cudaMemcpyHostToDevice);
-    cudaMemcpy(v, in.v.data(), bytes, cudaMemcpyHostToDevice);
+    DeviceIo io(in, shape.heads);
+    ASSERT_EQ(io.status(), cudaSuccess);
     cudaStream_t stream;
     ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
-    RunArgs a{q, k, v, o, static_cast<float*>(lse), stream};
-    engine->run(*plan, a);  // direct run
+    engine->run(*plan, io.args(stream));  // direct run
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    std::vector<std::uint8_t> o_direct(bytes), o_graph(bytes, 0);
-    std::vector<float> l_direct(lse_bytes / 4), l_graph(lse_bytes / 4);
-    cudaMemcpy(o_direct.data(), o, bytes, cudaMemcpyDeviceToHost);
-    cudaMemcpy(l_direct.data(), lse, lse_bytes, cudaMemcpyDeviceToHost);
+    std::vector<std::uint8_t> o_direct, o_graph;
+    std::vector<float> l_direct, l_graph;
+    ASSERT_EQ(io.fetch(o_direct, l_direct), cudaSuccess);
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    engine->run(*plan, a);
+    engine->run(*plan, io.args(stream));
     ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
     ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
     for (int i = 0; i < 3; ++i) {  // every replay on poisoned outputs (NaN in fp16): each must write them all
-      ASSERT_EQ(cudaMemsetAsync(o, 0xff, bytes, stream), cudaSuccess);
-      ASSERT_EQ(cudaMemsetAsync(lse, 0xff, lse_bytes, stream), cudaSuccess);
+      io.poison(stream);
       ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      cudaMemcpy(o_graph.data(), o, bytes, cudaMemcpyDeviceToHost);
-      cudaMemcpy(l_graph.data(), lse, lse_bytes, cudaMemcpyDeviceToHost);
-      EXPECT_EQ(std::memcmp(o_direct.data(), o_graph.data(), bytes), 0) << "replay " << i << " differs from a direct run";
-      EXPECT_EQ(std::memcmp(l_direct.data(), l_graph.data(), lse_bytes), 0) << "replay " << i;
+      ASSERT_EQ(io.fetch(o_graph, l_graph), cudaSuccess);
+      EXPECT_EQ(std::memcmp(o_direct.data(), o_graph.data(), io.bytes()), 0) << "replay " << i << " differs from a direct run";
+      EXPECT_EQ(std::memcmp(l_direct.data(), l_graph.data(), io.lse_bytes()), 0) << "replay " << i;
     }
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
     cudaStreamDestroy(stream);
-    for (void* p : {q, k, v, o, lse}) cudaFree(p);
   }
 }
 
@@ -528,55 +521,32 @@ TEST(FusedSplitGpu, RunsOnOnePlanEachCombineTheirOwnPieces) {
     auto plan = engine->plan({&w1, &small}, shape);
     ASSERT_GT(fused::summarize(*plan).combines, 0);
     const test::Inputs in[2] = {test::random_inputs(shape, plan->total_n(), 21), test::random_inputs(shape, plan->total_n(), 22)};
-    const std::size_t bytes = in[0].q.size(), lse_bytes = static_cast<std::size_t>(shape.heads) * plan->total_n() * 4;
-    constexpr int kRuns = 6;  // inputs 0, 1, 0, 1, ...
-    std::vector<void*> bufs;
-    const auto dev = [&](std::size_t n) {
-      void* d = nullptr;
-      EXPECT_EQ(cudaMalloc(&d, n), cudaSuccess);
-      bufs.push_back(d);
-      return d;
-    };
-    void* qkv[2][3];
-    for (int i = 0; i < 2; ++i) {
-      const std::vector<std::uint8_t>* host[3] = {&in[i].q, &in[i].k, &in[i].v};
-      for (int j = 0; j < 3; ++j) {
-        qkv[i][j] = dev(bytes);
-        ASSERT_EQ(cudaMemcpy(qkv[i][j], host[j]->data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
-      }
+    constexpr int kRuns = 6;  // inputs 0, 1, 0, 1, ...: each run its own buffers, poisoned
+    std::vector<std::unique_ptr<DeviceIo>> io;
+    for (int r = 0; r < kRuns; ++r) {
+      io.push_back(std::make_unique<DeviceIo>(in[r % 2], shape.heads));
+      ASSERT_EQ(io.back()->status(), cudaSuccess);
     }
-    void* o[kRuns];
-    void* lse[kRuns];
     cudaStream_t stream;
     ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
-    for (int r = 0; r < kRuns; ++r) {
-      o[r] = dev(bytes);
-      lse[r] = dev(lse_bytes);
-      ASSERT_EQ(cudaMemsetAsync(o[r], 0xff, bytes, stream), cudaSuccess);  // NaN in fp16
-      ASSERT_EQ(cudaMemsetAsync(lse[r], 0xff, lse_bytes, stream), cudaSuccess);
-    }
-    for (int r = 0; r < kRuns; ++r)  // queued back to back, no wait between the runs
-      engine->run(*plan, RunArgs{qkv[r % 2][0], qkv[r % 2][1], qkv[r % 2][2], o[r], static_cast<float*>(lse[r]), stream});
+    for (int r = 0; r < kRuns; ++r) engine->run(*plan, io[r]->args(stream));  // queued back to back, no wait between the runs
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     for (int i = 0; i < 2; ++i) {
       std::vector<std::uint8_t> o_fresh;
       std::vector<float> l_fresh;
       fused_outputs_of(kernel, {&w1, &small}, shape, in[i], o_fresh, l_fresh);
       for (int r = i; r < kRuns; r += 2) {
-        std::vector<std::uint8_t> o_run(bytes);
-        std::vector<float> l_run(lse_bytes / 4);
-        ASSERT_EQ(cudaMemcpy(o_run.data(), o[r], bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-        ASSERT_EQ(cudaMemcpy(l_run.data(), lse[r], lse_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        std::vector<std::uint8_t> o_run, o_other;
+        std::vector<float> l_run, l_other;
+        ASSERT_EQ(io[r]->fetch(o_run, l_run), cudaSuccess);
         expect_same_bits(o_fresh, l_fresh, o_run, l_run, "run " + std::to_string(r) + " against a fresh plan");
         if (i == 1) {
-          std::vector<std::uint8_t> o_other(bytes);
-          ASSERT_EQ(cudaMemcpy(o_other.data(), o[r - 1], bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-          EXPECT_NE(std::memcmp(o_other.data(), o_run.data(), bytes), 0) << "the two inputs must give other outputs";
+          ASSERT_EQ(io[r - 1]->fetch(o_other, l_other), cudaSuccess);
+          EXPECT_NE(std::memcmp(o_other.data(), o_run.data(), o_run.size()), 0) << "the two inputs must give other outputs";
         }
       }
     }
     cudaStreamDestroy(stream);
-    for (void* d : bufs) cudaFree(d);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/device_io.hpp"
 #include "common/reference.hpp"
 #include "cuda/grouped/grouped_engine.hpp"
 #include "protattn/engine.hpp"
@@ -21,15 +22,16 @@
 namespace protattn {
 namespace {
 
+using test::DeviceIo;
 using test::globule_layout;
 using test::hand_layout;
+using test::kPoisonByte;
 
 // Bounds relative to the largest |O| of each head (inputs N(0,1), so O is O(1)): P is rounded
 // to the dtype once before P V (fp16 11 significant bits, bf16 8), O once at the end.
 double o_bound(DType t) { return t == DType::f16 ? 5e-3 : 2e-2; }
 // LSE: fp32 max and sum on the same rounded inputs as the reference.
 constexpr double kLseBound = 5e-4;
-constexpr std::uint8_t kPoisonByte = 0xff;  // 0xffff is NaN in fp16 and bf16, 0xffffffff in fp32
 
 bool have_gpu() {
   int n = 0;
@@ -37,35 +39,6 @@ bool have_gpu() {
 }
 
 #define ASSERT_CUDA(stmt) ASSERT_EQ((stmt), cudaSuccess) << #stmt
-
-// Device copies of one input set and poisoned outputs.
-struct DeviceIo {
-  void *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
-  float* lse = nullptr;
-  std::size_t bytes = 0, lse_bytes = 0;
-  DeviceIo(const test::Inputs& in, int heads) : bytes(in.q.size()), lse_bytes(sizeof(float) * heads * in.total_n) {
-    for (void** p : {&q, &k, &v, &o}) cudaMalloc(p, bytes ? bytes : 1);
-    cudaMalloc(reinterpret_cast<void**>(&lse), lse_bytes ? lse_bytes : 1);
-    cudaMemcpy(q, in.q.data(), bytes, cudaMemcpyHostToDevice);
-    cudaMemcpy(k, in.k.data(), bytes, cudaMemcpyHostToDevice);
-    cudaMemcpy(v, in.v.data(), bytes, cudaMemcpyHostToDevice);
-    poison();
-  }
-  ~DeviceIo() {
-    for (void* p : {q, k, v, o, static_cast<void*>(lse)}) cudaFree(p);
-  }
-  void poison() const {
-    cudaMemset(o, kPoisonByte, bytes);
-    cudaMemset(lse, kPoisonByte, lse_bytes);
-  }
-  RunArgs args(cudaStream_t stream = nullptr) const { return RunArgs{q, k, v, o, lse, stream}; }
-  void fetch(std::vector<std::uint8_t>& out, std::vector<float>& out_lse) const {
-    out.resize(bytes);
-    out_lse.resize(lse_bytes / sizeof(float));
-    cudaMemcpy(out.data(), o, bytes, cudaMemcpyDeviceToHost);
-    cudaMemcpy(out_lse.data(), lse, lse_bytes, cudaMemcpyDeviceToHost);
-  }
-};
 
 void expect_close(const Plan& plan, const test::Inputs& in, const std::vector<std::uint8_t>& o, const std::vector<float>& lse) {
   std::vector<double> ref_o, ref_lse;
@@ -86,16 +59,17 @@ void check(const std::vector<BlockLayout>& layouts, const ProblemShape& shape, s
   auto plan = engine->plan(ptrs, shape);
   const test::Inputs in = test::random_inputs(shape, plan->total_n(), seed);
   DeviceIo io(in, shape.heads);
+  ASSERT_CUDA(io.status());
   std::vector<std::uint8_t> o1, o2;
   std::vector<float> l1, l2;
   engine->run(*plan, io.args());
   ASSERT_CUDA(cudaDeviceSynchronize());
-  io.fetch(o1, l1);
+  ASSERT_CUDA(io.fetch(o1, l1));
   expect_close(*plan, in, o1, l1);
   io.poison();
   engine->run(*plan, io.args());
   ASSERT_CUDA(cudaDeviceSynchronize());
-  io.fetch(o2, l2);
+  ASSERT_CUDA(io.fetch(o2, l2));
   EXPECT_EQ(std::memcmp(o1.data(), o2.data(), o1.size()), 0) << "O differs between two runs";
   EXPECT_EQ(std::memcmp(l1.data(), l2.data(), l1.size() * sizeof(float)), 0) << "LSE differs between two runs";
 }
@@ -192,11 +166,12 @@ TEST(Grouped, NewBuffersForOnePlan) {
   for (std::uint64_t seed : {301u, 302u}) {
     const test::Inputs in = test::random_inputs(s, plan->total_n(), seed);
     DeviceIo io(in, s.heads);
+    ASSERT_CUDA(io.status());
     engine->run(*plan, io.args());
     ASSERT_CUDA(cudaDeviceSynchronize());
     std::vector<std::uint8_t> o;
     std::vector<float> lse;
-    io.fetch(o, lse);
+    ASSERT_CUDA(io.fetch(o, lse));
     expect_close(*plan, in, o, lse);
   }
 }
@@ -209,13 +184,14 @@ TEST(Grouped, NoLseBuffer) {
   auto plan = engine->plan({&l}, s);
   const test::Inputs in = test::random_inputs(s, plan->total_n(), 311);
   DeviceIo io(in, s.heads);
+  ASSERT_CUDA(io.status());
   RunArgs a = io.args();
   a.lse = nullptr;
   engine->run(*plan, a);
   ASSERT_CUDA(cudaDeviceSynchronize());
   std::vector<std::uint8_t> o;
   std::vector<float> lse;
-  io.fetch(o, lse);
+  ASSERT_CUDA(io.fetch(o, lse));
   std::vector<double> ref_o, ref_lse;
   test::reference_batch(*plan, in, ref_o, ref_lse);
   const test::Compare cmp = test::compare(*plan, o.data(), s.dtype, nullptr, ref_o, ref_lse);
@@ -238,13 +214,14 @@ TEST(Grouped, RunIsCapturableAndReplaysBitIdentical) {
     auto plan = engine->plan({lp}, s);
     const test::Inputs in = test::random_inputs(s, plan->total_n(), 5);
     DeviceIo io(in, s.heads);
+    ASSERT_CUDA(io.status());
     cudaStream_t stream;
     ASSERT_CUDA(cudaStreamCreate(&stream));
     engine->run(*plan, io.args(stream));
     ASSERT_CUDA(cudaStreamSynchronize(stream));
     std::vector<std::uint8_t> o_direct, o_graph;
     std::vector<float> l_direct, l_graph;
-    io.fetch(o_direct, l_direct);
+    ASSERT_CUDA(io.fetch(o_direct, l_direct));
     io.poison();
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -254,7 +231,7 @@ TEST(Grouped, RunIsCapturableAndReplaysBitIdentical) {
     ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
     for (int i = 0; i < 3; ++i) ASSERT_CUDA(cudaGraphLaunch(exec, stream));
     ASSERT_CUDA(cudaStreamSynchronize(stream));
-    io.fetch(o_graph, l_graph);
+    ASSERT_CUDA(io.fetch(o_graph, l_graph));
     EXPECT_EQ(std::memcmp(o_direct.data(), o_graph.data(), o_direct.size()), 0) << "graph replay differs from a direct run";
     EXPECT_EQ(std::memcmp(l_direct.data(), l_graph.data(), l_direct.size() * sizeof(float)), 0);
     expect_close(*plan, in, o_graph, l_graph);
@@ -274,6 +251,7 @@ TEST(Grouped, StageTimes) {
   auto plan = engine->plan({&l}, s);
   const test::Inputs in = test::random_inputs(s, plan->total_n(), 7);
   DeviceIo io(in, s.heads);
+  ASSERT_CUDA(io.status());
   engine->run(*plan, io.args());
   const grouped::StageTimes t = grouped::stage_times(*engine);
   EXPECT_GT(t.qk, 0.0f);
@@ -366,6 +344,7 @@ TEST(GroupedBench, StageMedians) {
     auto plan = engine->plan({&w.layout}, s);
     const test::Inputs in = test::random_inputs(s, plan->total_n(), 17);
     DeviceIo io(in, s.heads);
+    ASSERT_CUDA(io.status());
     std::vector<float> prep, qk, softmax, pv_gemm, reduce, pv, total, graph_ms;
     for (int it = 0; it < 2 * iters; ++it) {
       ASSERT_CUDA(cudaMemsetAsync(flush, it & 0xff, kFlushBytes, stream));
