@@ -35,6 +35,12 @@ commit=$(cat "$root/.carry/COMMIT" 2>/dev/null || git -C "$root" rev-parse --sho
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit --format=csv
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+# The host's CPUs as this process sees them (the host side's times, layouts and plans, move with
+# them from one lent machine to the next): host.txt.
+{ echo "nproc $(nproc), online $(getconf _NPROCESSORS_ONLN), cgroup cpu.max $(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo -)"
+  lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|On-line CPU|Thread|Socket|NUMA node\(s\))'
+  echo "loadavg $(cat /proc/loadavg)"; } > "$out/host.txt"
+cat "$out/host.txt"
 
 status=0
 export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off: it can take a shared host's GPUs down
@@ -226,9 +232,9 @@ PY
       for c in 1 4 16; do
         echo "-- perf_analyzer $proto concurrency $c"
         "$PERF_ANALYZER" -m attention -u "$url" -i "$proto" --input-data "$sdir/pa" --concurrency-range "$c:$c" \
-          --measurement-interval 3000 --max-trials 6 --stability-percentage 30 -f "$sdir/pa_${proto}_$c.csv" \
+          --measurement-interval 3000 --max-trials 6 --stability-percentage 30 -f "$out/perf_analyzer_${proto}_$c.csv" \
           --shape "COORDS:$n,3" --shape "Q:8,$n,64" --shape "K:8,$n,64" --shape "V:8,$n,64" >/dev/null 2>"$sdir/pa.err" \
-          && cat "$sdir/pa_${proto}_$c.csv" || { tail -5 "$sdir/pa.err"; status=1; }
+          && cat "$out/perf_analyzer_${proto}_$c.csv" || { tail -5 "$sdir/pa.err"; status=1; }
       done
     done
   fi
