@@ -8,6 +8,9 @@
 #include <stdexcept>
 #include <thread>
 #include <vector>
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 #include "common/parallel.hpp"
 
@@ -30,10 +33,40 @@ void check_chunks(std::size_t n, int parts) {
 }
 
 TEST(Parallel, EveryPartRunsOnceWithItsChunk) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = usable_cores();
   for (const std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{100003}})
     for (const int parts : {1, 2, 3, cores, 4 * cores + 1}) check_chunks(n, parts);
 }
+
+#ifdef __linux__
+// "All cores" counts the CPUs a thread may run on: a thread pinned to k of them (taskset, a
+// container's cpuset) gets k, or the cgroup's quota where that is less, as the whole process does.
+TEST(Parallel, UsableCoresFollowTheAffinityMask) {
+  cpu_set_t all;
+  CPU_ZERO(&all);
+  ASSERT_EQ(sched_getaffinity(0, sizeof all, &all), 0);
+  const int here = count_usable_cores();
+  EXPECT_GE(here, 1);
+  EXPECT_LE(here, CPU_COUNT(&all));
+  EXPECT_EQ(usable_cores(), here);  // the process's own mask has not changed since the first call
+  for (const int k : {1, 2}) {
+    if (k > CPU_COUNT(&all)) break;
+    cpu_set_t some;
+    CPU_ZERO(&some);
+    for (int cpu = 0, taken = 0; taken < k; ++cpu)
+      if (CPU_ISSET(cpu, &all)) {
+        CPU_SET(cpu, &some);
+        ++taken;
+      }
+    int pinned = -1;
+    std::thread([&] {
+      if (sched_setaffinity(0, sizeof some, &some) == 0) pinned = count_usable_cores();
+    }).join();
+    ASSERT_NE(pinned, -1) << "sched_setaffinity to " << k << " CPU(s) failed";
+    EXPECT_EQ(pinned, std::min(k, here)) << k << " CPU(s)";
+  }
+}
+#endif
 
 TEST(Parallel, ManyCallersAtOnceAndNestedCalls) {
   std::vector<std::thread> callers;

@@ -12,6 +12,11 @@
 #include <vector>
 #ifdef __linux__
 #include <pthread.h>
+#include <sched.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
 #endif
 
 namespace protattn::detail {
@@ -26,16 +31,43 @@ inline void name_this_thread(const char* name) {
 #endif
 }
 
-// Threads to use for `threads` as options give it (0 or less: all cores), at most one per
+// The CPUs the calling thread may run on: those of its affinity mask (taskset, a container's
+// cpuset), fewer where the process's cgroup v2 quota (cpu.max) allows less, at least 1; elsewhere
+// hardware_concurrency(), which counts every CPU of the machine whatever the process may use.
+inline int count_usable_cores() {
+  int n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#ifdef __linux__
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = std::max(1, CPU_COUNT(&set));
+  std::ifstream f("/sys/fs/cgroup/cpu.max");  // "max 100000" or "<quota> <period>" in microseconds
+  std::string quota;
+  long long period = 0;
+  if (f >> quota >> period && quota != "max" && period > 0) {
+    const long long q = std::strtoll(quota.c_str(), nullptr, 10);
+    if (q > 0) n = static_cast<int>(std::min<long long>(n, std::max(1LL, (q + period - 1) / period)));
+  }
+#endif
+  return n;
+}
+
+// count_usable_cores() as it was at the first call in this process: "all cores" for every
+// threaded step of the library (a thread count of 0 in the options) and the worker pool's size.
+inline int usable_cores() {
+  static const int cores = count_usable_cores();
+  return cores;
+}
+
+// Threads to use for `threads` as options give it (0 or less: all usable cores), at most one per
 // `grain` items of the `n` to share out, at least 1.
 inline int resolve_threads(int threads, std::size_t n, std::size_t grain) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads <= 0) threads = usable_cores();
   const std::size_t by_size = std::max<std::size_t>(1, n / std::max<std::size_t>(1, grain));
   return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), by_size));
 }
 
-// The process's worker threads for parallel_chunks: started on first use, as many as the cores
-// less one, kept waiting between jobs. (Starting threads for every parallel step, as before, held
+// The process's worker threads for parallel_chunks: started on first use, as many as the usable
+// cores less one, kept waiting between jobs. (Starting threads for every parallel step, as before, held
 // the 1M-atom globule's layout on 16 cores at 20-24 ms; on the pool it takes 15 ms.) Left running
 // at exit.
 class WorkerPool {
@@ -50,8 +82,16 @@ class WorkerPool {
   // (a worker never waits for others: no deadlock, the same parts either way).
   template <class Run>
   void run(int parts, Run&& run) {
-    if (parts <= 1 || t_worker || workers_ == 0) {
-      for (int p = 0; p < parts; ++p) run(p);
+    if (parts <= 1 || t_worker || workers_ == 0) {  // in order on this thread, every part all the same
+      std::exception_ptr first;
+      for (int p = 0; p < parts; ++p) {
+        try {
+          run(p);
+        } catch (...) {
+          if (!first) first = std::current_exception();
+        }
+      }
+      if (first) std::rethrow_exception(first);
       return;
     }
     Job job;
@@ -91,7 +131,7 @@ class WorkerPool {
   };
 
   WorkerPool() {
-    workers_ = static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) - 1;
+    workers_ = usable_cores() - 1;
     for (int i = 0; i < workers_; ++i)
       std::thread([this] {
         t_worker = true;

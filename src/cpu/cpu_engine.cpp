@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/parallel.hpp"
 #include "protattn/error.hpp"
 #include "protattn/half.hpp"
 
@@ -216,7 +217,7 @@ class CpuEngine final : public Engine {
  public:
   explicit CpuEngine(const EngineOptions& opt) {
     if (opt.threads < 0) throw Error("cpu engine: threads must be >= 0 (0 = all), got " + std::to_string(opt.threads));
-    threads_ = opt.threads > 0 ? opt.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads_ = opt.threads > 0 ? opt.threads : detail::usable_cores();
   }
   const char* name() const override { return "cpu"; }
   bool on_device() const override { return false; }
