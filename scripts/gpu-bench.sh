@@ -39,6 +39,7 @@ driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
 # them from one lent machine to the next): host.txt.
 { echo "nproc $(nproc), online $(getconf _NPROCESSORS_ONLN), cgroup cpu.max $(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo -)"
   lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|On-line CPU|Thread|Socket|NUMA node\(s\))'
+  echo "kernel $(uname -r), transparent hugepages $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo -)"
   echo "loadavg $(cat /proc/loadavg)"; } > "$out/host.txt"
 cat "$out/host.txt"
 
