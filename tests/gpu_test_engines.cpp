@@ -118,7 +118,7 @@ void check(const std::string& engine_name, const Case& c, std::uint64_t seed, fl
 
   const std::size_t o_bytes = in.q.size();
   const std::size_t lse_n = static_cast<std::size_t>(c.shape.heads) * T;
-  std::vector<std::uint8_t> o1(o_bytes, 0xff), o2(o_bytes, 0xff);  // 0xffff: NaN in fp16 and bf16
+  std::vector<std::uint8_t> o1(o_bytes, test::kPoisonByte), o2(o_bytes, test::kPoisonByte);
   std::vector<float> l1(lse_n, std::numeric_limits<float>::quiet_NaN()), l2(lse_n, std::numeric_limits<float>::quiet_NaN());
   RunArgs a1{in.q.data(), in.k.data(), in.v.data(), o1.data(), l1.data(), nullptr};
   run_host(*engine, *plan, a1);
@@ -351,7 +351,7 @@ void fused_outputs_of(const std::string& kernel, const std::vector<const BlockLa
   auto engine = make_engine("fused", opt);
   auto plan = engine->plan(layouts, shape);
   if (summary) *summary = fused::summarize(*plan);
-  o.assign(in.q.size(), 0xff);  // NaN in fp16 and bf16
+  o.assign(in.q.size(), test::kPoisonByte);
   lse.assign(static_cast<std::size_t>(shape.heads) * plan->total_n(), std::numeric_limits<float>::quiet_NaN());
   RunArgs a{in.q.data(), in.k.data(), in.v.data(), o.data(), lse.data(), nullptr};
   run_host(*engine, *plan, a);

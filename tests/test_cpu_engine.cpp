@@ -81,9 +81,6 @@ std::vector<std::vector<int>> band_tiles(int n, int tile, int band) {
   return rows;
 }
 
-// A NaN in every dtype: 0xffff is a NaN in fp16 and bf16, 0xffffffff in fp32.
-constexpr std::uint8_t kPoisonByte = 0xff;
-
 struct Outputs {
   std::vector<std::uint8_t> o;
   std::vector<float> lse;
@@ -91,7 +88,7 @@ struct Outputs {
 
 Outputs run_poisoned(Engine& engine, const Plan& plan, const test::Inputs& in) {
   Outputs out;
-  out.o.assign(in.q.size(), kPoisonByte);
+  out.o.assign(in.q.size(), test::kPoisonByte);
   out.lse.assign(static_cast<std::size_t>(plan.shape.heads) * plan.total_n(), std::numeric_limits<float>::quiet_NaN());
   const RunArgs args{in.q.data(), in.k.data(), in.v.data(), out.o.data(), out.lse.data(), nullptr};
   run_host(engine, plan, args);
@@ -350,7 +347,7 @@ TEST(CpuEngine, NullLseWritesOnlyO) {
   auto plan = e->plan({&l}, shape);
   const test::Inputs in = test::random_inputs(shape, plan->total_n(), 91);
   const Outputs with_lse = run_poisoned(*e, *plan, in);
-  std::vector<std::uint8_t> o(in.q.size(), kPoisonByte);
+  std::vector<std::uint8_t> o(in.q.size(), test::kPoisonByte);
   e->run(*plan, RunArgs{in.q.data(), in.k.data(), in.v.data(), o.data(), nullptr, nullptr});
   EXPECT_TRUE(o == with_lse.o);
 }

@@ -11,8 +11,6 @@
 
 namespace protattn::test {
 
-constexpr std::uint8_t kPoisonByte = 0xff;  // 0xffff is NaN in fp16 and bf16, 0xffffffff in fp32
-
 // Q, K and V copied to the device, O and LSE allocated and poisoned. CUDA calls cannot fail a
 // test from a constructor: the first error is kept, and a test asserts status() == cudaSuccess
 // before it runs anything on the buffers.

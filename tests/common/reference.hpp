@@ -9,6 +9,10 @@
 
 namespace protattn::test {
 
+// Poisons outputs before a run, so that an element the engine leaves unwritten shows: 0xffff is
+// a NaN in fp16 and bf16, 0xffffffff in fp32.
+constexpr std::uint8_t kPoisonByte = 0xff;
+
 // Q, K, V of a batch as RunArgs expects them ([heads, total_n, dim] in shape.dtype), plus the
 // same values as float (after rounding to the dtype) for the reference.
 struct Inputs {
