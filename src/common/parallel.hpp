@@ -32,8 +32,10 @@ inline void name_this_thread(const char* name) {
 }
 
 // The CPUs the calling thread may run on: those of its affinity mask (taskset, a container's
-// cpuset), fewer where the process's cgroup v2 quota (cpu.max) allows less, at least 1; elsewhere
-// hardware_concurrency(), which counts every CPU of the machine whatever the process may use.
+// cpuset), fewer where the cgroup v2 quota in /sys/fs/cgroup/cpu.max allows less (a container's
+// own under a cgroup namespace; a cgroup deeper in the host's tree is not looked up), at least 1;
+// elsewhere hardware_concurrency(), which counts every CPU of the machine whatever the process
+// may use.
 inline int count_usable_cores() {
   int n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 #ifdef __linux__
