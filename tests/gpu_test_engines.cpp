@@ -482,69 +482,6 @@ TEST(FusedTma, SameBitsAsCpAsync) {
   ws_switch_keeps_bits("PROTATTN_FUSED_TMA", batch, 3, false);
 }
 
-// An engine setting (PROTATTN_FUSED_...) set for the guard's scope.
-struct EnvSetting {
-  const char* name;
-  EnvSetting(const char* env, const char* value) : name(env) { setenv(env, value, 1); }
-  ~EnvSetting() { unsetenv(name); }
-  EnvSetting(const EnvSetting&) = delete;
-  EnvSetting& operator=(const EnvSetting&) = delete;
-};
-
-// The ws kernel's producer with one warp that copies (the plan's choice when nearly every copy is
-// TMA) and with four: on a ragged batch of both masks whose sizes are off the tile grid (tiles
-// that cross a structure's end and mask atoms' coordinates go by cp.async from the one warp), with
-// TMA and with every tile by cp.async, the same bits, which match the float64 reference. The plan
-// takes one warp for a structure on the tile grid without mask atoms, four otherwise.
-TEST(FusedProducer, OneWarpGivesTheBitsOfFour) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
-  std::vector<BlockLayout> batch;
-  batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, 4));
-  batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 5));
-  batch.push_back(globule_layout(129, MaskMode::tiles, 10.0f, 6));
-  std::vector<const BlockLayout*> layouts;
-  for (const BlockLayout& l : batch) layouts.push_back(&l);
-  const std::vector<const BlockLayout*> on_grid = {&batch[1]};  // 640 atoms, mask tiles
-  for (const bool tma : {true, false}) {
-    const EnvSetting tma_setting("PROTATTN_FUSED_TMA", tma ? "1" : "0");
-    for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}, std::pair{DType::f16, 32}}) {
-      ProblemShape shape;
-      shape.heads = 3;
-      shape.dtype = dtype;
-      shape.dim = dim;
-      const std::string what = std::string(to_string(dtype)) + " d" + std::to_string(dim) + (tma ? "" : ", no TMA");
-      std::vector<std::uint8_t> o_one, o_four, o_plan, o_grid;
-      std::vector<float> l_one, l_four, l_plan, l_grid;
-      fused::PlanSummary sum_one, sum_four, sum_plan, sum_grid;
-      {
-        const EnvSetting one("PROTATTN_FUSED_PRODUCER_WARPS", "1");
-        fused_outputs("ws", layouts, shape, o_one, l_one, &sum_one);
-        if (tma) {
-          Case c;
-          c.layouts = batch;
-          c.shape = shape;
-          check("fused/ws", c, 11);  // against the float64 reference
-        }
-      }
-      {
-        const EnvSetting four("PROTATTN_FUSED_PRODUCER_WARPS", "4");
-        fused_outputs("ws", layouts, shape, o_four, l_four, &sum_four);
-      }
-      EXPECT_EQ(sum_one.producer_warps, 1) << what;
-      EXPECT_EQ(sum_four.producer_warps, 4) << what;
-      expect_same_bits(o_one, l_one, o_four, l_four, what);
-      // The plan's own choice: four for this batch, one for the structure on the grid (four
-      // again without TMA).
-      fused_outputs("ws", layouts, shape, o_plan, l_plan, &sum_plan);
-      EXPECT_EQ(sum_plan.producer_warps, 4) << what;
-      expect_same_bits(o_plan, l_plan, o_four, l_four, what + ", the plan's choice");
-      fused_outputs("ws", on_grid, shape, o_grid, l_grid, &sum_grid);
-      EXPECT_EQ(sum_grid.producer_warps, tma ? 1 : 4) << what << ", on the grid";
-    }
-  }
-}
-
 // The ws kernel with a block per SM slot taking items from a counter (the stage ring, its
 // barriers and Q's tile running on from item to item of different structures, masks, empty rows
 // and lengths) gives the bits of a block per item (PROTATTN_FUSED_PERSISTENT=0), and matches the

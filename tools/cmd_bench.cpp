@@ -237,7 +237,6 @@ nlohmann::json bench_one(Engine& engine, const Workload& w, const Options& o) {
     extra["split_tiles"] = s.combines;
     extra["blocks_per_sm"] = s.blocks_per_sm;
     extra["kernel"] = s.kernel;
-    if (s.producer_warps > 0) extra["producer_warps"] = s.producer_warps;
     extra["plan_device_bytes"] = s.device_bytes;
   }
 #endif

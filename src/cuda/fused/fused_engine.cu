@@ -366,28 +366,6 @@ class FusedEngine final : public Engine {
     // item, the producer brings the Q tile of the item a wave ahead into L2 (that item's block
     // starts about when this one's wave ends); PROTATTN_FUSED_Q_PREFETCH=0 does not.
     p.ws_grid = switched_off("PROTATTN_FUSED_PERSISTENT") ? p.n_items : static_cast<int>(std::min<std::int64_t>(p.n_items, target));
-    // The ws kernel's producer warps: one when its copies are nearly all TMA (one thread issues
-    // them), four when the batch copies by cp.async (mask atoms: every tile's coordinates; tiles
-    // that cross a structure's end; PROTATTN_FUSED_TMA=0), which then goes four times faster.
-    // The three spare warps of the producer warpgroup leave at the start: with them waiting on
-    // every stage beside the consumers, W2 ran 1.9% slower, W1b 3.9%, the 1M-atom globule 1.2%;
-    // W4 (32 structures of 1k-20k atoms, a few percent of its tiles crossing an end) 3.9% faster
-    // with them (bench/results/2026-12-02-h200-producer-warp). One warp when at most 1% of the
-    // copies go by cp.async; PROTATTN_FUSED_PRODUCER_WARPS=1|4 forces either.
-    {
-      std::int64_t crossing = 0, copies = 0;  // per head: K/V tiles and Q tiles
-      for (const BlockLayout* l : layouts) {
-        copies += l->nnz() + l->n_tiles;
-        if (l->n % kTile == 0 || l->n_tiles == 0) continue;
-        crossing += 1 + std::count(l->col_idx.begin(), l->col_idx.end(), l->n_tiles - 1);
-      }
-      p.ws_producer_warps = p.tma && !any_atoms && crossing * 100 <= copies ? 1 : 4;
-      if (const char* pw = std::getenv("PROTATTN_FUSED_PRODUCER_WARPS")) {
-        const std::string v = pw;
-        if (v != "1" && v != "4") throw Error("PROTATTN_FUSED_PRODUCER_WARPS: '" + v + "' (1 or 4)");
-        p.ws_producer_warps = v == "1" ? 1 : 4;
-      }
-    }
     p.q_prefetch = p.tma && p.ws_grid == p.n_items && !switched_off("PROTATTN_FUSED_Q_PREFETCH") ? static_cast<int>(target) : 0;
     if (kernel == kKernelWs) {
       fp.item_counter.resize(sizeof(std::int32_t));
@@ -402,7 +380,6 @@ class FusedEngine final : public Engine {
     fp.summary.blocks_per_sm = bps;
     fp.summary.kernel = kernel == kKernelWs ? "ws" : kernel == kKernelWgmma ? "wgmma" : "mma_sync";
     fp.summary.sms = sms_;
-    fp.summary.producer_warps = kernel == kKernelWs ? p.ws_producer_warps : 0;
     for (const BlockLayout* l : layouts) fp.summary.warp_tiles += 8 * l->nnz();
     if (any_reach)
       for (std::uint16_t k : kinds) fp.summary.warps_out += std::popcount(static_cast<unsigned>(k >> kKindOutShift));
@@ -427,10 +404,7 @@ class FusedEngine final : public Engine {
     p.o = args.o;
     p.lse = args.lse;
     const auto rows = static_cast<std::uint64_t>(plan.shape.heads) * static_cast<std::uint64_t>(p.total_n);
-    if (rows > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max())) {
-      p.tma = 0;  // TMA rows are int32: every tile by cp.async, from all four producer warps
-      p.ws_producer_warps = 4;
-    }
+    if (rows > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max())) p.tma = 0;  // TMA rows are int32
     if (p.tma) {
       row_map(p.tma_q, p.q, rows, plan.shape.dim);
       row_map(p.tma_k, p.k, rows, plan.shape.dim);

@@ -14,7 +14,6 @@ struct PlanSummary {
   int slots = 0;      // partial results in the workspace
   int blocks_per_sm = 0, sms = 0;
   const char* kernel = "";  // "ws", "wgmma" or "mma_sync" (docs/fused.md)
-  int producer_warps = 0;   // the ws kernel's producer warps that copy (1 or 4)
   std::size_t device_bytes = 0;  // plan buffers and workspace
   // Mask atoms: (kept tile, 16-row warp) pairs whose rows reach no key of the tile (their mask
   // and softmax are skipped), of all such pairs (8 per kept tile of every structure).

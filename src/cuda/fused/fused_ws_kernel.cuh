@@ -8,10 +8,8 @@
 // keys' coordinates) into a ring of shared-memory stages that runs on from item to item, and each
 // copy's completion arrives on the stage's "full" mbarrier. Tiles inside the structure come by
 // TMA (one thread issues them, the bytes complete on the barrier); a tile that crosses the
-// structure's end (and every tile when Params::tma is off) by cp.async from every producer thread,
-// rows past the end read as zeros. Its warps that copy are Params::ws_producer_warps: one when
-// nearly every copy is TMA, the other three leaving at the start; four when the batch copies
-// by cp.async (mask atoms, tiles crossing an end). With a block per item, its copies issued, it brings the Q tile of
+// structure's end (and every tile when Params::tma is off) by cp.async from all 128 threads, rows
+// past the end read as zeros. With a block per item, its copies issued, it brings the Q tile of
 // the item a wave ahead into L2 (Params::q_prefetch).
 // Warpgroups 1 and 2 are consumers of 64 query rows each, with raised register limits. They
 // never wait for one another: per tile a consumer waits for the stage to be full and, once its
@@ -166,11 +164,11 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
 
   if (tid == 0) {
-    // Q's and each "full" barrier: every copying producer thread's cp.async arrival (.noinc) and
-    // thread 0's arrival that sets the TMA bytes to expect (or a plain one when the tile came by cp.async).
-    sm90::mbar_init(bar_q, 32 * p.ws_producer_warps + 1);
+    // Q's and each "full" barrier: every producer thread's cp.async arrival (.noinc) and thread
+    // 0's arrival that sets the TMA bytes to expect (or a plain one when the tile came by cp.async).
+    sm90::mbar_init(bar_q, K_::kProducerThreads + 1);
     for (int s = 0; s < stages; ++s) {
-      sm90::mbar_init(bar_full(s), 32 * p.ws_producer_warps + 1);
+      sm90::mbar_init(bar_full(s), K_::kProducerThreads + 1);
       sm90::mbar_init(bar_empty(s), K_::kConsumers * 4);  // one lane per consumer warp
     }
     sm90::mbar_init(bar_qfree, K_::kConsumers * 4);
@@ -188,16 +186,12 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // Producer warpgroup: item blockIdx.x, then items taken from Params::item_counter (each
     // block its next one as it nears the end of the last), until they run out.
     sm90::regs_release<K_::kProducerRegs>();
-    // The producer threads that copy (Params::ws_producer_warps); the others leave (their waits
-    // on every stage, beside the consumers, cost W2 1.9% and W1b 3.9%).
-    const int pthreads = 32 * p.ws_producer_warps;
-    if (tid >= pthreads) return;
     if (p.tma && tid == 0) {
       sm90::tma_prefetch_map(&p.tma_k);
       sm90::tma_prefetch_map(&p.tma_v);
     }
-    // The producer threads that copy (named barrier 5).
-    const auto producer_sync = [&] { asm volatile("bar.sync 5, %0;\n" ::"r"(pthreads) : "memory"); };
+    // The 128 producer threads (named barrier 5).
+    const auto producer_sync = [] { asm volatile("bar.sync 5, 128;\n" ::: "memory"); };
     int idx = static_cast<int>(blockIdx.x);
     WorkItem item;
     copy_item(&item, p.items + idx);
@@ -235,10 +229,8 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
             for (int c = 0; c < K_::kOCols / 64; ++c)
               sm90::tma_load_2d(dst + c * Tile::kBlockBytes, &m, c * 64, map_row0 + r0, bar);
           }
-        } else if (pthreads == K_::kProducerThreads) {
-          load_tile_lean<D, K_::kProducerThreads>(dst, g, r0, sd.n, tid);
         } else {
-          load_tile<D, 32>(dst, g, r0, sd.n, tid);
+          load_tile_lean<D, K_::kProducerThreads>(dst, g, r0, sd.n, tid);
         }
       };
       // Thread 0's arrival on a barrier of one (whole) or two tiles' copies.
@@ -262,16 +254,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         copy_tile(st, p.tma_k, kg, kt * kTile, bar_full(s), whole);
         copy_tile(st + Tile::kBytes, p.tma_v, vg, kt * kTile, bar_full(s), whole);
         if (atoms) {
-          // Keys tid, tid + pthreads, ... of the tile: x, y, z into a float4 slot (the fourth float
-          // is never read).
-          for (int key = tid; key < kTile; key += pthreads) {
-            const int j = kt * kTile + key;
-            const bool in = j < sd.n;
-            const float* c = p.coords + (sd.offset + (in ? j : 0)) * 3;
-            const std::uint32_t dst = st + 2 * Tile::kBytes + key * 16;
+          // Key `tid` of the tile: x, y, z into a float4 slot (the fourth float is never read).
+          const int j = kt * kTile + tid;
+          const bool in = j < sd.n;
+          const float* c = p.coords + (sd.offset + (in ? j : 0)) * 3;
+          const std::uint32_t dst = st + 2 * Tile::kBytes + tid * 16;
 #pragma unroll
-            for (int k = 0; k < 3; ++k) sm90::cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
-          }
+          for (int k = 0; k < 3; ++k) sm90::cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
         }
         sm90::cp_async_arrive_noinc(bar_full(s));
         if (++s == stages) {
