@@ -64,8 +64,12 @@ struct WsKernel {
   static constexpr int kFetchOffset = kIdxOffset + 4;
   static constexpr int kRingOffset = kIdxOffset + 8;  // the item's first stage | the parity of its round << 8
   static constexpr int kItemOffset = kIdxOffset + 16;
-  static_assert(kItemOffset % 16 == 0 && kItemOffset + static_cast<int>(sizeof(WorkItem)) <= kBarBytes,
-                "barriers, index and item in the first KiB");
+  // Each stage's key tile and kind (Params::col_idx, Params::kind), which the producer writes
+  // ahead of the stage's "full" arrival: the consumers read them from here once the stage is full.
+  static constexpr int kTileTableOffset = 512;
+  static_assert(kItemOffset % 16 == 0 && kItemOffset + static_cast<int>(sizeof(WorkItem)) <= kTileTableOffset &&
+                    kTileTableOffset + 8 * kMaxStages <= kBarBytes,
+                "barriers, index, item and the stages' tiles in the first KiB");
   static constexpr int kSAcc = kTile / 2;  // S accumulators per thread: 64 rows x 128 keys per warpgroup
   // fp16 at d=64: the tensor core sums each row's probabilities. P V takes 72 columns, V's 64 and
   // 8 of a block of ones in shared memory (16 keys x 64 columns, which every k-step of every stage
@@ -250,6 +254,11 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         if (round > 0) sm90::mbar_wait(bar_empty(s), (round - 1) & 1);
         const std::uint32_t st = stage_addr(s);
         const bool whole = p.tma && (kt + 1) * kTile <= sd.n;
+        if (tid == 0) {
+          auto* entry = reinterpret_cast<volatile int*>(smem + K_::kTileTableOffset + 8 * s);
+          entry[0] = kt;
+          entry[1] = p.kind[item.e_begin + it];
+        }
         arrive_first(bar_full(s), whole, 2);
         copy_tile(st, p.tma_k, kg, kt * kTile, bar_full(s), whole);
         copy_tile(st + Tile::kBytes, p.tma_v, vg, kt * kTile, bar_full(s), whole);
@@ -555,13 +564,16 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       // (mask atoms: the query atoms' coordinates held too) the four more accumulators made ptxas
       // serialise every wgmma of the kernel for want of registers.
       constexpr bool kSums = K_::kSumsByMma && !kReach;
-      int kt = item.first_col;
-      int kind = p.kind[item.e_begin];
-      // The next tile's column and kind are read a whole iteration before they are needed.
-      int kt_next = n_kv > 1 ? p.col_idx[item.e_begin + 1] : 0;
-      int kind_next = n_kv > 1 ? p.kind[item.e_begin + 1] : 0;
       int s = ring & 0xff, phase = ring >> 8;  // stage of the current tile and the parity of its "full" phase
+      // The stage's key tile and kind, as the producer wrote them ahead of its "full" arrival.
+      const auto tile_of = [&](int st, int& kt_out, int& kind_out) {
+        const int2 e = *reinterpret_cast<const int2*>(smem + K_::kTileTableOffset + 8 * st);
+        kt_out = e.x;
+        kind_out = e.y;
+      };
+      int kt = 0, kind = 0;
       sm90::mbar_wait(bar_full(s), phase);
+      tile_of(s, kt, kind);
       sm90::fence_proxy_async();
       turn_wait();
       issue_s(s);
@@ -576,13 +588,8 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
           s = 0;
           phase ^= 1;
         }
-        kt = kt_next;
-        kind = kind_next;
-        if (it + 1 < n_kv) {
-          kt_next = p.col_idx[item.e_begin + it + 1];
-          kind_next = p.kind[item.e_begin + it + 1];
-        }
         sm90::mbar_wait(bar_full(s), phase);
+        tile_of(s, kt, kind);
         sm90::fence_proxy_async();
         turn_wait();
         issue_s(s);      // S of this tile ...
