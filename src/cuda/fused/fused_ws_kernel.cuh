@@ -249,15 +249,23 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       sm90::cp_async_arrive_noinc(bar_q);
       const bool atoms = sd.mask == kMaskAtoms;
       // The ring of stages runs on from one item to the next.
+      // The next tile's column and kind are read an iteration ahead, so that their loads run
+      // during the wait for a free stage.
+      int kt_next = item.first_col;
+      int kind_next = n_kv > 0 ? p.kind[item.e_begin] : 0;
       for (int it = 0; it < n_kv; ++it) {
-        const int kt = it == 0 ? item.first_col : p.col_idx[item.e_begin + it];
+        const int kt = kt_next, kind = kind_next;
+        if (it + 1 < n_kv) {
+          kt_next = p.col_idx[item.e_begin + it + 1];
+          kind_next = p.kind[item.e_begin + it + 1];
+        }
         if (round > 0) sm90::mbar_wait(bar_empty(s), (round - 1) & 1);
         const std::uint32_t st = stage_addr(s);
         const bool whole = p.tma && (kt + 1) * kTile <= sd.n;
         if (tid == 0) {
           auto* entry = reinterpret_cast<volatile int*>(smem + K_::kTileTableOffset + 8 * s);
           entry[0] = kt;
-          entry[1] = p.kind[item.e_begin + it];
+          entry[1] = kind;
         }
         arrive_first(bar_full(s), whole, 2);
         copy_tile(st, p.tma_k, kg, kt * kTile, bar_full(s), whole);
