@@ -2,6 +2,7 @@
 reference outputs from `protattn run`, and small helpers shared by the test files."""
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,7 +21,28 @@ HEADS, DIM = 2, 64
 READY_TIMEOUT_S = 60
 
 
+def _ephemeral_low():
+    """The lowest port the kernel hands out to sockets bound to port 0 (client connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
+    """A loopback port nothing listens on, below the ephemeral range when there is room: a port
+    the kernel picked for us (bind to 0) can be handed to a client connection of the next test
+    before the server binds it, which made `protattn serve` fail with "Address already in use"."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200 if low > 20000 else 0):
+        port = rng.randrange(20000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -38,17 +60,30 @@ def find_perf_analyzer():
 class Server:
     """One `protattn serve` process; stderr (JSON-lines logs) goes to a file."""
 
+    START_ATTEMPTS = 5  # fresh ports each time another process took one first ("cannot bind")
+
     def __init__(self, repo, workdir, *extra):
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.log_path = Path(workdir) / f"server-{self.http_port}.log"
-        self.cmd = [str(BINARY), "serve", "--models", str(repo), "--http-port", str(self.http_port),
-                    "--grpc-port", str(self.grpc_port), *map(str, extra)]
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=self.log)
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.http_addr = f"127.0.0.1:{self.http_port}"
-        self.grpc_addr = f"127.0.0.1:{self.grpc_port}"
-        self.wait_ready()
+        for attempt in range(self.START_ATTEMPTS):
+            self.http_port = free_port()
+            self.grpc_port = free_port()
+            while self.grpc_port == self.http_port:
+                self.grpc_port = free_port()
+            self.log_path = Path(workdir) / f"server-{self.http_port}.log"
+            self.cmd = [str(BINARY), "serve", "--models", str(repo), "--http-port", str(self.http_port),
+                        "--grpc-port", str(self.grpc_port), *map(str, extra)]
+            self.log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=self.log)
+            self.url = f"http://127.0.0.1:{self.http_port}"
+            self.http_addr = f"127.0.0.1:{self.http_port}"
+            self.grpc_addr = f"127.0.0.1:{self.grpc_port}"
+            try:
+                self.wait_ready()
+                return
+            except RuntimeError:
+                lost_port = self.proc.poll() is not None and "cannot bind" in self.logs()
+                if not lost_port or attempt + 1 == self.START_ATTEMPTS:
+                    raise
+                self.log.close()
 
     def wait_ready(self):
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -58,7 +93,7 @@ class Server:
             try:
                 if requests.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not up yet, or another process answers on the port
                 pass
             time.sleep(0.05)  # poll interval, not a wait for readiness
         raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s: {self.logs()}")
