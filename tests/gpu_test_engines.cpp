@@ -320,6 +320,7 @@ TEST(FusedErrors, UnsupportedShapesFailLoudly) {
   const std::size_t bytes = static_cast<std::size_t>(plan->total_n()) * s.dim * 2 + 64;
   void* buf = nullptr;
   ASSERT_EQ(cudaMalloc(&buf, 4 * bytes), cudaSuccess);
+  ASSERT_EQ(cudaMemset(buf, 0, 4 * bytes), cudaSuccess);  // inputs the kernel may read (initcheck)
   auto* base = static_cast<unsigned char*>(buf);
   RunArgs a{base, base + bytes, base + 2 * bytes, base + 3 * bytes, nullptr, nullptr};
   EXPECT_NO_THROW(engine->run(*plan, a));
