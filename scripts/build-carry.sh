@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds protattn with the CUDA engines here (no GPU needed) and stages in .carry/ (git-ignored)
 # what the lent GPU machine needs, which reaches no registry:
-#   .carry/bin   protattn and protattn_gpu_tests (cudart linked statically)
+#   .carry/bin   protattn and protattn_gpu_tests (cudart linked statically), gzipped
 #   .carry/alt.tar.gz  with ALT_REF=<commit>: that commit's build, bin/protattn_alt and
 #                bin/protattn_gpu_tests_alt (.carry/ALT_COMMIT names it)
 #   .carry/lib.tar.gz  the shared libraries protattn needs beyond glibc, the CUDA driver and
 #                toolkit (gRPC, protobuf, gemmi, fmt, ... from this machine's Debian packages)
 #   .carry/data  the small test structures and the gzipped 6ZU5 ribosome
 #   .carry/pa.tar.gz  perf_analyzer (from scripts/setup-server.sh) with libcudart.so.12, libb64
+#   .carry/san.tar.gz  compute-sanitizer (PyPI nvidia-cuda-sanitizer-api, installed by this script
+#                under ~/.cache/protattn) for scripts/gpu-sanitize.sh; WITH_SANITIZER=0 leaves it out
 # (compressed: the device tool carries 64 MiB in all).
 #   .carry/COMMIT
 # Then, on the GPU machine (the device tool's command; `carry` names .carry):
@@ -84,9 +86,30 @@ if [ "${WITH_PERF:-0}" = 1 ]; then
   fi
 fi
 
+# compute-sanitizer for scripts/gpu-sanitize.sh (SANITIZE=1 in gpu-carry-run.sh), from PyPI's
+# nvidia-cuda-sanitizer-api: 13.4 is the first of its wheels with the whole tool (the process
+# launcher beside the binary); its folder less the docs and headers.
+rm -f "$carry/san.tar.gz"
+if [ "${WITH_SANITIZER:-1}" = 1 ]; then
+  san_version=${SANITIZER_VERSION:-13.4.92}
+  san_dir=$HOME/.cache/protattn/sanitizer-$san_version
+  if [ ! -x "$san_dir/nvidia/cu13/compute-sanitizer/TreeLauncherSubreaper" ]; then
+    echo "build-carry: installing nvidia-cuda-sanitizer-api==$san_version into $san_dir"
+    rm -rf "$san_dir"
+    python3 -m pip install -q --disable-pip-version-check --target "$san_dir" "nvidia-cuda-sanitizer-api==$san_version"
+  fi
+  mkdir -p "$carry/san"
+  cp -r "$san_dir/nvidia/cu13/compute-sanitizer/." "$carry/san/"
+  rm -rf "$carry/san/docs" "$carry/san/include"
+  tar -C "$carry" -czf "$carry/san.tar.gz" san && rm -rf "$carry/san"
+fi
+
 tar -C "$carry" -czf "$carry/lib.tar.gz" lib && rm -rf "$carry/lib"
 if [ -n "$(ls -A "$carry/pa")" ]; then tar -C "$carry" -czf "$carry/pa.tar.gz" pa; fi
 rm -rf "$carry/pa"
+
+# The binaries gzipped too (gpu-carry-run.sh unpacks them).
+gzip -f "$carry"/bin/protattn "$carry"/bin/protattn_gpu_tests
 
 dirty=""; [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty="-dirty"
 echo "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty" >"$carry/COMMIT"

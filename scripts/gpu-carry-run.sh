@@ -5,8 +5,9 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+for f in .carry/bin/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
 [ -x .carry/bin/protattn ] || { echo "gpu-carry-run: .carry/bin/protattn missing (run scripts/build-carry.sh and carry .carry)" >&2; exit 2; }
-for t in lib pa alt perf; do [ -f ".carry/$t.tar.gz" ] && tar -C .carry -xzf ".carry/$t.tar.gz"; done
+for t in lib pa alt perf san; do [ -f ".carry/$t.tar.gz" ] && tar -C .carry -xzf ".carry/$t.tar.gz"; done
 mkdir -p tests/data
 cp .carry/data/*.pdb tests/data/ 2>/dev/null
 [ -f .carry/data/6zu5.cif.gz ] && gunzip -c .carry/data/6zu5.cif.gz > tests/data/6zu5.cif
