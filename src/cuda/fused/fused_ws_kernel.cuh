@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       sm90::mbar_init(bar_full(s), K_::kProducerThreads + 1);
       sm90::mbar_init(bar_empty(s), K_::kConsumers * 4);  // one lane per consumer warp
     }
-    sm90::mbar_init(bar_qfree, K_::kConsumers * 4);
+    sm90::mbar_init(bar_qfree, K_::kConsumers * 128);  // every consumer thread
     sm90::mbar_init_fence();
   }
   if constexpr (K_::kSumsByMma) {
@@ -555,13 +555,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     const auto turn_pass = [&] {
       if (turns) asm volatile("bar.arrive %0, 256;\n" ::"r"(2 - my_wg) : "memory");
     };
-    // This warp is done with Q's tile: the producer may copy the next item's. With Q in registers
-    // (K_::kQInRegs; the lazy max's way back takes it from there too) as soon as they are loaded,
-    // at the item's start, so that the next item's Q arrives while this one's tiles run; else
-    // once the last S has completed and the way back is behind.
-    const auto release_q = [&] {
-      if (lane == 0) sm90::mbar_arrive(bar_qfree);
-    };
+    // This thread is done with Q's tile and the item in shared memory: the producer may copy the
+    // next item's. With Q in registers (K_::kQInRegs; the lazy max's way back takes it from there
+    // too) as soon as they are loaded, at the item's start, so that the next item's Q arrives
+    // while this one's tiles run; else once the last S has completed and the way back is behind.
+    // Every thread arrives, each for its own reads (once an item, not once a tile): one lane
+    // arriving after a __syncwarp is as ordered in the memory model, but compute-sanitizer's
+    // racecheck reported each other lane's read of the item against the producer's next write.
+    const auto release_q = [&] { sm90::mbar_arrive(bar_qfree); };
 
     // The tile loop, compiled twice: with the out-of-reach checks (kReach: a structure under mask
     // atoms, whose tiles carry the bits) and without them (every other mask runs code with no trace
@@ -624,7 +625,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
 #pragma unroll
       for (int ks = 0; ks < K_::kKSteps; ++ks)
         load_q_fragment<D>(q_frag[ks], s_q, wg_row + (cw % 4) * 16, ks, lane);
-      __syncwarp();  // every lane's reads of the item and of Q's tile ahead of the release
       release_q();
     }
     if (n_kv > 0) {
