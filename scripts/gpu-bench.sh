@@ -14,8 +14,8 @@
 # adds it after the rest, ENCODER=only runs it alone (about 4 minutes; results in $OUT/encoder;
 # TESTS_FIRST=1 runs the GPU tests before it; ENCODER_ALT_ARGS adds server configurations, ';' between).
 # PROFILE=1 adds scripts/gpu-profile.sh (Nsight Compute, results in $OUT/prof), PROFILE=only runs it alone.
-# SANITIZE=1 adds scripts/gpu-sanitize.sh (compute-sanitizer's four tools over the fused engine's
-# GPU tests, results in $OUT/sanitize) after the GPU tests; SANITIZE=only runs it alone.
+# SANITIZE=1 adds scripts/gpu-sanitize.sh (compute-sanitizer's four tools over the GPU tests,
+# results in $OUT/sanitize) after the GPU tests; SANITIZE=only runs it alone.
 # FUSED_ALT="PROTATTN_FUSED_KERNEL=wgmma PROTATTN_FUSED_ORDER=layout,PROTATTN_FUSED_KERNEL=wgmma":
 # the fused engine under other settings (entries of VAR=value joined by ',') also runs the fused
 # GPU tests (not with ALT_TESTS=0) and `protattn bench` (bench_<entry>.json), and a table
@@ -136,7 +136,7 @@ run_profile() {
   echo "== profile (scripts/gpu-profile.sh)"
   OUT="$out/prof" bash "$root/scripts/gpu-profile.sh" "$(dirname "$protattn")" || status=1
 }
-# compute-sanitizer over the fused engine's GPU tests (scripts/gpu-sanitize.sh).
+# compute-sanitizer over the GPU tests (scripts/gpu-sanitize.sh).
 run_sanitize() {
   [ -n "$gtests" ] || { echo "gpu-bench: SANITIZE needs protattn_gpu_tests"; status=1; return; }
   OUT="$out" bash "$root/scripts/gpu-sanitize.sh" "$(dirname "$gtests")" "$out/sanitize" || status=1
