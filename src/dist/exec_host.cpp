@@ -26,6 +26,8 @@ void check_host_args(const RunArgs& a, const char* who) {
 void copy_runs(const std::vector<CopyRun>& runs, const void* const srcs[2], void* const dsts[2], std::size_t row_bytes,
                int heads) {
   for (const CopyRun& run : runs) {
+    // An empty run may come with an empty rank's buffers (null data()), which memcpy must not see.
+    if (run.rows <= 0) continue;
     const auto* src = static_cast<const std::uint8_t*>(srcs[run.tensor]);
     auto* dst = static_cast<std::uint8_t*>(dsts[run.tensor]);
     for (int h = 0; h < heads; ++h)
