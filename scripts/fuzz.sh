@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# libFuzzer on the file readers (tests/fuzz/*.cpp), with ASan and UBSan, clang from Debian:
+# libFuzzer on the file readers (tests/fuzz/*.cpp), with ASan and UBSan, clang from Debian
+# (installed here with apt-get when missing):
 #   scripts/fuzz.sh [TARGET] [SECONDS]     TARGET: npy (default); SECONDS a target (default 120)
-# Seeds are the .npy files the tests write (a few made here), the corpus grows in build-fuzz/;
+# Seeds: five small .npy files written here on the first run; the corpus grows in build-fuzz/;
 # a crash leaves its input in build-fuzz/ and fails the run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +11,13 @@ secs=${2:-120}
 out=$root/build-fuzz
 mkdir -p "$out/corpus-$target"
 cxx=${CXX_FUZZ:-clang++}
-command -v "$cxx" >/dev/null || { echo "fuzz: no $cxx (apt-get install clang)" >&2; exit 2; }
+if ! command -v "$cxx" >/dev/null && [ -z "${CXX_FUZZ:-}" ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "fuzz: installing clang (Debian)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends clang >/dev/null
+fi
+command -v "$cxx" >/dev/null || { echo "fuzz: no $cxx" >&2; exit 2; }
 case "$target" in
   npy) sources=("$root/src/io/npy.cpp") ;;
   *) echo "fuzz: unknown target $target" >&2; exit 2 ;;

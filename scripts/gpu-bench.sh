@@ -139,7 +139,7 @@ run_profile() {
 # compute-sanitizer over the GPU tests (scripts/gpu-sanitize.sh).
 run_sanitize() {
   [ -n "$gtests" ] || { echo "gpu-bench: SANITIZE needs protattn_gpu_tests"; status=1; return; }
-  OUT="$out" bash "$root/scripts/gpu-sanitize.sh" "$(dirname "$gtests")" "$out/sanitize" || status=1
+  bash "$root/scripts/gpu-sanitize.sh" "$(dirname "$gtests")" "$out/sanitize" || status=1
 }
 if [ "${PROFILE:-0}" = only ]; then
   run_profile

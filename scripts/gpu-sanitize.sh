@@ -49,7 +49,6 @@ filter_for() {
 }
 options_for() {
   case "$1" in
-    memcheck) echo "--check-device-heap yes" ;;
     # The ws kernel synchronises through raw PTX mbarriers (fused_ws_kernel.cuh: Q, a full and an
     # empty barrier per stage of at most 8, Q free: 18 a block), which the compiler does not count
     # as cuda::barrier objects: their number is given in case the tool sizes its tracking by it
