@@ -201,10 +201,14 @@ __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc
   }
 }
 
-// The mask rule of mask_allows() for any mode, key coordinates read from `coords`.
+// The mask rule of mask_allows() for any mode, key coordinates read from `coords`, for the rows
+// inside the structure. A padding row of a structure's last query tile (its Q zero, its output
+// never written) takes every key inside the structure, so that its scores stay finite: with all
+// of them masked its max stayed -inf, and its warp lost the lazy max on every tile of that row
+// (a one-head structure whose size is not a multiple of 128 ran 1.4-1.6x longer).
 __device__ __forceinline__ bool allowed(const StructDesc& sd, const float* coords, const QueryPos& qp, int j) {
-  if (j >= sd.n || qp.row >= sd.n) return false;
-  if (sd.mask == kMaskTiles) return true;
+  if (j >= sd.n) return false;
+  if (qp.row >= sd.n || sd.mask == kMaskTiles) return true;
   if (sd.mask == kMaskWindows) {
     const int centre = (qp.row / 32) * 32 + 16;
     return j >= centre - 64 && j < centre + 64;
@@ -535,7 +539,9 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     const int kt = p.col_idx[e];
     // (The out-of-reach bits of Params::kind are the ws kernel's: here they cost W1, which this
     // kernel runs, 9% at run time; bench/results/2026-11-30-h200-e541354.)
-    const bool masked = (p.kind[e] & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
+    // Masked: PARTIAL, or keys past the structure's end. A query tile past the end needs no mask
+    // of its own (its padding rows are never written; allowed() keeps their scores finite).
+    const bool masked = (p.kind[e] & kKindPartial) != 0 || (kt + 1) * kTile > sd.n;
     const std::uint32_t s_k = s_stage0 + (it & 1) * K_::kStageBytes;
     const std::uint32_t s_v = s_k + Tile::kBytes;
 

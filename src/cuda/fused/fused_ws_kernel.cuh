@@ -393,11 +393,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       }
       sm90::commit();
     };
-    // Whether key tile kt of kind `kind` (Params::kind) needs the mask (PARTIAL, or past a
-    // structure's end).
-    const auto tile_masked = [&](int kind, int kt) {
-      return (kind & kKindPartial) != 0 || (kt + 1) * kTile > sd.n || row0 + kTile > sd.n;
-    };
+    // Whether key tile kt of kind `kind` (Params::kind) needs the mask: PARTIAL, or keys past the
+    // structure's end (the padding rows of its last query tile need none: they are never written).
+    const auto tile_masked = [&](int kind, int kt) { return (kind & kKindPartial) != 0 || (kt + 1) * kTile > sd.n; };
     // Masks the scores in s_acc of key tile kt (kind `kind`, in stage s): -inf where not allowed.
     const auto mask_scores = [&](int kt, int kind, int s) {
       if (!tile_masked(kind, kt)) return;
