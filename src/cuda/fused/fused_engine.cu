@@ -231,10 +231,14 @@ class FusedEngine final : public Engine {
     std::int64_t base_items = 0;
     for (const BlockLayout* l : layouts) base_items += static_cast<std::int64_t>(l->n_tiles) * shape.heads;
     // The kernel: on Hopper the warp-specialised one (one block of three warpgroups per SM) when
-    // there is a query tile for every SM, else the one with two blocks per SM at d=64, which
-    // finishes short problems (W1) sooner; mma.sync elsewhere.
+    // there is a query tile for every SM or the head dim is 128, else the one with two blocks per
+    // SM, which finishes short problems at d=32 and 64 sooner (2HHB at 1 and 3 heads 9-11%, 1ubq at 4
+    // and 20 heads 8-16%; W1 ran 3% faster on ws, 20.8 against 21.5 us); mma.sync elsewhere. At
+    // d=128 ws was faster on six of the seven short problems measured (2HHB at 3 heads 53.0
+    // against 80.9 us, W1's pattern 24.8 against 30.5) and 2% slower on 1ubq at 4 heads:
+    // bench/results/2026-12-02-h200-padding-rows.
     int kernel = kKernelMmaSync;
-    if (hopper_) kernel = base_items >= sms_ ? kKernelWs : kKernelWgmma;
+    if (hopper_) kernel = base_items >= sms_ || shape.dim > 64 ? kKernelWs : kKernelWgmma;
     if (forced_kernel_ >= 0) kernel = forced_kernel_;
     const int bps = blocks_per_sm(shape, kernel);
     const std::int64_t target = static_cast<std::int64_t>(sms_) * bps;
