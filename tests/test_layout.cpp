@@ -758,3 +758,52 @@ TEST(LayoutFolder, LoadNamesTheBadFile) {
     EXPECT_THAT(e.what(), HasSubstr("meta.json"));
   }
 }
+
+// Arrays written by other tools come in whatever integer width numpy picked: every width loads
+// (kind as bool or int8, columns as uint16 or int64), and a value that does not fit int32 is
+// named with its file.
+TEST(LayoutFolder, LoadsEveryIntegerWidth) {
+  TempDir dir;
+  const BlockLayout l = make_w1_layout(4, 10, 1);
+  export_layout(l, dir.str());
+  const auto nnz = static_cast<std::int64_t>(l.nnz());
+  std::vector<std::uint8_t> kind_bool(static_cast<std::size_t>(nnz), 0);
+  kind_bool.back() = 1;
+  write_npy(dir.str() + "/kind.npy", "|b1", {nnz}, kind_bool.data());
+  std::vector<std::uint16_t> cols_u2(l.col_idx.begin(), l.col_idx.end());
+  write_npy(dir.str() + "/col_idx.npy", "<u2", {nnz}, cols_u2.data());
+  std::vector<std::int64_t> rp_i8(l.row_ptr.begin(), l.row_ptr.end());
+  write_npy(dir.str() + "/row_ptr.npy", "<i8", {static_cast<std::int64_t>(rp_i8.size())}, rp_i8.data());
+  BlockLayout r = load_layout(dir.str());
+  EXPECT_EQ(r.col_idx, l.col_idx);
+  EXPECT_EQ(r.row_ptr, l.row_ptr);
+  ASSERT_EQ(r.kind.size(), l.kind.size());
+  EXPECT_EQ(r.kind.back(), BlockKind::partial);
+  EXPECT_EQ(r.kind.front(), BlockKind::full);
+
+  std::vector<std::int8_t> kind_i1(static_cast<std::size_t>(nnz), 0);
+  write_npy(dir.str() + "/kind.npy", "|i1", {nnz}, kind_i1.data());
+  std::vector<std::uint64_t> cols_u8(l.col_idx.begin(), l.col_idx.end());
+  write_npy(dir.str() + "/col_idx.npy", "<u8", {nnz}, cols_u8.data());
+  r = load_layout(dir.str());
+  EXPECT_EQ(r.col_idx, l.col_idx);
+  for (auto k : r.kind) EXPECT_EQ(k, BlockKind::full);
+
+  cols_u8.back() = std::uint64_t{1} << 40;
+  write_npy(dir.str() + "/col_idx.npy", "<u8", {nnz}, cols_u8.data());
+  try {
+    load_layout(dir.str());
+    ADD_FAILURE() << "a column of 2^40 loaded";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("col_idx.npy"));
+    EXPECT_THAT(e.what(), HasSubstr("does not fit int32"));
+  }
+  const std::vector<float> cols_f(static_cast<std::size_t>(nnz), 0.0f);
+  write_npy(dir.str() + "/col_idx.npy", "<f4", {nnz}, cols_f.data());
+  try {
+    load_layout(dir.str());
+    ADD_FAILURE() << "float columns loaded";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("integer type is expected"));
+  }
+}

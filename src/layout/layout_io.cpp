@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <utility>
 
 #include "layout/detail.hpp"
 #include "protattn/error.hpp"
@@ -21,7 +22,8 @@ constexpr int kMetaIndent = 2;
 
 [[noreturn]] void invalid(const std::string& what) { throw Error("invalid layout: " + what); }
 
-// Elements of a 1-D (or [n,3]) npy array as T, accepting the integer widths numpy picks.
+// Elements of a 1-D (or [n,3]) npy array as T: floats from f4 or f8; integers from any width
+// numpy writes (i1-i8, u1-u8, and bool as 0 / 1), each value checked to fit T.
 template <typename T>
 std::vector<T> as_vector(const NpyArray& a, const std::string& file, std::vector<std::int64_t> shape) {
   if (a.shape != shape) {
@@ -38,27 +40,30 @@ std::vector<T> as_vector(const NpyArray& a, const std::string& file, std::vector
     for (std::size_t i = 0; i < count; ++i) {
       S v;
       std::memcpy(&v, a.data.data() + i * sizeof(S), sizeof(S));
+      if constexpr (std::is_integral_v<T> && std::is_integral_v<S>) {
+        if (!std::in_range<T>(v))
+          throw Error("load_layout: " + file + ": value " + std::to_string(v) + " at index " + std::to_string(i) +
+                      " does not fit " + (sizeof(T) == 4 ? "int32" : "the index type"));
+      }
       out[i] = static_cast<T>(v);
     }
   };
   if constexpr (std::is_floating_point_v<T>) {
     if (d == "f4") copy(float{});
     else if (d == "f8") copy(double{});
-    else throw Error("load_layout: " + file + ": dtype " + a.descr + " where float32 is expected");
+    else throw Error("load_layout: " + file + ": dtype " + a.descr + " where float32 or float64 is expected");
   } else {
-    if (d == "i4") copy(std::int32_t{});
-    else if (d == "i8") copy(std::int64_t{});
-    else if (d == "u1") copy(std::uint8_t{});
+    if (d == "i1") copy(std::int8_t{});
     else if (d == "i2") copy(std::int16_t{});
-    else throw Error("load_layout: " + file + ": dtype " + a.descr + " where an integer type is expected");
-    if constexpr (std::is_same_v<T, std::int32_t>) {
-      if (d == "i8")
-        for (std::size_t i = 0; i < count; ++i) {
-          std::int64_t v;
-          std::memcpy(&v, a.data.data() + i * 8, 8);
-          if (v != out[i]) throw Error("load_layout: " + file + ": value " + std::to_string(v) + " does not fit int32");
-        }
-    }
+    else if (d == "i4") copy(std::int32_t{});
+    else if (d == "i8") copy(std::int64_t{});
+    else if (d == "u1" || d == "b1") copy(std::uint8_t{});
+    else if (d == "u2") copy(std::uint16_t{});
+    else if (d == "u4") copy(std::uint32_t{});
+    else if (d == "u8") copy(std::uint64_t{});
+    else
+      throw Error("load_layout: " + file + ": dtype " + a.descr +
+                  " where an integer type is expected (int8-64, uint8-64 or bool)");
   }
   return out;
 }
