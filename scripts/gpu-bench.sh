@@ -5,7 +5,8 @@
 #                                      (default: build/tools and build/tests; scripts/build-carry.sh
 #                                      builds them on a machine without a GPU and stages them).
 # Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,w2d32,w4,1m), ENGINES (default fused),
-# STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, when present), SKIP_TESTS=1,
+# STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, and 2hhb.pdb, haemoglobin's
+# 4,558 heavy atoms, a served protein's size: those present; 8 heads, d=64), SKIP_TESTS=1,
 # SERVE=0 (skip serving), PERF_ANALYZER (a perf_analyzer binary: also measure with it).
 # The structures in tests/data must travel with the run (name tests/data in the device's carry).
 # Several GPUs (docs/dist.md): DIST=1 adds `protattn dist` runs after the rest, DIST=only runs them
@@ -31,7 +32,8 @@ protattn=$(find_bin protattn); gtests=$(find_bin protattn_gpu_tests)
 [ -n "$protattn" ] || { echo "gpu-bench: no protattn binary (give BIN_DIR)" >&2; exit 1; }
 workloads=${WORKLOADS:-w1,w1alt,w1b,w2,w2d128,w2d32,w4,1m}
 engines=${ENGINES:-fused}
-structures=${STRUCTURES-$( [ -f "$root/tests/data/6zu5.cif" ] && echo "$root/tests/data/6zu5.cif")}
+structures=${STRUCTURES-$(for f in 6zu5.cif 2hhb.pdb; do [ -f "$root/tests/data/$f" ] && echo "$root/tests/data/$f"; done)}
+structures=$(echo $structures)  # one line
 export PROTATTN_TEST_DATA="$root/tests/data"
 commit=$(cat "$root/.carry/COMMIT" 2>/dev/null || git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
