@@ -3,7 +3,7 @@
 // One block = one WorkItem: 128 query rows of one head against a list of kept 128-key tiles.
 // 8 warps, each owning 16 query rows (on Hopper: two warpgroups of 64 rows). K/V tiles stream
 // through a two-stage cp.async pipeline in 128-byte-swizzled shared memory; the online softmax
-// keeps m and l in registers. FULL tiles run unmasked, PARTIAL tiles (and tiles crossing the
+// keeps m and l in registers. FULL tiles run unmasked, PARTIAL tiles (and key tiles crossing the
 // end of a structure) evaluate the mask per pair. Two tensor-core back ends share everything
 // else: kWgmma (sm_90a: S = Q K^T from shared-memory descriptors, O += P V with P in registers)
 // and mma.sync m16n8k16 (any sm_80+ GPU: Q in registers, K and V through ldmatrix).
