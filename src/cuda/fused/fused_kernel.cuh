@@ -568,6 +568,13 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
           if (masked && atoms_mask) {
             mask_atoms_slice(s_acc, sd, qpos, key_xyz + (it & 1) * kTile + half * kKeyChunk,
                              kt * kTile + half * kKeyChunk, t);
+          } else if (masked && sd.mask == kMaskTiles) {
+            // Mask tiles: the keys past the structure's end only, a suffix of the tile (allowed()
+            // for this mode, one comparison a score).
+            const int keys_in = sd.n - (kt * kTile + half * kKeyChunk);
+#pragma unroll
+            for (int i = 0; i < K_::kSAcc; ++i)
+              if ((i / 4) * 8 + 2 * t + (i & 1) >= keys_in) s_acc[i] = -INFINITY;
           } else if (masked) {
 #pragma unroll
             for (int i = 0; i < K_::kSAcc; ++i) {
