@@ -201,6 +201,17 @@ __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc
   }
 }
 
+// Mask `tiles` on a thread's slice of N scores in accumulator layout (element i: key
+// (i / 4) * 8 + 2 t + (i % 2) of the slice): -inf for the keys past the structure's end, those
+// at or after `keys_in`, the keys of the slice inside it (a suffix: allowed() for this mode, one
+// comparison a score).
+template <int N>
+__device__ __forceinline__ void mask_keys_past_end(float (&s)[N], int keys_in, int t) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if ((i / 4) * 8 + 2 * t + (i & 1) >= keys_in) s[i] = -INFINITY;
+}
+
 // The mask rule of mask_allows() for any mode, key coordinates read from `coords`, for the rows
 // inside the structure. A padding row of a structure's last query tile (its Q zero, its output
 // never written) takes every key inside the structure, so that its scores stay finite: with all
@@ -569,12 +580,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
             mask_atoms_slice(s_acc, sd, qpos, key_xyz + (it & 1) * kTile + half * kKeyChunk,
                              kt * kTile + half * kKeyChunk, t);
           } else if (masked && sd.mask == kMaskTiles) {
-            // Mask tiles: the keys past the structure's end only, a suffix of the tile (allowed()
-            // for this mode, one comparison a score).
-            const int keys_in = sd.n - (kt * kTile + half * kKeyChunk);
-#pragma unroll
-            for (int i = 0; i < K_::kSAcc; ++i)
-              if ((i / 4) * 8 + 2 * t + (i & 1) >= keys_in) s_acc[i] = -INFINITY;
+            mask_keys_past_end(s_acc, sd.n - (kt * kTile + half * kKeyChunk), t);
           } else if (masked) {
 #pragma unroll
             for (int i = 0; i < K_::kSAcc; ++i) {

@@ -403,12 +403,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         const auto* kxyz = reinterpret_cast<const float4*>(smem + (stage_addr(s) - bar_q) + 2 * Tile::kBytes);
         mask_atoms_slice(s_acc, sd, qpos, kxyz, kt * kTile, t);
       } else if (sd.mask == kMaskTiles) {
-        // Mask tiles: the keys past the structure's end only, a suffix of the tile (allowed() for
-        // this mode, one comparison a score).
-        const int keys_in = sd.n - kt * kTile;
-#pragma unroll
-        for (int i = 0; i < K_::kSAcc; ++i)
-          if ((i / 4) * 8 + 2 * t + (i & 1) >= keys_in) s_acc[i] = -INFINITY;
+        mask_keys_past_end(s_acc, sd.n - kt * kTile, t);
       } else {
 #pragma unroll
         for (int i = 0; i < K_::kSAcc; ++i) {
