@@ -524,11 +524,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
   for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
   float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
   float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum
-  // mma.sync back end: Q's A fragments held in registers at d=32 (8 of them); at d=64 and 128
-  // read again from shared memory each k-step, which leaves ptxas fewer spills (sm_80, fp16:
-  // d=64 108 -> 64 bytes, d=128 56 -> 44; at d=32 holding them spills nothing, reading them 52).
-  constexpr bool kQRegs = D <= 32;
-  [[maybe_unused]] std::uint32_t q_frag[!kWgmma && kQRegs ? K_::kKSteps : 1][4];
+  std::uint32_t q_frag[kWgmma ? 1 : K_::kKSteps][4];
 
   for (int it = 0; it < n_kv; ++it) {
     const int e = item.e_begin + it;
@@ -544,8 +540,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
     if constexpr (kWgmma) sm90::fence_proxy_async();
     __syncthreads();
 
-
-    if constexpr (!kWgmma && kQRegs) {
+    if constexpr (!kWgmma) {
       if (it == 0) {
 #pragma unroll
         for (int ks = 0; ks < K_::kKSteps; ++ks) load_q_fragment<D>(q_frag[ks], s_q, warp * 16, ks, lane);
@@ -664,21 +659,14 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
         for (int i = 0; i < K_::kSAcc; ++i) s_acc[i] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < K_::kKSteps; ++ks) {
-          std::uint32_t qa[4];
-          if constexpr (kQRegs) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) qa[j] = q_frag[ks][j];
-          } else {
-            load_q_fragment<D>(qa, s_q, warp * 16, ks, lane);
-          }
 #pragma unroll
           for (int np = 0; np < kKeyChunk / 16; ++np) {
             std::uint32_t b[4];
             const int key = half * kKeyChunk + np * 16 + (lane % 8) + (lane / 16) * 8;
             const int chunk = ks * 2 + (lane / 8) % 2;
             ldmatrix_x4(b, s_k + Tile::offset(key, chunk));
-            E::mma(&s_acc[8 * np], qa, b[0], b[1]);
-            E::mma(&s_acc[8 * np + 4], qa, b[2], b[3]);
+            E::mma(&s_acc[8 * np], q_frag[ks], b[0], b[1]);
+            E::mma(&s_acc[8 * np + 4], q_frag[ks], b[2], b[3]);
           }
         }
         if (masked) mask_scores(s_acc, sd, p.coords, qpos, kt * kTile + half * kKeyChunk, t);
