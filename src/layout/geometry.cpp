@@ -114,9 +114,7 @@ std::vector<Box> tile_boxes(const float* xyz, std::size_t n, int tile, int threa
   // Threads at the atom passes' grain: a box is cheap, and below 2 x kLayoutAtomsPerThread atoms
   // one thread does them all, so a process that only builds such layouts never starts the worker
   // pool (starting its 15 threads cost W2's 100k-atom layout about 1 ms on a 16-core host).
-  const int parts = static_cast<int>(std::min<std::size_t>(
-      static_cast<std::size_t>(resolve_threads(threads, n, kLayoutAtomsPerThread)), std::max<std::size_t>(1, boxes.size())));
-  parallel_chunks(boxes.size(), parts, [&](int, std::size_t b0, std::size_t b1) {
+  parallel_chunks(boxes.size(), resolve_threads(threads, n, kLayoutAtomsPerThread), [&](int, std::size_t b0, std::size_t b1) {
     for (std::size_t b = b0; b < b1; ++b) {
       const std::size_t first = b * t;
       bounding_box(xyz + 3 * first, std::min(t, n - first), boxes[b].lo, boxes[b].hi);
