@@ -201,15 +201,19 @@ __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc
   }
 }
 
+// The key, within its slice, of element i of a thread's scores in accumulator layout (t: the
+// thread's lane within its quad): pairs of adjacent keys, the quad's four pairs every 8 keys.
+__device__ __forceinline__ constexpr int acc_key(int i, int t) { return (i / 4) * 8 + 2 * t + (i & 1); }
+
 // Mask `tiles` on a thread's slice of N scores in accumulator layout (element i: key
-// (i / 4) * 8 + 2 t + (i % 2) of the slice): -inf for the keys past the structure's end, those
+// acc_key(i, t) of the slice): -inf for the keys past the structure's end, those
 // at or after `keys_in`, the keys of the slice inside it (a suffix: allowed() for this mode, one
 // comparison a score).
 template <int N>
 __device__ __forceinline__ void mask_keys_past_end(float (&s)[N], int keys_in, int t) {
 #pragma unroll
   for (int i = 0; i < N; ++i)
-    if ((i / 4) * 8 + 2 * t + (i & 1) >= keys_in) s[i] = -INFINITY;
+    if (acc_key(i, t) >= keys_in) s[i] = -INFINITY;
 }
 
 // The mask rule of mask_allows() for any mode, key coordinates read from `coords`, for the rows
@@ -257,7 +261,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[N], const StructDesc& sd,
                                             const QueryPos (&qpos)[2], int key0, int t) {
 #pragma unroll
   for (int i = 0; i < N; ++i)
-    if (!allowed(sd, coords, qpos[(i % 4) / 2], key0 + (i / 4) * 8 + 2 * t + (i & 1))) s[i] = -INFINITY;
+    if (!allowed(sd, coords, qpos[(i % 4) / 2], key0 + acc_key(i, t))) s[i] = -INFINITY;
 }
 
 // Online softmax over one slice of raw scores: updates the running max m (log2 domain) and
@@ -584,7 +588,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
           } else if (masked) {
 #pragma unroll
             for (int i = 0; i < K_::kSAcc; ++i) {
-              const int j = kt * kTile + half * kKeyChunk + (i / 4) * 8 + 2 * t + (i & 1);
+              const int j = kt * kTile + half * kKeyChunk + acc_key(i, t);
               if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
             }
           }

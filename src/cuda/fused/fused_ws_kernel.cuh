@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       } else {
 #pragma unroll
         for (int i = 0; i < K_::kSAcc; ++i) {
-          const int j = kt * kTile + (i / 4) * 8 + 2 * t + (i & 1);
+          const int j = kt * kTile + acc_key(i, t);
           if (!allowed(sd, p.coords, qpos[(i % 4) / 2], j)) s_acc[i] = -INFINITY;
         }
       }
