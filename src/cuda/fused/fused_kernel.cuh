@@ -168,8 +168,12 @@ __device__ __forceinline__ bool within_atoms(const QueryPos& qp, float kx, float
   return d2 <= qp.cut2;
 }
 
+// The key, within its slice, of element i of a thread's scores in accumulator layout (t: the
+// thread's lane within its quad): pairs of adjacent keys, the quad's four pairs every 8 keys.
+__device__ __forceinline__ constexpr int acc_key(int i, int t) { return (i / 4) * 8 + 2 * t + (i & 1); }
+
 // Mask `atoms` on a thread's slice of N scores in accumulator layout (element 4 nt + 2 r + c: row
-// r of the thread's two, key key0 + nt * 8 + 2 t + c), the 2N keys' coordinates at kxyz[0, 2N):
+// r of the thread's two, key key0 + acc_key(4 nt + c, t)), the 2N keys' coordinates at kxyz[0, 2N):
 // the short test of within_atoms when every key of the slice is inside the structure, the full
 // rule otherwise.
 template <int N>
@@ -180,7 +184,7 @@ __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc
     for (int nt = 0; nt < N / 4; ++nt) {
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const float4 kc = kxyz[nt * 8 + 2 * t + c];
+        const float4 kc = kxyz[acc_key(4 * nt + c, t)];
 #pragma unroll
         for (int r = 0; r < 2; ++r)
           if (!within_atoms(qpos[r], kc.x, kc.y, kc.z)) s[4 * nt + 2 * r + c] = -INFINITY;
@@ -191,7 +195,7 @@ __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc
     for (int nt = 0; nt < N / 4; ++nt) {
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
-        const int jl = nt * 8 + 2 * t + c;
+        const int jl = acc_key(4 * nt + c, t);
         const float4 kc = kxyz[jl];
 #pragma unroll
         for (int r = 0; r < 2; ++r)
@@ -200,10 +204,6 @@ __device__ __forceinline__ void mask_atoms_slice(float (&s)[N], const StructDesc
     }
   }
 }
-
-// The key, within its slice, of element i of a thread's scores in accumulator layout (t: the
-// thread's lane within its quad): pairs of adjacent keys, the quad's four pairs every 8 keys.
-__device__ __forceinline__ constexpr int acc_key(int i, int t) { return (i / 4) * 8 + 2 * t + (i & 1); }
 
 // Mask `tiles` on a thread's slice of N scores in accumulator layout (element i: key
 // acc_key(i, t) of the slice): -inf for the keys past the structure's end, those
