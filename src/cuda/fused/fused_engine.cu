@@ -370,6 +370,10 @@ class FusedEngine final : public Engine {
     // item, the producer brings the Q tile of the item a wave ahead into L2 (that item's block
     // starts about when this one's wave ends); PROTATTN_FUSED_Q_PREFETCH=0 does not.
     p.ws_grid = switched_off("PROTATTN_FUSED_PERSISTENT") ? p.n_items : static_cast<int>(std::min<std::int64_t>(p.n_items, target));
+    // PROTATTN_FUSED_WS_GRID=<blocks> runs the persistent blocks on fewer SMs, to see how the
+    // tile rate of an SM moves with the power the GPU draws (docs/fused.md: the power cap).
+    if (const char* grid = std::getenv("PROTATTN_FUSED_WS_GRID"); grid && !switched_off("PROTATTN_FUSED_PERSISTENT"))
+      p.ws_grid = std::clamp(std::atoi(grid), 1, p.ws_grid);
     p.q_prefetch = p.tma && p.ws_grid == p.n_items && !switched_off("PROTATTN_FUSED_Q_PREFETCH") ? static_cast<int>(target) : 0;
     if (kernel == kKernelWs) {
       fp.item_counter.resize(sizeof(std::int32_t));
