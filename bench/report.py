@@ -4,6 +4,10 @@ same run, prints a short table of times and ratios (peer time / protattn time), 
 joined JSON (and a PNG plot when matplotlib is there).
 
   report.py BENCH_JSON PEERS_JSON [--out results.json] [--plot plot.png] [--meta k=v ...]
+            [--power power.json]
+
+--power adds bench/power.py's sustained runs (SM clock, power, energy and SM cycles per kept
+tile of the fused engine and FlexAttention) above the table and into the joined JSON.
 """
 import argparse
 import json
@@ -26,6 +30,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--plot")
     ap.add_argument("--meta", nargs="*", default=[], help="key=value pairs recorded in the output (commit, driver...)")
+    ap.add_argument("--power", help="bench/power.py's JSON from the same run")
     a = ap.parse_args()
     bench = json.load(open(a.bench))
     peers = {p["layout"]: p for p in json.load(open(a.peers))}
@@ -45,6 +50,18 @@ def main():
                 row[key + "_over_ours"] = p[key + "_ms"] / r["ms"]
         row["target"] = TARGETS.get(r["workload"], "")
         rows.append(row)
+    if a.power:
+        power = json.load(open(a.power))
+        runs = {(r.get("layout"), r.get("engine"), r.get("grid")): r for r in power if "cycles_per_tile" in r}
+        print("sustained runs (bench/power.py): median SM clock and mean board power under each")
+        for (layout, engine, grid), r in sorted(runs.items(), key=lambda kv: str(kv[0])):
+            print(f"  {layout:6} {engine:6} on {r['sms']:3} SMs: {r['sm_mhz']:5.0f} MHz {r['watts']:4.0f} W, "
+                  f"{r['ms_per_call']:8.3f} ms, {r['uj_per_tile']:5.2f} uJ and {r['cycles_per_tile']:5.0f} SM cycles a kept tile")
+        for layout in sorted({k[0] for k in runs}):
+            f, x = runs.get((layout, "fused", "all")), runs.get((layout, "flex", "all"))
+            if f and x:
+                print(f"  {layout}: flex / fused {x['ms_per_call'] / f['ms_per_call']:.2f} in time, "
+                      f"{x['cycles_per_tile'] / f['cycles_per_tile']:.2f} in SM cycles, {x['uj_per_tile'] / f['uj_per_tile']:.2f} in energy")
     print(f"{'workload':9} {'engine':7} {'ours us':>9} {'TFLOPS':>7} {'flex us':>9} {'flexTF':>7} {'flex/ours':>9} "
           f"{'flash us':>9} {'cudnn us':>9}  target")
     for r in rows:
@@ -56,6 +73,8 @@ def main():
               f"{f('sdpa_flash_ms')} {f('sdpa_cudnn_ms')}  {r['target']}")
     meta = dict(kv.split("=", 1) for kv in a.meta)
     out = {"env": {**bench.get("env", {}), **meta}, "results": rows}
+    if a.power:
+        out["power"] = power
     if a.out:
         json.dump(out, open(a.out, "w"), indent=2)
     if a.plot:

@@ -13,3 +13,5 @@ ctest --test-dir "$build" -LE gpu --output-on-failure -j"${JOBS:-$(nproc)}"
 if [ -d tests/server ] && ls tests/server/test_*.py >/dev/null 2>&1; then
   PROTATTN_BINARY="$build/tools/protattn" python3 -m pytest -q tests/server
 fi
+# The GPU run's reporting scripts (bench/), with stand-ins for nvidia-smi and the binary.
+python3 -m pytest -q tests/bench

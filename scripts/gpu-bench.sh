@@ -7,7 +7,8 @@
 # Environment: WORKLOADS (default w1,w1alt,w1b,w2,w2d128,w2d32,w4,1m), ENGINES (default fused),
 # STRUCTURES (default tests/data/6zu5.cif, the 165k-atom ribosome, and 2hhb.pdb, haemoglobin's
 # 4,558 heavy atoms, a served protein's size: those present; 8 heads, d=64), SKIP_TESTS=1,
-# SERVE=0 (skip serving), PERF_ANALYZER (a perf_analyzer binary: also measure with it).
+# SERVE=0 (skip serving), POWER=0 (skip the SM clock and power under sustained runs, bench/power.py;
+# POWER_GRIDS: the fused engine also on that many SMs, default 66), PERF_ANALYZER (a perf_analyzer binary: also measure with it).
 # The structures in tests/data must travel with the run (name tests/data in the device's carry).
 # Several GPUs (docs/dist.md): DIST=1 adds `protattn dist` runs after the rest, DIST=only runs them
 # alone (on nvidia-h200-x2 / -x4); DIST_GPUS (default: every GPU) caps the GPU counts tried.
@@ -216,6 +217,19 @@ fi
 echo "== peers (FlexAttention, SDPA flash, SDPA cuDNN) on the same layouts"
 PYTHONUNBUFFERED=1 python3 "$root/bench/peers.py" "$layouts"/* --no-dense-above 120000 --json "$out/peers.json" 2>&1 | grep -v Warning | tail -20 || status=1
 
+# The SM clock and power under sustained runs of W2 and the 1M-atom globule (about 100 s): the
+# GPU holds its power limit by lowering the clock, so time ratios are read beside these.
+power_json=""
+if [ "${POWER:-1}" = 1 ]; then
+  power_layouts=$(for w in w2 1m; do [ -d "$layouts/$w" ] && echo "$layouts/$w"; done)
+  if [ -n "$power_layouts" ]; then
+    echo "== SM clock and power under sustained runs (bench/power.py)"
+    PYTHONUNBUFFERED=1 python3 "$root/bench/power.py" $power_layouts --protattn "$protattn" --grids "${POWER_GRIDS:-66}" \
+      --json "$out/power.json" 2>&1 | grep -v Warning | tail -12 || status=1
+    [ -f "$out/power.json" ] && power_json=$out/power.json
+  fi
+fi
+
 if [ "${SERVE:-1}" = 1 ] && [ -f "$root/tests/data/2hhb.pdb" ]; then
   echo "== serving: protattn serve --engine fused, model attention, 2HHB (4,558 atoms), 8 heads, d=64"
   sdir=$(mktemp -d)
@@ -261,7 +275,7 @@ fi
 
 echo "== summary (same run, same GPU; ratios = peer time / protattn time)"
 python3 "$root/bench/report.py" "$out/bench.json" "$out/peers.json" --out "$out/results.json" --plot "$out/plot.png" \
-  --meta "commit=$commit" "nvidia_driver=$driver" || status=1
+  --meta "commit=$commit" "nvidia_driver=$driver" ${power_json:+--power "$power_json"} || status=1
 [ "${ENCODER:-0}" = 1 ] && run_encoder
 [ "${DIST:-0}" = 1 ] && run_dist
 [ "${PROFILE:-0}" = 1 ] && run_profile
