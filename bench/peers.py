@@ -51,7 +51,9 @@ def time_ms(fn):
     return triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
 
 
-def measure(folder, dense_limit):
+def load_case(folder):
+    """The shape protattn bench ran (the folder's bench.json), the layout's kept tiles on the GPU
+    and random Q, K, V of that shape."""
     shape = json.load(open(os.path.join(folder, "bench.json")))
     heads, dim, batch = int(shape["heads"]), int(shape["dim"]), int(shape.get("batch", 1))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape.get("dtype", "fp16")]
@@ -59,6 +61,11 @@ def measure(folder, dense_limit):
     n_pad = math.ceil(n / tile) * tile
     kept = kept.cuda()
     q, k, v = (torch.randn(batch, heads, n_pad, dim, dtype=dtype, device="cuda") for _ in range(3))
+    return shape, heads, dim, batch, n, tile, n_pad, kept, q, k, v
+
+
+def measure(folder, dense_limit):
+    shape, heads, dim, batch, n, tile, n_pad, kept, q, k, v = load_case(folder)
     nnz = int(kept.sum())
     flops = 4.0 * nnz * tile * tile * dim * heads * batch
     out = {"layout": os.path.basename(os.path.normpath(folder)), "gpu": torch.cuda.get_device_name(),

@@ -17,7 +17,6 @@ as many calls as fill --seconds), FlexAttention the folder's kept tiles as bench
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -104,14 +103,8 @@ def flex_run(folder, seconds, sms):
     import torch
     from torch.nn.attention.flex_attention import flex_attention
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from peers import flex_block_mask, kept_tiles
-    shape = json.load(open(os.path.join(folder, "bench.json")))
-    heads, dim, batch = int(shape["heads"]), int(shape["dim"]), int(shape.get("batch", 1))
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[shape.get("dtype", "fp16")]
-    n, tile, kept = kept_tiles(folder)
-    n_pad = math.ceil(n / tile) * tile
-    kept = kept.cuda()
-    q, k, v = (torch.randn(batch, heads, n_pad, dim, dtype=dtype, device="cuda") for _ in range(3))
+    from peers import flex_block_mask, load_case
+    _, heads, _, batch, _, tile, n_pad, kept, q, k, v = load_case(folder)
     torch._dynamo.reset()
     flex = torch.compile(flex_attention, dynamic=False)
     mask = flex_block_mask(kept, batch, heads, n_pad, tile)
