@@ -55,6 +55,9 @@ stage_libs() {
 stage_libs "$carry/bin/protattn"
 stage_libs "$carry/bin/protattn_gpu_tests"
 
+# The structures the GPU tests and the benchmark read (a fresh checkout has none: they come out of
+# Debian packages); without them ten GPU tests fail and 6ZU5 / 2HHB drop out of the benchmark.
+bash "$root/scripts/fetch-data.sh"
 for f in "$root"/tests/data/*.pdb; do [ -f "$f" ] && cp "$f" "$carry/data/"; done
 [ -f "$root/tests/data/6zu5.cif" ] && gzip -c "$root/tests/data/6zu5.cif" > "$carry/data/6zu5.cif.gz"
 
