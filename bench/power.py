@@ -28,7 +28,7 @@ FIELDS = "timestamp,clocks.sm,power.draw,clocks_event_reasons.active"
 
 
 class Sampler:
-    """nvidia-smi every 50 ms into a file; windows of it by wall-clock time."""
+    """nvidia-smi every 50 ms into a file, read back once it has stopped."""
 
     def __init__(self, path):
         self.path = path
@@ -39,9 +39,8 @@ class Sampler:
         self.proc.terminate()
         self.proc.wait()
 
-    def window(self, start, end):
-        """Samples between start and end (seconds since the epoch), less the first and last 15%."""
-        a, b = start + 0.15 * (end - start), end - 0.15 * (end - start)
+    def read(self):
+        """Every sample, as (seconds since the epoch, SM MHz, W, clock-event reasons); once stopped."""
         rows = []
         for line in open(self.path):
             p = [x.strip() for x in line.split(",")]
@@ -52,11 +51,13 @@ class Sampler:
                 rows.append((t, float(p[1]), float(p[2]), int(p[3], 16)))
             except ValueError:
                 continue
-        return [r for r in rows if a <= r[0] <= b]
+        return rows
 
 
-def summarise(sampler, start, end, ms, tiles, sms):
-    rows = sampler.window(start, end)
+def summarise(samples, start, end, ms, tiles, sms):
+    """One run's figures from the samples between start and end, less the first and last 15%."""
+    a, b = start + 0.15 * (end - start), end - 0.15 * (end - start)
+    rows = [r for r in samples if a <= r[0] <= b]
     out = {"ms_per_call": ms, "kept_tiles_x_heads": tiles, "sms": sms, "samples": len(rows)}
     if len(rows) < 5:
         out["note"] = "too few samples (run shorter than about 1 s)"
@@ -67,6 +68,19 @@ def summarise(sampler, start, end, ms, tiles, sms):
                power_capped_share=sum(1 for r in rows if r[3] & 0x4) / len(rows),
                uj_per_tile=watts * ms * 1e-3 / tiles * 1e6, cycles_per_tile=ms * 1e-3 * mhz * 1e6 * sms / tiles)
     return out
+
+
+def ratio_lines(rows):
+    """FlexAttention / fused in time, SM cycles and energy, a line per layout with both (report.py too)."""
+    by = {(r.get("layout"), r.get("engine"), r.get("grid")): r for r in rows if "cycles_per_tile" in r}
+    lines = []
+    for layout in sorted({k[0] for k in by}):
+        f, x = by.get((layout, "fused", "all")), by.get((layout, "flex", "all"))
+        if f and x:
+            lines.append(f"{layout}: flex / fused {x['ms_per_call'] / f['ms_per_call']:.2f} in time, "
+                         f"{x['cycles_per_tile'] / f['cycles_per_tile']:.2f} in SM cycles, "
+                         f"{x['uj_per_tile'] / f['uj_per_tile']:.2f} in energy")
+    return lines
 
 
 def fused_runs(binary, name, seconds, grids, sms):
@@ -172,21 +186,18 @@ def main():
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         sampler.stop()  # nvidia-smi's output is complete only once it has stopped
+    samples_read = sampler.read()
     for r in rows:
         if "window" in r:
-            r.update(summarise(sampler, *r.pop("window")))
+            r.update(summarise(samples_read, *r.pop("window")))
     os.unlink(samples.name)
     print(f"{'layout':8} {'engine':6} {'SMs':>4} {'SM MHz':>6} {'W':>5} {'capped':>6} {'ms/call':>9} {'uJ/tile':>7} {'cycles/tile':>11}")
     for r in rows:
         if "sm_mhz" in r:
             print(f"{r['layout']:8} {r['engine']:6} {r['sms']:4} {r['sm_mhz']:6.0f} {r['watts']:5.0f} {r['power_capped_share']:6.0%} "
                   f"{r['ms_per_call']:9.3f} {r['uj_per_tile']:7.2f} {r['cycles_per_tile']:11.0f}")
-    by = {(r.get("layout"), r.get("engine"), r.get("grid")): r for r in rows}
-    for layout in {r.get("layout") for r in rows}:
-        f, x = by.get((layout, "fused", "all")), by.get((layout, "flex", "all"))
-        if f and x and "cycles_per_tile" in f and "cycles_per_tile" in x:
-            print(f"{layout}: flex / fused {x['ms_per_call'] / f['ms_per_call']:.2f} in time, "
-                  f"{x['cycles_per_tile'] / f['cycles_per_tile']:.2f} in SM cycles, {x['uj_per_tile'] / f['uj_per_tile']:.2f} in energy")
+    for line in ratio_lines(rows):
+        print(line)
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=1)
 

@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from power import ratio_lines  # bench/power.py, beside this file
+
 # Targets of the issues, recorded beside the measurement (never asserted).
 TARGETS = {
     "w1": "fused <= 10 us",
@@ -57,11 +59,8 @@ def main():
         for (layout, engine, grid), r in sorted(runs.items(), key=lambda kv: str(kv[0])):
             print(f"  {layout:6} {engine:6} on {r['sms']:3} SMs: {r['sm_mhz']:5.0f} MHz {r['watts']:4.0f} W, "
                   f"{r['ms_per_call']:8.3f} ms, {r['uj_per_tile']:5.2f} uJ and {r['cycles_per_tile']:5.0f} SM cycles a kept tile")
-        for layout in sorted({k[0] for k in runs}):
-            f, x = runs.get((layout, "fused", "all")), runs.get((layout, "flex", "all"))
-            if f and x:
-                print(f"  {layout}: flex / fused {x['ms_per_call'] / f['ms_per_call']:.2f} in time, "
-                      f"{x['cycles_per_tile'] / f['cycles_per_tile']:.2f} in SM cycles, {x['uj_per_tile'] / f['uj_per_tile']:.2f} in energy")
+        for line in ratio_lines(power):
+            print("  " + line)
     print(f"{'workload':9} {'engine':7} {'ours us':>9} {'TFLOPS':>7} {'flex us':>9} {'flexTF':>7} {'flex/ours':>9} "
           f"{'flash us':>9} {'cudnn us':>9}  target")
     for r in rows:
