@@ -1,5 +1,6 @@
 // protattn program: sources, layout options, npy tensors and the progress line.
 #include "cli_common.hpp"
+#include "commands.hpp"
 
 #include <unistd.h>
 
@@ -30,7 +31,20 @@ std::string shape_str(const std::vector<std::int64_t>& shape) {
   return s + "]";
 }
 
+// A validator over the option's text read as a number: `ok` decides, `what` says what it must be.
+CLI::Validator number_check(const char* name, bool (*ok)(double), const char* what) {
+  return CLI::Validator(
+      [ok, what](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return "expected a number, got '" + text + "'";
+        return ok(v) ? std::string() : std::string("must be ") + what + ", got " + text;
+      },
+      name);
+}
 }  // namespace
+
+const CLI::Validator kPositive = number_check("POSITIVE", [](double v) { return v > 0; }, "greater than 0");
+const CLI::Validator kNonNegative = number_check("NONNEGATIVE", [](double v) { return v >= 0; }, "0 or more");
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
@@ -85,14 +99,14 @@ void add_layout_options(CLI::App& cmd, LayoutArgs& a, bool knn_short) {
                  "(default: windows for the windows builder, else tiles)")
       ->check(CLI::IsMember({"tiles", "atoms", "windows"}));
   cmd.add_option("--cutoff", a.cutoff, "distance cutoff in Angstrom (cutoff builder, mask atoms)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
-  cmd.add_option(knn_short ? "--k,--neighbours" : "--neighbours", a.k, "neighbours per atom (knn builder)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  cmd.add_option("--tile", a.tile, "atoms per tile")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd.add_option(knn_short ? "--k,--neighbours" : "--neighbours", a.k, "neighbours per atom (knn builder)")->check(kNonNegative)->capture_default_str();
+  cmd.add_option("--tile", a.tile, "atoms per tile")->check(kPositive)->capture_default_str();
   cmd.add_option("--layout-threads", a.threads,
                  "threads that order the atoms and find the cutoff tile pairs (0: all cores; the layout "
                  "is the same for any count)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(kNonNegative)->capture_default_str();
 }
 
 BlockLayout make_layout(const Source& s, const LayoutArgs& a, bool count_pairs) {

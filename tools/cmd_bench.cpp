@@ -374,15 +374,15 @@ void add_bench_command(CLI::App& app) {
       ->delimiter(',');
   cmd->add_option("--structure", opt->structures, "structure files (PDB/mmCIF) to time, cutoff 8 A, Hilbert");
   cmd->add_option("--layout", opt->layout_dirs, "exported layout folders to time");
-  cmd->add_option("--heads", opt->heads, "heads for --structure/--layout")->check(CLI::PositiveNumber);
+  cmd->add_option("--heads", opt->heads, "heads for --structure/--layout")->check(kPositive);
   cmd->add_option("--dim", opt->dim, "head dim for --structure/--layout (fused: 32, 64 or 128 as compiled; grouped: 64 or 128)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--batch", opt->batch, "copies of each --structure/--layout run as one ragged batch")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--dtype", opt->dtype, "fp16 or bf16 (fp32 on cpu)");
   cmd->add_option("--mask", opt->mask, "mask mode of the cutoff layouts: tiles or atoms");
-  cmd->add_option("--warmup", opt->warmup, "untimed calls first")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--iters", opt->iters, "timed calls")->check(CLI::PositiveNumber);
+  cmd->add_option("--warmup", opt->warmup, "untimed calls first")->check(kNonNegative);
+  cmd->add_option("--iters", opt->iters, "timed calls")->check(kPositive);
   cmd->add_option("--threads", opt->threads, "cpu engine threads (0: all)");
   cmd->add_flag("!--no-flush", opt->flush_l2, "do not flush the L2 before each timed call");
   cmd->add_option("--json", opt->json_out, "write the results as JSON here");

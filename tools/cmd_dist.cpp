@@ -334,21 +334,21 @@ void add_dist_command(CLI::App& app) {
                   "w2 (100,096-atom globule), 1m (1,000,000 atoms), a layout folder, a structure file, globule:N or w1")
       ->capture_default_str();
   cmd->add_option("--engine", opt->engine, "fused (GPUs; the default when built with CUDA and NCCL) or cpu");
-  cmd->add_option("--gpus", opt->gpus, "GPU ranks to start here (when RANK is not set)")->check(CLI::PositiveNumber);
+  cmd->add_option("--gpus", opt->gpus, "GPU ranks to start here (when RANK is not set)")->check(kPositive);
   cmd->add_option("--ranks", opt->ranks, "simulated ranks (--engine cpu; with --plan-only, ranks to plan for)")
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--heads", opt->heads, "attention heads")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--dim", opt->dim, "head dim")->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive);
+  cmd->add_option("--heads", opt->heads, "attention heads")->check(kPositive)->capture_default_str();
+  cmd->add_option("--dim", opt->dim, "head dim")->check(kPositive)->capture_default_str();
   cmd->add_option("--dtype", opt->dtype, "fp16 or bf16 (fp32 too with --engine cpu)")->capture_default_str();
   cmd->add_option("--mask", opt->mask, "mask of the cutoff layouts: tiles or atoms")
       ->check(CLI::IsMember({"tiles", "atoms"}))
       ->capture_default_str();
-  cmd->add_option("--cutoff", opt->cutoff, "cutoff in Angstrom")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--cutoff", opt->cutoff, "cutoff in Angstrom")->check(kPositive)->capture_default_str();
   cmd->add_option("--partial-weight", opt->partial_weight, "cost of a PARTIAL block against a FULL one (spatial split)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
-  cmd->add_option("--iters", opt->iters, "timed steps")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--warmup", opt->warmup, "untimed steps first")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd->add_option("--iters", opt->iters, "timed steps")->check(kPositive)->capture_default_str();
+  cmd->add_option("--warmup", opt->warmup, "untimed steps first")->check(kNonNegative)->capture_default_str();
   cmd->add_option("--threads", opt->threads, "cpu engine threads (0: all)");
   cmd->add_option("--seed", opt->seed, "seed of the random Q, K, V (and of globule:N)")->capture_default_str();
   cmd->add_flag("--check", opt->check, "compare with one engine over the whole problem and report the largest error");
@@ -361,7 +361,7 @@ void add_dist_command(CLI::App& app) {
   cmd->add_option("--rendezvous", opt->rendezvous,
                   "directory shared by the ranks for the NCCL id file (default $PROTATTN_DIST_DIR, else a folder in /tmp)");
   cmd->add_option("--timeout", opt->timeout_s, "seconds a rank waits for rank 0's id file")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_option("--json", opt->json_out, "write the plan and results as JSON here (rank 0)");
   cmd->callback([opt] { run_dist(*opt); });

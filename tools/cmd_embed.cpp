@@ -138,16 +138,16 @@ void add_embed_command(CLI::App& app) {
   cmd->add_option("--out-dir", o->out_dir, "output folder, <name>.npy per structure (several structures)");
   cmd->add_flag("--hydrogens", o->hydrogens, "keep hydrogens");
   cmd->add_flag("--waters", o->waters, "keep waters");
-  cmd->add_option("--threads", o->threads, "cpu threads (0: all)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--device", o->device, "CUDA device")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--threads", o->threads, "cpu threads (0: all)")->check(kNonNegative);
+  cmd->add_option("--device", o->device, "CUDA device")->check(kNonNegative);
   cmd->add_option("--save-inputs", o->save_inputs, "also write the model inputs coords.npy [N,3] f4 and elements.npy [N] i4 here");
   cmd->add_option("--export-layout", o->export_layout, "also write the attention layout here (export_layout format)");
   cmd->add_option("--copies", o->copies, "put each structure this many times in the batch (offline batched timing)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--repeat", o->repeat,
                   "after the first forward, time this many more rounds of plan + forward + fetch (as a "
                   "server batch) and print the median")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   cmd->add_option("--json", o->json, "write the timings as JSON here");
   cmd->callback([o] { run_embed(*o); });
 }

@@ -38,15 +38,15 @@ void add_init_model_command(CLI::App& app) {
                                      "Write an atom_encoder model with seeded random weights (UNTRAINED: for tests,\n"
                                      "benchmarks and serving demos; the embeddings mean nothing). See docs/model.md.");
   cmd->add_option("out", o->out, "output .safetensors file")->required();
-  cmd->add_option("--channels", o->config.channels, "embedding width C")->check(CLI::PositiveNumber);
-  cmd->add_option("--layers", o->config.layers, "transformer blocks L")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--heads", o->config.heads, "attention heads H")->check(CLI::PositiveNumber);
+  cmd->add_option("--channels", o->config.channels, "embedding width C")->check(kPositive);
+  cmd->add_option("--layers", o->config.layers, "transformer blocks L")->check(kNonNegative);
+  cmd->add_option("--heads", o->config.heads, "attention heads H")->check(kPositive);
   cmd->add_option("--dim", o->config.head_dim, "head dim d (the fused engine supports the compiled dims, 32, 64 and 128 by default)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   cmd->add_option("--cutoff", o->config.cutoff, "attention cutoff (Angstrom)");
   cmd->add_option("--order", o->order, "spatial order: file, morton, hilbert");
   cmd->add_option("--mask", o->mask, "atoms (exact pairs within the cutoff) or tiles (whole kept tile pairs)");
-  cmd->add_option("--tile", o->config.tile, "atoms per tile (the fused engine needs 128)")->check(CLI::PositiveNumber);
+  cmd->add_option("--tile", o->config.tile, "atoms per tile (the fused engine needs 128)")->check(kPositive);
   cmd->add_option("--seed", o->seed, "random seed");
   cmd->callback([o] { run_init_model(*o); });
 }

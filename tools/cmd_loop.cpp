@@ -407,16 +407,16 @@ void add_loop_command(CLI::App& app) {
       "a random residue by a small random shift, query, score (mean embedding norm), keep or\n"
       "reject (Metropolis, seeded); prints iterations/s and latency percentiles.");
   cmd->add_option("--server", o->server, "server URL, e.g. http://127.0.0.1:8000")->required();
-  cmd->add_option("--iterations", o->iterations, "iterations of each loop")->check(CLI::PositiveNumber);
+  cmd->add_option("--iterations", o->iterations, "iterations of each loop")->check(kPositive);
   cmd->add_option("--concurrency", o->concurrency, "independent loops, one thread and connection each")
       ->check(CLI::Range(1, 1024));
   cmd->add_option("--structure", o->structure, "structure file (PDB/mmCIF, gzip ok)");
   cmd->add_option("--model", o->model, "served model name");
   cmd->add_option("--seed", o->seed, "RNG seed (loop i uses seed + i)");
-  cmd->add_option("--step", o->step, "largest shift per coordinate (Angstrom)")->check(CLI::PositiveNumber);
-  cmd->add_option("--temperature", o->temperature, "Metropolis temperature (score units)")->check(CLI::PositiveNumber);
+  cmd->add_option("--step", o->step, "largest shift per coordinate (Angstrom)")->check(kPositive);
+  cmd->add_option("--temperature", o->temperature, "Metropolis temperature (score units)")->check(kPositive);
   cmd->add_option("--api-key", o->api_key, "sent as Authorization: Bearer KEY");
-  cmd->add_option("--timeout-s", o->timeout_s, "per-request read/write timeout")->check(CLI::PositiveNumber);
+  cmd->add_option("--timeout-s", o->timeout_s, "per-request read/write timeout")->check(kPositive);
   cmd->add_flag("--shared-memory", o->shared_memory,
                 "pass the tensors through a POSIX shared-memory region registered with the server (same "
                 "machine; the server needs --allow-shared-memory): the messages carry only JSON");

@@ -137,9 +137,9 @@ void add_run_command(CLI::App& app) {
   std::string engines;
   for (const std::string& e : engine_names()) engines += (engines.empty() ? "" : ", ") + e;
   cmd->add_option("--engine", o->engine, "engine: " + engines)->capture_default_str();
-  cmd->add_option("--heads", o->heads, "attention heads")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--heads", o->heads, "attention heads")->check(kPositive)->capture_default_str();
   cmd->add_option("--dim", o->dim, "head dimension (fused: 32, 64 or 128 as compiled; grouped: 64 or 128)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   cmd->add_option("--dtype", o->dtype, "dtype of Q, K, V and O: fp32, fp16, bf16 (bf16 npy files hold raw uint16 bits)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
@@ -149,9 +149,9 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--k", o->k, "keys .npy [heads, atoms, dim]");
   cmd->add_option("--v", o->v, "values .npy [heads, atoms, dim]");
   cmd->add_option("--threads", o->threads, "cpu engine worker threads (0: all cores)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->capture_default_str();
-  cmd->add_option("--device", o->device, "CUDA device of the GPU engines")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", o->device, "CUDA device of the GPU engines")->check(kNonNegative);
   cmd->add_option("--out", o->out, "output folder: o.npy, lse.npy, q/k/v.npy (random inputs) and layout/")->required();
   cmd->callback([o] { run_run(*o); });
 }

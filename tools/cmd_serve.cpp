@@ -36,16 +36,16 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--http-threads", opt->http_threads,
                   "HTTP connections served at once (a thread each, started on demand; further "
                   "connections wait to be accepted)")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--grpc-threads", opt->grpc_threads,
                   "gRPC calls served at once (0: max-queue + max-batch-requests + 16, so that the "
                   "queue bound, not the thread pool, answers UNAVAILABLE under load)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(kNonNegative)->capture_default_str();
   cmd->add_option("--engine", opt->engine, "engine of the inference thread: " + engines)->capture_default_str();
   cmd->add_option("--threads", opt->engine_threads, "cpu engine worker threads (0: all cores)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(kNonNegative)->capture_default_str();
   cmd->add_option("--device", opt->device, "CUDA device of the GPU engines")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(kNonNegative)->capture_default_str();
   cmd->add_option("--device-threads", opt->device_threads,
                   "GPU engines: inference threads on --device, each with its own CUDA stream, so that one "
                   "batch's host-side plan overlaps another's kernels (0: " + std::to_string(server::kDeviceThreads) +
@@ -59,19 +59,19 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--replicas", opt->replicas,
                   "cpu engine: inference threads taking batches from the one queue, each with "
                   "--threads workers")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--max-batch-atoms", opt->max_batch_atoms,
                   "atoms of one batch (one engine run); a larger single request runs alone")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--max-batch-requests", opt->max_batch_requests, "requests of one batch")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--max-queue-delay-ms", opt->max_queue_delay_ms,
                   "how long the oldest queued request waits for others to batch with at most (--batch-wait "
                   "says whether it stops early when no other request is being received). 0 never waits: an "
                   "idle inference thread takes what is queued at once, and batches still form while every "
                   "thread is busy; on an H200 that served atom_encoder fastest within a 5 ms p99 "
                   "(bench/results/2026-11-30-h200-8f5ab24-delay)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(kNonNegative)->capture_default_str();
   cmd->add_flag("--allow-shared-memory", opt->allow_shared_memory,
                "let clients on this machine register system shared-memory regions (POSIX shm_open "
                "names) and pass inputs and outputs through them instead of the message (the "
@@ -92,19 +92,19 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "arrivals", "full"}))->capture_default_str();
   cmd->add_option("--max-queue", opt->max_queue,
                   "requests waiting for the engine; more are refused at once (HTTP 503, gRPC UNAVAILABLE)")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--max-request-atoms", opt->max_request_atoms, "atoms of one request (COORDS rows)")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--max-heads", opt->max_heads, "heads of one request")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--max-head-dim", opt->max_head_dim, "head dimension of one request")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--max-body-mb", *body_mb, "largest request body (HTTP) or message (gRPC), MiB")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+      ->check(kPositive)->capture_default_str();
   cmd->add_option("--timeout-ms", opt->default_timeout_ms,
                   "deadline of requests that give none (0: none). Requests set theirs with the "
                   "'timeout' parameter (microseconds), the HTTP header Request-Timeout-Ms or a gRPC deadline")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(kNonNegative)->capture_default_str();
   cmd->add_option("--api-key", opt->api_key,
                   "require this key (Authorization: Bearer KEY, X-API-Key, or gRPC metadata) on every "
                   "endpoint but /v2/health/* and gRPC ServerLive/ServerReady; default: env PROTATTN_API_KEY");

@@ -4,6 +4,12 @@
 
 namespace protattn::cli {
 
+// Checks of a numeric option's value, in place of CLI11's PositiveNumber / NonNegativeNumber (whose
+// message spells out the whole double range: "Value 0 not in range 0.000000 to 1797...000").
+// The message names the option and the value: "--iters: must be greater than 0, got 0".
+extern const CLI::Validator kPositive;
+extern const CLI::Validator kNonNegative;
+
 void add_info_command(CLI::App& app);
 void add_layout_command(CLI::App& app);
 void add_run_command(CLI::App& app);

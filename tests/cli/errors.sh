@@ -53,6 +53,12 @@ expect 2 "--bogus" -- info "$data/1ubq.pdb" --bogus
 expect 2 "dtype" -- run "$data/1ubq.pdb" --dtype fp8 --out "$work/r3"
 expect 2 "subcommand" --
 expect 1 "warp" -- run "$data/1ubq.pdb" --engine warp --out "$work/r3"
+# Numbers out of range name the option and the value (not CLI11's "not in range 0 to 1.79e308").
+expect 2 "--iters: must be greater than 0, got 0" -- bench --iters 0
+expect 2 "--warmup: must be 0 or more, got -1" -- bench --warmup -1
+expect 2 "--tile: must be greater than 0, got 0" -- layout "$data/1ubq.pdb" --tile 0
+expect 2 "--iters: expected a number, got 'many'" -- bench --iters many
+if grep -q "not in range" "$work/stderr"; then echo "FAIL: CLI11's range message"; exit 1; fi
 
 # --help works for every subcommand and exits 0.
 for cmd in info layout run; do
