@@ -500,6 +500,39 @@ TEST(FusedPersistent, SameBitsAsBlockPerItem) {
     EXPECT_GT(sum.items, sum.sms);
 }
 
+// The persistent blocks on a few SMs (PROTATTN_FUSED_WS_GRID=5: each block takes about 50 of the
+// 272 items from the counter, its stage ring and Q's tile running on across them) give the bits of
+// the default grid, and the plan launches those 5 blocks.
+TEST(FusedPersistent, FewBlocksSameBits) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
+  std::vector<BlockLayout> batch;
+  batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, 10));
+  batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 11));
+  batch.push_back(hand_layout(200, {{0}, {}}));
+  batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 12));
+  std::vector<const BlockLayout*> layouts;
+  for (const BlockLayout& l : batch) layouts.push_back(&l);
+  for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {
+    ProblemShape shape;
+    shape.heads = 16;
+    shape.dtype = dtype;
+    shape.dim = dim;
+    const std::string what = std::string("WS_GRID=5, ") + to_string(dtype) + " d" + std::to_string(dim);
+    std::vector<std::uint8_t> o_all, o_few;
+    std::vector<float> l_all, l_few;
+    fused::PlanSummary sum_all, sum_few;
+    fused_outputs("ws", layouts, shape, o_all, l_all, &sum_all);
+    ASSERT_EQ(setenv("PROTATTN_FUSED_WS_GRID", "5", 1), 0);
+    fused_outputs("ws", layouts, shape, o_few, l_few, &sum_few);
+    unsetenv("PROTATTN_FUSED_WS_GRID");
+    EXPECT_EQ(sum_few.blocks, 5) << what;
+    EXPECT_EQ(sum_all.blocks, std::min(sum_all.items, sum_all.sms * sum_all.blocks_per_sm)) << what;
+    EXPECT_GT(sum_few.items, 10 * sum_few.blocks) << what;
+    expect_same_bits(o_all, l_all, o_few, l_few, what);
+  }
+}
+
 // Split tiles on one plan, run after run with other inputs queued back to back on one stream:
 // each run's combine must merge its own run's partials (the workspace is the plan's, shared by
 // its runs). W1's split lists in a batch with a structure whose lists are too short to cut (those

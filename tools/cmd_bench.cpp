@@ -236,6 +236,7 @@ nlohmann::json bench_one(Engine& engine, const Workload& w, const Options& o) {
     extra["items"] = s.items;
     extra["split_tiles"] = s.combines;
     extra["blocks_per_sm"] = s.blocks_per_sm;
+    extra["blocks"] = s.blocks;
     extra["kernel"] = s.kernel;
     extra["plan_device_bytes"] = s.device_bytes;
   }

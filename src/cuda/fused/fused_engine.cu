@@ -386,6 +386,7 @@ class FusedEngine final : public Engine {
     fp.summary.combines = p.n_combines;
     fp.summary.slots = slots;
     fp.summary.blocks_per_sm = bps;
+    fp.summary.blocks = attention_grid(p);
     fp.summary.kernel = kernel == kKernelWs ? "ws" : kernel == kKernelWgmma ? "wgmma" : "mma_sync";
     fp.summary.sms = sms_;
     for (const BlockLayout* l : layouts) fp.summary.warp_tiles += 8 * l->nnz();

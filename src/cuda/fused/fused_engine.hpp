@@ -13,6 +13,7 @@ struct PlanSummary {
   int combines = 0;   // split query tiles combined afterwards
   int slots = 0;      // partial results in the workspace
   int blocks_per_sm = 0, sms = 0;
+  int blocks = 0;  // blocks the attention kernel launches (on ws the persistent ones: at most items)
   const char* kernel = "";  // "ws", "wgmma" or "mma_sync" (docs/fused.md)
   std::size_t device_bytes = 0;  // plan buffers and workspace
   // Mask atoms: (kept tile, 16-row warp) pairs whose rows reach no key of the tile (their mask
