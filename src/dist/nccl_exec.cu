@@ -193,8 +193,7 @@ GpuReport run_nccl(const BlockLayout& l, const GpuOptions& o, const RankInfo& me
   if (row_bytes % kCopyAlign != 0)
     throw Error("dist: rows of " + std::to_string(row_bytes) + " bytes are not a multiple of 16 (head dim " +
                 std::to_string(shape.dim) + ")");
-  int devices = 0;
-  PROTATTN_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  const int devices = cuda::device_count("dist (the NCCL path)");
   if (me.local >= devices)
     throw Error("dist: rank " + std::to_string(me.rank) + " has LOCAL_RANK " + std::to_string(me.local) + " but " +
                 std::to_string(devices) + " GPU(s) are visible");

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "protattn/error.hpp"
@@ -77,7 +78,13 @@ std::string inflate_gzip(const std::string& packed, const std::string& path, std
 
 }  // namespace
 
+bool is_folder(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path, ec);
+}
+
 std::string read_file_bytes(const std::string& path, std::size_t max_bytes) {
+  if (is_folder(path)) fail(path, "is a folder, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open (" + std::string(std::strerror(errno)) + ")");
   in.seekg(0, std::ios::end);

@@ -13,4 +13,8 @@ inline constexpr std::size_t kMaxFileBytes = std::size_t{4} << 30;
 // unreadable file, a truncated or corrupt gzip stream, or more than `max_bytes` bytes.
 std::string read_file_bytes(const std::string& path, std::size_t max_bytes = kMaxFileBytes);
 
+// Whether `path` names a folder: an ifstream opens one and then fails or reads it as huge, so the
+// readers check first and say so ("X: is a folder, not a file").
+bool is_folder(const std::string& path);
+
 }  // namespace protattn::io

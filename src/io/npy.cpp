@@ -8,6 +8,7 @@
 #include <limits>
 #include <string_view>
 
+#include "io/file_bytes.hpp"
 #include "protattn/error.hpp"
 
 namespace protattn {
@@ -138,6 +139,7 @@ std::int64_t NpyArray::count() const {
 std::size_t NpyArray::item_size() const { return descr_item_size(descr, "(in memory)"); }
 
 NpyArray read_npy(const std::string& path) {
+  if (io::is_folder(path)) fail(path, "is a folder, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open (" + std::string(std::strerror(errno)) + ")");
   in.seekg(0, std::ios::end);

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/file_bytes.hpp"
 #include "protattn/error.hpp"
 
 namespace protattn::st {
@@ -39,6 +40,7 @@ std::size_t dtype_bytes(const std::string& dtype) {
 }
 
 File read(const std::string& path) {
+  if (io::is_folder(path)) fail(path, "is a folder, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open the file");
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -46,6 +46,21 @@ head -c 100 "$work/r/q.npy" > "$work/short.npy"
 expect 1 "$work/short.npy" -- run "$data/1ubq.pdb" --heads 2 --dim 16 --dtype fp32 \
   --q "$work/short.npy" --k "$work/r/k.npy" --v "$work/r/v.npy" --out "$work/r2"
 
+# A folder where a file belongs: said so, for a structure, a tensor and a model.
+expect 1 "$work: is a folder, not a file" -- info "$work"
+expect 1 "$work: is a folder, not a file" -- run "$data/1ubq.pdb" --heads 2 --dim 16 --dtype fp32 \
+  --q "$work" --k "$work/r/k.npy" --v "$work/r/v.npy" --out "$work/r2"
+expect 1 "$work: is a folder, not a file" -- embed --model "$work" "$data/1ubq.pdb" --out "$work/e.npy"
+
+# A GPU engine where no GPU is usable (CI's machines): the engine says what it needs and what runs
+# instead, not a bare CUDA error; a build without CUDA says the engine is not in it. (On a GPU
+# machine the run succeeds and there is nothing to check.)
+if ! "$bin" run "$data/1ubq.pdb" --heads 2 --dim 16 --engine fused --out "$work/g" > /dev/null 2> "$work/stderr"; then
+  { grep -qF "fused engine needs an NVIDIA GPU" "$work/stderr" && grep -qF -- "--engine cpu" "$work/stderr"; } ||
+    grep -qF "engine 'fused' is not compiled into this build" "$work/stderr" ||
+    { echo "FAIL: fused engine without a GPU:"; cat "$work/stderr"; exit 1; }
+fi
+
 # Usage errors: exit 2.
 expect 2 "--k" -- run "$data/1ubq.pdb" --q "$work/r/q.npy" --out "$work/r3"
 expect 2 "--out" -- run "$data/1ubq.pdb"

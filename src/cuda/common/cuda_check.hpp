@@ -15,6 +15,18 @@ namespace protattn::cuda {
               std::to_string(line) + " (device " + std::to_string(dev) + ")");
 }
 
+// The CUDA devices this process can use; `who` (an engine, dist) names what needs one when the
+// runtime finds none usable (no driver, a driver older than the runtime, no device).
+inline int device_count(const std::string& who) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0)
+    throw Error(who + " needs an NVIDIA GPU and this process has none usable (" +
+                (err != cudaSuccess ? std::string(cudaGetErrorString(err)) : std::string("no CUDA device")) +
+                "); the cpu engine runs anywhere (--engine cpu)");
+  return count;
+}
+
 }  // namespace protattn::cuda
 
 #define PROTATTN_CUDA_CHECK(stmt)                                                      \

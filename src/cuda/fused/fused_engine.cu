@@ -129,8 +129,7 @@ class FusedPlan final : public Plan {
 class FusedEngine final : public Engine {
  public:
   explicit FusedEngine(const EngineOptions& opt) : device_(opt.device) {
-    int count = 0;
-    PROTATTN_CUDA_CHECK(cudaGetDeviceCount(&count));
+    const int count = cuda::device_count("fused engine");
     if (device_ < 0 || device_ >= count)
       throw Error("fused engine: CUDA device " + std::to_string(device_) + " does not exist (" + std::to_string(count) + " present)");
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));

@@ -52,8 +52,7 @@ enum Mark { kStart, kPrepDone, kQkDone, kSoftmaxDone, kPvGemmDone, kReduceDone, 
 class GroupedEngine final : public Engine {
  public:
   explicit GroupedEngine(const EngineOptions& opt) : device_(opt.device) {
-    int count = 0;
-    PROTATTN_CUDA_CHECK(cudaGetDeviceCount(&count));
+    const int count = cuda::device_count("grouped engine");
     if (device_ < 0 || device_ >= count)
       throw Error("grouped engine: CUDA device " + std::to_string(device_) + " does not exist (" + std::to_string(count) + " present)");
     PROTATTN_CUDA_CHECK(cudaSetDevice(device_));
