@@ -46,6 +46,18 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
+// What went wrong with a request that got no answer, in words (httplib's own names are terse:
+// "Connection", "Read").
+std::string http_failure(httplib::Error e) {
+  switch (e) {
+    case httplib::Error::Connection: return "could not connect (no server listening there, or the host is unreachable)";
+    case httplib::Error::ConnectionTimeout: return "timed out connecting";
+    case httplib::Error::Read: return "the connection closed or timed out before the answer (--timeout-s)";
+    case httplib::Error::Write: return "the connection closed while sending the request";
+    default: return httplib::to_string(e);
+  }
+}
+
 constexpr const char* kHeaderLength = "Inference-Header-Content-Length";
 constexpr int kFloatsPerAtom = 3;
 
@@ -222,7 +234,7 @@ class Client {
     };
     const auto res = http_.send(req);
     body_ = std::move(req.body);
-    if (!res) throw Error("loop: request failed: " + httplib::to_string(res.error()));
+    if (!res) throw Error("loop: request failed: " + http_failure(res.error()));
     if (status != 200 || hl == 0) {
       if (status != 200) throw Error(answer_error(status, error_body_));
       throw Error("loop: answer without a binary EMBEDDING output");
@@ -254,7 +266,7 @@ class Client {
   // POSTs a JSON body, returns the JSON answer; throws Error (naming `what`) on any failure.
   json post_json(const std::string& path, const std::string& body, const char* what) {
     auto res = http_.Post(path.c_str(), headers_, body, "application/json");
-    if (!res) throw Error(std::string("loop: ") + what + " failed: " + httplib::to_string(res.error()));
+    if (!res) throw Error(std::string("loop: ") + what + " failed: " + http_failure(res.error()));
     if (res->status != 200) throw Error(answer_error(res->status, res->body));
     json j = json::parse(res->body, nullptr, false);
     if (j.is_discarded()) throw Error(std::string("loop: ") + what + ": the answer is not JSON");
@@ -334,6 +346,8 @@ double percentile(const std::vector<double>& sorted, double p) {
 
 void run_loop(const LoopOptions& o) {
   if (o.server.empty()) throw Error("loop: give --server URL (e.g. http://127.0.0.1:8000)");
+  if (o.server.rfind("http://", 0) != 0 && o.server.rfind("https://", 0) != 0)
+    throw Error("loop: --server must be a URL like http://HOST:PORT, got '" + o.server + "'");
   const Structure s = read_structure(o.structure);
   const std::vector<std::int32_t> elements(s.element.begin(), s.element.end());
   const auto residues = residue_ranges(s);
@@ -346,7 +360,7 @@ void run_loop(const LoopOptions& o) {
     httplib::Headers h;
     if (!o.api_key.empty()) h.emplace("Authorization", "Bearer " + o.api_key);
     auto res = meta.Get(("/v2/models/" + o.model).c_str(), h);
-    if (!res) throw Error("loop: cannot reach " + o.server + ": " + httplib::to_string(res.error()));
+    if (!res) throw Error("loop: cannot reach " + o.server + ": " + http_failure(res.error()));
     const json m = json::parse(res->body, nullptr, false);
     if (res->status != 200)
       throw Error(fmt::format("loop: model '{}' at {}: {} {}", o.model, o.server, res->status,

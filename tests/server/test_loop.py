@@ -69,3 +69,13 @@ def test_loop_shared_memory_needs_the_server_switch(enc_server):
     p = loop(enc_server, "--iterations", 2, "--shared-memory")
     assert p.returncode == 1 and "--allow-shared-memory" in p.stderr, p.stderr
     assert not [f for f in os.listdir("/dev/shm") if f.startswith("protattn-loop-")]
+
+
+def test_loop_without_a_server_says_why():
+    # Nothing listens on port 1; a server given without its scheme is named as the mistake.
+    run = lambda url: subprocess.run([str(BINARY), "loop", "--server", url, "--structure", DATA / "1ubq.pdb",  # noqa: E731
+                                      "--iterations", "2"], capture_output=True, text=True, timeout=60)
+    p = run("http://127.0.0.1:1")
+    assert p.returncode == 1 and "cannot reach http://127.0.0.1:1: could not connect" in p.stderr, p.stderr
+    p = run("127.0.0.1:8000")
+    assert p.returncode == 1 and "--server must be a URL like http://HOST:PORT, got '127.0.0.1:8000'" in p.stderr, p.stderr
