@@ -62,7 +62,11 @@ class DeviceBuffer {
   template <typename T>
   void upload(const std::vector<T>& host) {
     resize(host.size() * sizeof(T));
-    if (bytes_) PROTATTN_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), bytes_, cudaMemcpyHostToDevice));
+    if (!bytes_) return;
+    PROTATTN_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), bytes_, cudaMemcpyHostToDevice));
+    // From pageable memory cudaMemcpy may return before its copy lands, and work on a non-blocking
+    // stream (the server's) does not wait for the legacy stream that carries it.
+    PROTATTN_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
   }
   template <typename T>
   T* as() const { return static_cast<T*>(ptr_); }
