@@ -375,7 +375,9 @@ class FusedEngine final : public Engine {
       p.ws_grid = std::clamp(std::atoi(grid), 1, p.ws_grid);
     p.q_prefetch = p.tma && p.ws_grid == p.n_items && !switched_off("PROTATTN_FUSED_Q_PREFETCH") ? static_cast<int>(target) : 0;
     if (kernel == kKernelWs) {
-      fp.item_counter.resize(sizeof(std::int32_t));
+      // Zeroed here (a blocking copy, done before any stream's launch); each run's last block sets
+      // them back to zero (fused_ws_kernel).
+      fp.item_counter.upload(std::vector<std::int32_t>{0, 0});
       p.item_counter = fp.item_counter.as<std::int32_t>();
     }
     p.part_o = fp.part_o.as<float>();
@@ -419,8 +421,10 @@ class FusedEngine final : public Engine {
       row_map(p.tma_v, p.v, rows, plan.shape.dim);
     }
     auto stream = static_cast<cudaStream_t>(args.stream);
-    if (p.kernel == kKernelWs && p.n_items > 0)
-      PROTATTN_CUDA_CHECK(cudaMemsetAsync(p.item_counter, 0, sizeof(std::int32_t), stream));
+    // PROTATTN_FUSED_SELF_RESET=0 also zeroes the item counters ahead of each launch (as before
+    // the kernel set them back itself), for comparison.
+    if (p.kernel == kKernelWs && p.n_items > 0 && memset_counters_)
+      PROTATTN_CUDA_CHECK(cudaMemsetAsync(p.item_counter, 0, 2 * sizeof(std::int32_t), stream));
     dispatch(plan.shape.dtype, plan.shape.dim, [&]<typename T, int D>() { launch_fused<T, D>(p, stream); });
   }
 
@@ -445,6 +449,7 @@ class FusedEngine final : public Engine {
   // Params::kind's out-of-reach bits set (mask atoms, BlockLayout::rows_out); PROTATTN_FUSED_REACH=0
   // leaves them clear, for comparison.
   bool use_reach_ = true;
+  bool memset_counters_ = switched_off("PROTATTN_FUSED_SELF_RESET");
   std::atomic<int> bps_[2][3][3] = {};  // [fp16, bf16][d 32, 64, 128][KernelCode]; 0: not asked yet
 };
 

@@ -101,7 +101,9 @@ struct alignas(128) Params {
   std::int32_t tma;             // ws kernel: K/V (and Q) tiles inside a structure by TMA (tma_*), else cp.async
   std::int32_t q_prefetch;      // ws kernel: a block brings the Q tile of the item this many ahead into L2 (0: none)
   std::int32_t ws_grid;         // ws kernel: blocks launched; each takes item blockIdx.x, then items from item_counter
-  std::int32_t* item_counter;   // ws kernel: items taken beyond the first gridDim.x (zeroed by run before each launch)
+  // ws kernel: [0] items taken beyond the first gridDim.x, [1] blocks done taking; zero before each
+  // launch (zeroed with the plan; the last block to finish taking sets both back to zero).
+  std::int32_t* item_counter;
   // split-KV workspace: O partials [slots, kTile, dim] fp32; (m, l) [slots, kTile, 2] fp32
   float* part_o;
   float* part_ml;

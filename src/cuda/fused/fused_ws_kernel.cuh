@@ -210,7 +210,19 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       if (idx >= p.n_items) {
         // No more items: Q's barrier completes without a copy, and the consumers read -1.
         sm90::mbar_arrive(bar_q);
-        if (tid == 0) sm90::mbar_arrive(bar_q);
+        if (tid == 0) {
+          sm90::mbar_arrive(bar_q);
+          // This block takes no more items. The last block to get here, when every block's last
+          // take is behind it, sets the counters back to zero for the plan's next run (which
+          // then needs no memset ahead of its launch: W1 and the other short batches wait for
+          // one less operation in the stream).
+          __threadfence();
+          if (atomicAdd(p.item_counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+            __threadfence();
+            atomicExch(p.item_counter, 0);
+            atomicExch(p.item_counter + 1, 0);
+          }
+        }
         break;
       }
       const StructDesc sd = item.sd;
