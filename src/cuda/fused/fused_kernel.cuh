@@ -452,10 +452,21 @@ __device__ __forceinline__ void wgmma_pv_sums(float (&d)[36], const std::uint32_
   sm90::rs_m64n72k16_f16(d, a, b);
 #endif
 }
+// O += P V at d=32 with V's 32 columns and the 8 of ones beside them in its tile (the ws kernel); fp16.
+template <typename T>
+__device__ __forceinline__ void wgmma_pv_narrow_sums(float (&d)[20], const std::uint32_t (&a)[4], std::uint64_t b) {
+  static_assert(std::is_same_v<T, __half>, "the row sums by the tensor core are fp16 only");
+#if PROTATTN_WGMMA_ARCH
+  sm90::rs_m64n40k16_f16(d, a, b);
+#endif
+}
 template <typename T, int D>
 __device__ __forceinline__ void wgmma_pv(float (&d)[D / 2], const std::uint32_t (&a)[4], std::uint64_t b) {
 #if PROTATTN_WGMMA_ARCH
-  if constexpr (D == 64) {
+  if constexpr (D == 32) {
+    if constexpr (std::is_same_v<T, __half>) sm90::rs_m64n32k16_f16(d, a, b);
+    else sm90::rs_m64n32k16_bf16(d, a, b);
+  } else if constexpr (D == 64) {
     if constexpr (std::is_same_v<T, __half>) sm90::rs_m64n64k16_f16(d, a, b);
     else sm90::rs_m64n64k16_bf16(d, a, b);
   } else if constexpr (D == 128) {

@@ -17,12 +17,14 @@
 // waits for before refilling it.
 // In the consumer, S = Q K^T of tile j+1 is issued on the tensor cores together with
 // O += P V of tile j, and the softmax of tile j+1 runs while P V of tile j is in flight
-// (one 64 x 128 S accumulator and one P in registers). In fp16 at d=64 (WsKernel::kSumsByMma)
-// P V also makes the rows' sums, from a block of ones after the stages.
+// (one 64 x 128 S accumulator and one P in registers). In fp16 at d=64 and d=32
+// (WsKernel::kSumsByMma) P V also makes the rows' sums, from a block of ones after the stages (at
+// d=32 in the columns beside V's in each stage, V then coming by cp.async: WsKernel::kVByCopy).
 // Rows, masks and results are those of fused_attention_kernel; the online softmax takes a whole
 // 128-key tile per step (that kernel takes 64 keys), so the two agree within the engine's bound,
 // not bit for bit. Each is deterministic.
 #pragma once
+#include <algorithm>
 #include <climits>
 
 #include "cuda/fused/fused_kernel.cuh"
@@ -82,9 +84,23 @@ struct WsKernel {
   // two column blocks would have to lie as far apart as the ones; not tried). At d=32 too, whose
   // tiles have 64 columns (kTileCols).
   static constexpr bool kSumsByMma = kTileCols<D> == 64 && std::is_same_v<T, __half>;
-  static constexpr int kOnesBytes = kSumsByMma ? 16 * Tile::kRowBytes : 0;
-  static constexpr int kOCols = kTileCols<D>;  // O's columns in the accumulators (P V's width)
-  static constexpr int kOAcc = kOCols / 2 + (kSumsByMma ? 4 : 0);
+  static constexpr int kOCols = kTileCols<D>;  // columns of the tiles in shared memory
+  // P V's width: V's columns. At d=32 the product takes V's 32 columns (m64n32, or m64n40 with
+  // the sums) instead of its tile's 64, the rest of which would make O columns never written: 44%
+  // fewer P V products with the sums (bench/results/2026-12-03-h200-d32-narrow-pv).
+  static constexpr bool kNarrowPv = D < kOCols;
+  static constexpr int kPvCols = kNarrowPv ? D : kOCols;
+  static constexpr int kSumsAt = kPvCols / 2;  // the accumulators of the row sums (kSumsByMma), after O's
+  // The block of ones the sums read: after the stages (read through the LBO, P V being 72
+  // columns); at d=32 inside each stage's V tile instead, its columns 32-39 (m64n40 reads them
+  // within the same 64-column swizzle atom as V's). The copies must then leave those columns
+  // alone: V comes by cp.async, which writes V's 32 columns only, not by TMA, whose 64-column box
+  // fills the columns past D with zeros (kVByCopy).
+  static constexpr bool kVByCopy = kNarrowPv && kSumsByMma;
+  static constexpr int kOnesBytes = kSumsByMma && !kNarrowPv ? 16 * Tile::kRowBytes : 0;
+  // O's accumulators (finish_rows takes kOCols / 2 of them: at d=32 those past D / 2, and the
+  // sums, are not O's).
+  static constexpr int kOAcc = std::max(kOCols / 2, kPvCols / 2 + (kSumsByMma ? 4 : 0));
   static constexpr int kKSteps = D / 16;
   static constexpr bool kLazyMax = true;  // the lazy max: see softmax in fused_ws_kernel
   // S = Q K^T with Q's fragment in registers (16 per thread at d=64, 8 at d=32; 32 at d=128
@@ -180,8 +196,16 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
   }
   if constexpr (K_::kSumsByMma) {
     const std::uint32_t ones = E::pack(1.0f, 1.0f);
-    auto* dst = reinterpret_cast<std::uint32_t*>(smem + (s_ones - bar_q));
-    for (int i = tid; i < K_::kOnesBytes / 4; i += K_::kThreads) dst[i] = ones;
+    if constexpr (K_::kVByCopy) {
+      // Columns 32-39 (16-byte chunk 4) of every row of every stage's V tile.
+      for (int i = tid; i < stages * kTile; i += K_::kThreads) {
+        const std::uint32_t at = stage_addr(i / kTile) + Tile::kBytes + Tile::offset(i % kTile, 4);
+        asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(at), "r"(ones) : "memory");
+      }
+    } else {
+      auto* dst = reinterpret_cast<std::uint32_t*>(smem + (s_ones - bar_q));
+      for (int i = tid; i < K_::kOnesBytes / 4; i += K_::kThreads) dst[i] = ones;
+    }
     sm90::fence_proxy_async();  // before the products read them (after the barrier)
   }
   __syncthreads();
@@ -279,9 +303,10 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
           entry[0] = kt;
           entry[1] = kind;
         }
-        arrive_first(bar_full(s), whole, 2);
+        arrive_first(bar_full(s), whole, K_::kVByCopy ? 1 : 2);
         copy_tile(st, p.tma_k, kg, kt * kTile, bar_full(s), whole);
-        copy_tile(st + Tile::kBytes, p.tma_v, vg, kt * kTile, bar_full(s), whole);
+        if constexpr (K_::kVByCopy) load_tile_lean<D, K_::kProducerThreads>(st + Tile::kBytes, vg, kt * kTile, sd.n, tid);
+        else copy_tile(st + Tile::kBytes, p.tma_v, vg, kt * kTile, bar_full(s), whole);
         if (atoms) {
           // Key `tid` of the tile: x, y, z into a float4 slot (the fourth float is never read).
           const int j = kt * kTile + tid;
@@ -361,7 +386,9 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     float o_acc[K_::kOAcc];
 #pragma unroll
     for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
-    auto& o_part = reinterpret_cast<float(&)[K_::kOCols / 2]>(o_acc);  // O without the row sums
+    auto& o_part = reinterpret_cast<float(&)[K_::kOCols / 2]>(o_acc);  // O (finish_rows' view)
+    auto& o_pv = reinterpret_cast<float(&)[K_::kPvCols / 2]>(o_acc);   // O's accumulators of P V
+    auto& o_narrow_sums = reinterpret_cast<float(&)[K_::kPvCols / 2 + 4]>(o_acc);  // d=32: O and the sums
     float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
     float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum (or in O)
     float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
@@ -389,7 +416,13 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     const auto issue_pv = [&]<bool kSums>(int s) {
       const std::uint32_t v = stage_addr(s) + Tile::kBytes;
       if constexpr (kSums) {
-        if constexpr (K_::kSumsByMma) {  // (so that the head dims and types without it do not compile this)
+        if constexpr (K_::kSumsByMma && K_::kNarrowPv) {
+          // d=32: V's 32 columns and the ones in its tile's columns 32-39, one swizzle atom.
+          const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
+#pragma unroll
+          for (int kk = 0; kk < kTile / 16; ++kk)
+            wgmma_pv_narrow_sums<T>(o_narrow_sums, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
+        } else if constexpr (K_::kSumsByMma) {  // (so that the head dims and types without it do not compile this)
           // V's 64 columns, then, the LBO further, 8 of the ones: the LBO shrinks as each k-step's
           // start moves 16 rows on (the ones lie after every stage: it stays positive).
           const std::uint64_t db0 = sm90::smem_desc(v, s_ones - v, 1024);
@@ -401,7 +434,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
         const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
 #pragma unroll
         for (int kk = 0; kk < kTile / 16; ++kk)
-          wgmma_pv<T, K_::kOCols>(o_part, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
+          wgmma_pv<T, K_::kPvCols>(o_pv, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
       }
       sm90::commit();
     };
@@ -548,7 +581,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // O (and with it the row sums, K_::kSumsByMma) scaled by the factors the softmax returned.
     const auto rescale_o = [&]<bool kSums>(float2 alpha) {
 #pragma unroll
-      for (int i = 0; i < (kSums ? K_::kOAcc : K_::kOCols / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+      for (int i = 0; i < (kSums ? K_::kSumsAt + 4 : K_::kPvCols / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
     };
     // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
     // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
@@ -646,14 +679,15 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       release_q();
     }
     if (K_::kSumsByMma && !atoms_mask) {
-      // The row sums: O's columns 64-71 hold each (the same in all); one thread of the quad's
+      // The row sums: P V's columns after O's (64-71, at d=32 32-39) hold each (the same in all); one thread of the quad's
       // (finish_rows adds the quad's shares up).
-      l_row[0] = t == 0 ? o_acc[K_::kOCols / 2] : 0.0f;
-      l_row[1] = t == 0 ? o_acc[K_::kOCols / 2 + 2] : 0.0f;
+      l_row[0] = t == 0 ? o_acc[K_::kSumsAt] : 0.0f;
+      l_row[1] = t == 0 ? o_acc[K_::kSumsAt + 2] : 0.0f;
     }
-    if constexpr (D < K_::kOCols) {
+    if constexpr (D < K_::kPvCols) {
       // O's columns past D are never written; left dead here, ptxas serialised every wgmma of
-      // the kernel (C7511). An empty asm keeps them live to the end at no cost.
+      // the kernel (C7511). An empty asm keeps them live to the end at no cost. (No such columns
+      // now: at d=32 P V is as wide as V, kNarrowPv.)
 #pragma unroll
       for (int i = D / 2; i < K_::kOCols / 2; ++i) asm volatile("" ::"f"(o_part[i]));
     }

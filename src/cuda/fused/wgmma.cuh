@@ -1,6 +1,6 @@
 // protattn fused engine: Hopper warpgroup MMA (wgmma) wrappers, sm_90a only.
 // Generated shapes: S = Q K^T as m64n{64,128}k16 with both operands in shared memory (K-major,
-// 128-byte swizzle) or as m64n128k16 with Q in registers, and O += P V as m64n{64,72,128}k16 with
+// 128-byte swizzle) or as m64n128k16 with Q in registers, and O += P V as m64n{32,40,64,72,128}k16 with
 // P in registers and V in shared memory (MN-major, 128-byte swizzle). Accumulators fp32.
 #pragma once
 #include <cstdint>
@@ -76,6 +76,31 @@ __device__ __forceinline__ void rs_m64n72k16_##TY(float (&d)[36], const std::uin
 }
 PROTATTN_WGMMA_RS_M64N72K16(f16)  // fp16 only: the row sums of bf16 probabilities would be too coarse
 #undef PROTATTN_WGMMA_RS_M64N72K16
+// d[16] += A[64x16] (registers) * B[16x32] (smem desc, MN-major): P V at d=32.
+#define PROTATTN_WGMMA_RS_M64N32K16(TY) \
+__device__ __forceinline__ void rs_m64n32k16_##TY(float (&d)[16], const std::uint32_t (&a)[4], std::uint64_t b) { \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n" \
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32." #TY "." #TY " " \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 1;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)); \
+}
+PROTATTN_WGMMA_RS_M64N32K16(f16)
+PROTATTN_WGMMA_RS_M64N32K16(bf16)
+#undef PROTATTN_WGMMA_RS_M64N32K16
+// d[20] += A[64x16] (registers) * B[16x40] (smem desc, MN-major): P V at d=32 with 8 more columns.
+#define PROTATTN_WGMMA_RS_M64N40K16(TY) \
+__device__ __forceinline__ void rs_m64n40k16_##TY(float (&d)[20], const std::uint32_t (&a)[4], std::uint64_t b) { \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.eq.u32 p, 1, 1;\n" \
+      "wgmma.mma_async.sync.aligned.m64n40k16.f32." #TY "." #TY " " \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19}, {%20, %21, %22, %23}, %24, p, 1, 1, 1;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b)); \
+}
+PROTATTN_WGMMA_RS_M64N40K16(f16)  // fp16 only, as m64n72
+#undef PROTATTN_WGMMA_RS_M64N40K16
 // d[64] += A[64x16] (registers, 4 x f16x2 or bf16x2) * B[16x128] (smem desc, MN-major).
 #define PROTATTN_WGMMA_RS_M64N128K16(TY) \
 __device__ __forceinline__ void rs_m64n128k16_##TY(float (&d)[64], const std::uint32_t (&a)[4], std::uint64_t b) { \
