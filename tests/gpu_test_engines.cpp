@@ -487,15 +487,22 @@ TEST(FusedTma, SameBitsAsCpAsync) {
 // barriers and Q's tile running on from item to item of different structures, masks, empty rows
 // and lengths) gives the bits of a block per item (PROTATTN_FUSED_PERSISTENT=0), and matches the
 // float64 reference, steep scores too (the lazy max's way back reads Q's tile).
+// A ragged batch of different structures, masks, an empty row and lengths off the tile grid:
+// 17 query tiles a head (x 16 heads: 272 items, more than an H100's or H200's 132 SMs). The
+// globules' seeds are seed, seed + 1 and seed + 2.
+std::vector<BlockLayout> persistent_batch(std::uint64_t seed) {
+  std::vector<BlockLayout> batch;
+  batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, seed));
+  batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, seed + 1));
+  batch.push_back(hand_layout(200, {{0}, {}}));
+  batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, seed + 2));
+  return batch;
+}
+
 TEST(FusedPersistent, SameBitsAsBlockPerItem) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
-  std::vector<BlockLayout> batch;
-  batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, 7));
-  batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 8));
-  batch.push_back(hand_layout(200, {{0}, {}}));
-  batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 9));
-  // 17 query tiles a head x 16 heads: 272 items, more than an H100's or H200's 132 SMs.
+  const std::vector<BlockLayout> batch = persistent_batch(7);
   for (const fused::PlanSummary& sum : ws_switch_keeps_bits("PROTATTN_FUSED_PERSISTENT", batch, 16, true))
     EXPECT_GT(sum.items, sum.sms);
 }
@@ -506,11 +513,7 @@ TEST(FusedPersistent, SameBitsAsBlockPerItem) {
 TEST(FusedPersistent, FewBlocksSameBits) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
-  std::vector<BlockLayout> batch;
-  batch.push_back(globule_layout(1000 + 17, MaskMode::atoms, 8.0f, 10));
-  batch.push_back(globule_layout(640, MaskMode::tiles, 6.0f, 11));
-  batch.push_back(hand_layout(200, {{0}, {}}));
-  batch.push_back(globule_layout(129, MaskMode::atoms, 10.0f, 12));
+  const std::vector<BlockLayout> batch = persistent_batch(10);
   std::vector<const BlockLayout*> layouts;
   for (const BlockLayout& l : batch) layouts.push_back(&l);
   for (const auto& [dtype, dim] : {std::pair{DType::f16, 64}, std::pair{DType::bf16, 128}}) {

@@ -444,20 +444,14 @@ __device__ __forceinline__ void wgmma_qk_rs(float (&d)[64], const std::uint32_t 
   else sm90::rs_kmajor_m64n128k16_bf16(d, a, b, scale_d);
 #endif
 }
-// O += P V at d=64 with V's 64 columns and 8 more (the ws kernel's row sums: a block of ones); fp16.
-template <typename T>
-__device__ __forceinline__ void wgmma_pv_sums(float (&d)[36], const std::uint32_t (&a)[4], std::uint64_t b) {
+// O += P V with V's D columns and 8 more (the ws kernel's row sums: ones; D = 64, or 32); fp16.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_pv_sums(float (&d)[D / 2 + 4], const std::uint32_t (&a)[4], std::uint64_t b) {
   static_assert(std::is_same_v<T, __half>, "the row sums by the tensor core are fp16 only");
+  static_assert(D == 64 || D == 32, "m64n72 or m64n40");
 #if PROTATTN_WGMMA_ARCH
-  sm90::rs_m64n72k16_f16(d, a, b);
-#endif
-}
-// O += P V at d=32 with V's 32 columns and the 8 of ones beside them in its tile (the ws kernel); fp16.
-template <typename T>
-__device__ __forceinline__ void wgmma_pv_narrow_sums(float (&d)[20], const std::uint32_t (&a)[4], std::uint64_t b) {
-  static_assert(std::is_same_v<T, __half>, "the row sums by the tensor core are fp16 only");
-#if PROTATTN_WGMMA_ARCH
-  sm90::rs_m64n40k16_f16(d, a, b);
+  if constexpr (D == 64) sm90::rs_m64n72k16_f16(d, a, b);
+  else sm90::rs_m64n40k16_f16(d, a, b);
 #endif
 }
 template <typename T, int D>

@@ -388,7 +388,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
     auto& o_part = reinterpret_cast<float(&)[K_::kOCols / 2]>(o_acc);  // O (finish_rows' view)
     auto& o_pv = reinterpret_cast<float(&)[K_::kPvCols / 2]>(o_acc);   // O's accumulators of P V
-    auto& o_narrow_sums = reinterpret_cast<float(&)[K_::kPvCols / 2 + 4]>(o_acc);  // d=32: O and the sums
+    auto& o_sums = reinterpret_cast<float(&)[K_::kPvCols / 2 + 4]>(o_acc);  // O and the row sums (kSumsByMma)
     float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
     float l_row[2] = {0.0f, 0.0f};            // this thread's share of the running sum (or in O)
     float s_acc[K_::kSAcc];                   // S of the newest tile, then its probabilities
@@ -421,14 +421,14 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
           const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
 #pragma unroll
           for (int kk = 0; kk < kTile / 16; ++kk)
-            wgmma_pv_narrow_sums<T>(o_narrow_sums, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
+            wgmma_pv_sums<T, K_::kPvCols>(o_sums, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
         } else if constexpr (K_::kSumsByMma) {  // (so that the head dims and types without it do not compile this)
           // V's 64 columns, then, the LBO further, 8 of the ones: the LBO shrinks as each k-step's
           // start moves 16 rows on (the ones lie after every stage: it stays positive).
           const std::uint64_t db0 = sm90::smem_desc(v, s_ones - v, 1024);
 #pragma unroll
           for (int kk = 0; kk < kTile / 16; ++kk)
-            wgmma_pv_sums<T>(o_acc, p_frag[kk], sm90::desc_advance_fixed_lbo(db0, kk * 16 * Tile::kRowBytes));
+            wgmma_pv_sums<T, K_::kPvCols>(o_sums, p_frag[kk], sm90::desc_advance_fixed_lbo(db0, kk * 16 * Tile::kRowBytes));
         }
       } else {
         const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
