@@ -416,19 +416,17 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     const auto issue_pv = [&]<bool kSums>(int s) {
       const std::uint32_t v = stage_addr(s) + Tile::kBytes;
       if constexpr (kSums) {
-        if constexpr (K_::kSumsByMma && K_::kNarrowPv) {
+        if constexpr (K_::kSumsByMma) {  // (so that the head dims and types without it do not compile this)
+          // d=64: V's 64 columns, then, the LBO further, 8 of the ones: the LBO shrinks as each
+          // k-step's start moves 16 rows on (the ones lie after every stage: it stays positive).
           // d=32: V's 32 columns and the ones in its tile's columns 32-39, one swizzle atom.
-          const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
+          const std::uint64_t db0 = sm90::smem_desc(v, K_::kNarrowPv ? Tile::kBlockBytes : s_ones - v, 1024);
 #pragma unroll
-          for (int kk = 0; kk < kTile / 16; ++kk)
-            wgmma_pv_sums<T, K_::kPvCols>(o_sums, p_frag[kk], sm90::desc_advance(db0, kk * 16 * Tile::kRowBytes));
-        } else if constexpr (K_::kSumsByMma) {  // (so that the head dims and types without it do not compile this)
-          // V's 64 columns, then, the LBO further, 8 of the ones: the LBO shrinks as each k-step's
-          // start moves 16 rows on (the ones lie after every stage: it stays positive).
-          const std::uint64_t db0 = sm90::smem_desc(v, s_ones - v, 1024);
-#pragma unroll
-          for (int kk = 0; kk < kTile / 16; ++kk)
-            wgmma_pv_sums<T, K_::kPvCols>(o_sums, p_frag[kk], sm90::desc_advance_fixed_lbo(db0, kk * 16 * Tile::kRowBytes));
+          for (int kk = 0; kk < kTile / 16; ++kk) {
+            const std::uint32_t step = kk * 16 * Tile::kRowBytes;
+            wgmma_pv_sums<T, K_::kPvCols>(o_sums, p_frag[kk],
+                                          K_::kNarrowPv ? sm90::desc_advance(db0, step) : sm90::desc_advance_fixed_lbo(db0, step));
+          }
         }
       } else {
         const std::uint64_t db0 = sm90::smem_desc(v, Tile::kBlockBytes, 1024);
@@ -683,13 +681,6 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       // (finish_rows adds the quad's shares up).
       l_row[0] = t == 0 ? o_acc[K_::kSumsAt] : 0.0f;
       l_row[1] = t == 0 ? o_acc[K_::kSumsAt + 2] : 0.0f;
-    }
-    if constexpr (D < K_::kPvCols) {
-      // O's columns past D are never written; left dead here, ptxas serialised every wgmma of
-      // the kernel (C7511). An empty asm keeps them live to the end at no cost. (No such columns
-      // now: at d=32 P V is as wide as V, kNarrowPv.)
-#pragma unroll
-      for (int i = D / 2; i < K_::kOCols / 2; ++i) asm volatile("" ::"f"(o_part[i]));
     }
     finish_rows<T, D>(p, item, sd, head_off, o_part, m_row, l_row, cw * 16 + g, t);
   }
