@@ -233,8 +233,8 @@ INSTANTIATE_TEST_SUITE_P(EngineDtypeDim, EngineTest,
                          engine_case_name);
 
 // d=32 (AlphaFold 3's atom attention: 128 channels in 4 heads), the fused engine only: its tiles
-// keep 64 columns (fused_kernel.cuh: kTileCols), S runs over the first 32, O's columns past 32
-// are never written.
+// keep 64 columns (fused_kernel.cuh: kTileCols), S runs over the first 32 and P V over V's 32
+// (m64n32 on the tensor cores; m64n40 with the ws kernel's row sums in fp16).
 INSTANTIATE_TEST_SUITE_P(FusedDim32, EngineTest,
                          ::testing::Combine(::testing::ValuesIn(kFusedEngines), ::testing::Values(DType::f16, DType::bf16),
                                             ::testing::Values(32)),

@@ -352,11 +352,11 @@ __device__ __forceinline__ void warp_scores_rq(float (&s)[N / 2], const std::uin
 
 // Finishes a warp's 16 rows (local rows lrow0 and lrow0 + 8 of the query tile for this thread,
 // accumulator layout of mma.sync / wgmma): full row sums across the quad, then O / l and the
-// LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel. Only O's
-// first D columns are written (the accumulators hold kTileCols<D>).
+// LSE, or the unnormalised partial (O, m, l) of a split piece for the combine kernel. O's D
+// columns are the first D / 2 accumulators (the layout of m64nDk16, or of D / 8 mma.sync n8 tiles).
 template <typename T, int D>
 __device__ __forceinline__ void finish_rows(const Params& p, const WorkItem& item, const StructDesc& sd,
-                                            std::int64_t head_off, const float (&o_acc)[kTileCols<D> / 2], const float (&m_row)[2],
+                                            std::int64_t head_off, const float (&o_acc)[D / 2], const float (&m_row)[2],
                                             float (&l_row)[2], int lrow0, int t) {
   using E = ElemTraits<T>;
 #pragma unroll
@@ -411,7 +411,9 @@ struct FusedKernel {
   static constexpr int kSmemBytesWgmma = kSmemBytes + 2 * kKeyXyzBytes;
   static constexpr int kMinBlocks = D <= 64 ? 2 : 1;
   static constexpr int kKSteps = D / 16;          // k16 steps of Q K^T
-  static constexpr int kOAcc = kTileCols<D> / 2;  // O accumulators per thread (16 x kTileCols per warp)
+  // O accumulators per thread (16 x D per warp): P V spans V's D columns, at d=32 half of its
+  // 64-column tile (m64n32 on the tensor cores, 4 n8 tiles on mma.sync).
+  static constexpr int kOAcc = D / 2;
   static constexpr int kSAcc = kKeyChunk / 2;     // S accumulators per thread (16 x 64 per warp)
   // The shared-memory tiles are 128-byte rows of 64 columns (kTileCols).
   static_assert(D == 32 || D == 64 || D == 128, "head dim 32, 64 or 128");
@@ -655,7 +657,7 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
           std::uint32_t a[4];
 #pragma unroll
           for (int j = 0; j < 4; ++j) a[j] = E::pack(s_acc[8 * kk + 2 * j], s_acc[8 * kk + 2 * j + 1]);
-          wgmma_pv<T, kTileCols<D>>(o_acc, a, sm90::desc_advance(dv0, kk * 16 * Tile::kRowBytes));
+          wgmma_pv<T, D>(o_acc, a, sm90::desc_advance(dv0, kk * 16 * Tile::kRowBytes));
         }
         sm90::commit();
         sm90::wait<0>();

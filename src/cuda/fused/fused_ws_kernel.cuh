@@ -98,9 +98,8 @@ struct WsKernel {
   // fills the columns past D with zeros (kVByCopy).
   static constexpr bool kVByCopy = kNarrowPv && kSumsByMma;
   static constexpr int kOnesBytes = kSumsByMma && !kNarrowPv ? 16 * Tile::kRowBytes : 0;
-  // O's accumulators (finish_rows takes kOCols / 2 of them: at d=32 those past D / 2, and the
-  // sums, are not O's).
-  static constexpr int kOAcc = std::max(kOCols / 2, kPvCols / 2 + (kSumsByMma ? 4 : 0));
+  // O's accumulators, then the row sums' (kSumsByMma); finish_rows takes the first D / 2.
+  static constexpr int kOAcc = kPvCols / 2 + (kSumsByMma ? 4 : 0);
   static constexpr int kKSteps = D / 16;
   static constexpr bool kLazyMax = true;  // the lazy max: see softmax in fused_ws_kernel
   // S = Q K^T with Q's fragment in registers (16 per thread at d=64, 8 at d=32; 32 at d=128
@@ -386,7 +385,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     float o_acc[K_::kOAcc];
 #pragma unroll
     for (int i = 0; i < K_::kOAcc; ++i) o_acc[i] = 0.0f;
-    auto& o_part = reinterpret_cast<float(&)[K_::kOCols / 2]>(o_acc);  // O (finish_rows' view)
+    auto& o_part = reinterpret_cast<float(&)[D / 2]>(o_acc);           // O (finish_rows' view)
     auto& o_pv = reinterpret_cast<float(&)[K_::kPvCols / 2]>(o_acc);   // O's accumulators of P V
     auto& o_sums = reinterpret_cast<float(&)[K_::kPvCols / 2 + 4]>(o_acc);  // O and the row sums (kSumsByMma)
     float m_row[2] = {-INFINITY, -INFINITY};  // running max of scaled scores (log2 domain)
