@@ -65,6 +65,10 @@ __device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
 __device__ __forceinline__ void cp_async_16(std::uint32_t dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 }
+// 4-byte async copy (an atom's coordinate); src_bytes 0 writes zeros.
+__device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -503,19 +507,20 @@ __global__ void __launch_bounds__(kThreads, FusedKernel<T, D>::kMinBlocks) fused
   QueryPos qpos[2];
   query_positions(p, sd, row0 + warp * 16 + g, qpos);
 
-  // Key coordinates of a tile into stage `stage` (mask `atoms`, wgmma back end): plain loads and
-  // stores, visible after the __syncthreads that also waits for the tile's K and V.
+  // Key coordinates of a tile into stage `stage` (mask `atoms`, wgmma back end): key `tid`'s x, y
+  // and z into a float4 slot (the fourth float is never read) by cp.async, in the tile's commit
+  // group, so they land with its K and V (plain loads held every thread that stores them, and with
+  // it the block at the barrier, for a memory round trip per tile).
   auto* key_xyz = reinterpret_cast<float4*>(smem + K_::kQBytes + 2 * K_::kStageBytes);
   const bool atoms_mask = kWgmma && sd.mask == kMaskAtoms;
   const auto load_key_xyz = [&](int stage, int kt) {
     if (!atoms_mask || tid >= kTile) return;
     const int j = kt * kTile + tid;
-    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (j < sd.n) {
-      const float* c = p.coords + (sd.offset + j) * 3;
-      v = make_float4(c[0], c[1], c[2], 0.0f);
-    }
-    key_xyz[stage * kTile + tid] = v;
+    const bool in = j < sd.n;
+    const float* c = p.coords + (sd.offset + (in ? j : 0)) * 3;
+    const std::uint32_t dst = smem_addr(key_xyz + stage * kTile + tid);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
   };
 
   const int n_kv = item.e_end - item.e_begin;

@@ -313,7 +313,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
           const float* c = p.coords + (sd.offset + (in ? j : 0)) * 3;
           const std::uint32_t dst = st + 2 * Tile::kBytes + tid * 16;
 #pragma unroll
-          for (int k = 0; k < 3; ++k) sm90::cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
+          for (int k = 0; k < 3; ++k) cp_async_4(dst + 4 * k, c + k, in ? 4 : 0);
         }
         sm90::cp_async_arrive_noinc(bar_full(s));
         if (++s == stages) {

@@ -41,11 +41,6 @@ __device__ __forceinline__ void cp_async_arrive_noinc(std::uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
 
-// 4-byte async copy; src_bytes 0 writes zeros.
-__device__ __forceinline__ void cp_async_4(std::uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 // TMA: copies the box at (column c0, row c1) of the 2-D tensor map `map` (a CUtensorMap in
