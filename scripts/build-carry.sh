@@ -7,10 +7,12 @@
 #   .carry/lib.tar.gz  the shared libraries protattn needs beyond glibc, the CUDA driver and
 #                toolkit (gRPC, protobuf, gemmi, fmt, ... from this machine's Debian packages)
 #   .carry/data  the small test structures and the gzipped 6ZU5 ribosome
-#   .carry/pa.tar.gz  perf_analyzer (from scripts/setup-server.sh) with libcudart.so.12, libb64
+#   .carry/pa.tar.gz  perf_analyzer (from scripts/setup-server.sh) with libcudart.so.12, libb64;
+#                WITH_PA=0 leaves it out (only the serving runs use it)
 #   .carry/san.tar.gz  compute-sanitizer (PyPI nvidia-cuda-sanitizer-api, installed by this script
 #                under ~/.cache/protattn) for scripts/gpu-sanitize.sh; WITH_SANITIZER=0 leaves it out
-# (compressed: the device tool carries 64 MiB in all).
+# (compressed: the device tool carries 64 MiB in all, the working tree's files included; the
+# script says so when .carry and the tree come to more).
 #   .carry/COMMIT
 # Then, on the GPU machine (the device tool's command; `carry` names .carry):
 #   bash scripts/gpu-carry-run.sh [VAR=value ...]     e.g. ENCODER=only, DIST=only
@@ -62,7 +64,9 @@ for f in "$root"/tests/data/*.pdb; do [ -f "$f" ] && cp "$f" "$carry/data/"; don
 [ -f "$root/tests/data/6zu5.cif" ] && gzip -c "$root/tests/data/6zu5.cif" > "$carry/data/6zu5.cif.gz"
 
 pa_dir=${PERF_ANALYZER_DIR:-$HOME/.cache/protattn/perf_analyzer}
-if [ -x "$pa_dir/perf_analyzer.bin" ]; then
+if [ "${WITH_PA:-1}" != 1 ]; then
+  :
+elif [ -x "$pa_dir/perf_analyzer.bin" ]; then
   cp "$pa_dir/perf_analyzer.bin" "$carry/pa/"
   cudart=$(python3 -c "import nvidia.cuda_runtime as m, os; print(os.path.join(list(m.__path__)[0], 'lib', 'libcudart.so.12'))" 2>/dev/null || true)
   [ -f "$cudart" ] && cp -L "$cudart" "$carry/pa/"
@@ -117,5 +121,12 @@ gzip -f "$carry"/bin/protattn "$carry"/bin/protattn_gpu_tests
 dirty=""; [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty="-dirty"
 echo "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty" >"$carry/COMMIT"
 du -sh "$carry"/* | sed 's/^/build-carry: /'
-total=$(du -sbc "$carry" | tail -1 | cut -f1)
-[ "$total" -le $((64 * 1024 * 1024)) ] || echo "build-carry: .carry is $((total / 1048576)) MiB, over the device tool's 64 MiB" >&2
+# The device tool carries the working tree (tracked files and untracked ones git does not ignore)
+# with .carry, 64 MiB in all.
+tree=$(cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null |
+  awk -F'\t' '$2 == "total" { s += $1 } END { print s + 0 }')
+total=$(( $(du -sb "$carry" | cut -f1) + tree ))
+if [ "$total" -gt $((64 * 1024 * 1024)) ]; then
+  echo "build-carry: .carry and the working tree come to $((total / 1048576)) MiB, over the device tool's 64 MiB:" \
+    "WITH_PA=0 (no serving runs), WITH_SANITIZER=0 (no SANITIZE runs) or no ALT_REF makes it smaller" >&2
+fi
