@@ -366,10 +366,11 @@ void run_bench(const Options& o) {
 void add_bench_command(CLI::App& app) {
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand("bench",
-                                     "Time engines on the reference workloads (W1, W1-alt, W1b, W2, W2 d=128, 1M atoms),\n"
-                                     "on structures or on exported layouts. Device engines are timed with CUDA events after\n"
-                                     "warm-up, the L2 flushed before each call; the median is reported. TFLOPS count the\n"
-                                     "computed (kept) blocks only: 4 * nnz * 128 * 128 * d * heads / time.");
+                                     "Time engines on the reference workloads (W1, W1-alt, W1b, W2 at d=64, 128 and 32, the\n"
+                                     "W4 serving mix, 1M atoms), on structures or on exported layouts. Device engines are\n"
+                                     "timed with CUDA events after warm-up, the L2 flushed before each call; the median is\n"
+                                     "reported. TFLOPS count the computed (kept) blocks only: 4 * nnz * 128 * 128 * d *\n"
+                                     "heads / time.");
   cmd->add_option("--engine", opt->engines, "engines to time (cpu, fused, grouped)")->delimiter(',');
   cmd->add_option("--workload", opt->workloads, "workloads: w1 w1alt w1b w2 w2d128 w2d32 w4 1m (none: only --structure/--layout)")
       ->delimiter(',');
