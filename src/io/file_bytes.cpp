@@ -78,15 +78,17 @@ std::string inflate_gzip(const std::string& packed, const std::string& path, std
 
 }  // namespace
 
-bool is_folder(const std::string& path) {
+std::string open_input(const std::string& path, std::ifstream& in) {
   std::error_code ec;
-  return std::filesystem::is_directory(path, ec);
+  if (std::filesystem::is_directory(path, ec)) return "is a folder, not a file";
+  in.open(path, std::ios::binary);
+  if (!in) return "cannot open (" + std::string(std::strerror(errno)) + ")";
+  return {};
 }
 
 std::string read_file_bytes(const std::string& path, std::size_t max_bytes) {
-  if (is_folder(path)) fail(path, "is a folder, not a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open (" + std::string(std::strerror(errno)) + ")");
+  std::ifstream in;
+  if (const std::string why = open_input(path, in); !why.empty()) fail(path, why);
   in.seekg(0, std::ios::end);
   const std::streamoff size = in.tellg();
   if (size < 0) fail(path, "cannot determine the file size");

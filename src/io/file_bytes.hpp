@@ -1,6 +1,7 @@
 // Whole-file reading with transparent gzip decompression (private to the library).
 #pragma once
 #include <cstddef>
+#include <fstream>
 #include <string>
 
 namespace protattn::io {
@@ -13,8 +14,9 @@ inline constexpr std::size_t kMaxFileBytes = std::size_t{4} << 30;
 // unreadable file, a truncated or corrupt gzip stream, or more than `max_bytes` bytes.
 std::string read_file_bytes(const std::string& path, std::size_t max_bytes = kMaxFileBytes);
 
-// Whether `path` names a folder: an ifstream opens one and then fails or reads it as huge, so the
-// readers check first and say so ("X: is a folder, not a file").
-bool is_folder(const std::string& path);
+// Opens `path` for binary reading into `in`. Returns "" or what is wrong, for the caller's message:
+// "is a folder, not a file" (an ifstream opens a folder and then fails or reads it as huge) or
+// "cannot open (<the system's reason>)".
+std::string open_input(const std::string& path, std::ifstream& in);
 
 }  // namespace protattn::io

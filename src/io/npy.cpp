@@ -139,9 +139,8 @@ std::int64_t NpyArray::count() const {
 std::size_t NpyArray::item_size() const { return descr_item_size(descr, "(in memory)"); }
 
 NpyArray read_npy(const std::string& path) {
-  if (io::is_folder(path)) fail(path, "is a folder, not a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open (" + std::string(std::strerror(errno)) + ")");
+  std::ifstream in;
+  if (const std::string why = io::open_input(path, in); !why.empty()) fail(path, why);
   in.seekg(0, std::ios::end);
   const auto file_size = static_cast<std::uint64_t>(in.tellg());
   in.seekg(0);

@@ -40,9 +40,8 @@ std::size_t dtype_bytes(const std::string& dtype) {
 }
 
 File read(const std::string& path) {
-  if (io::is_folder(path)) fail(path, "is a folder, not a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, "cannot open the file");
+  std::ifstream in;
+  if (const std::string why = io::open_input(path, in); !why.empty()) fail(path, why);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) fail(path, "read error");
   if (bytes.size() < kLengthBytes)
