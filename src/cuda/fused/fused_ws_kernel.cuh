@@ -24,7 +24,6 @@
 // 128-key tile per step (that kernel takes 64 keys), so the two agree within the engine's bound,
 // not bit for bit. Each is deterministic.
 #pragma once
-#include <algorithm>
 #include <climits>
 
 #include "cuda/fused/fused_kernel.cuh"
@@ -578,7 +577,7 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
     // O (and with it the row sums, K_::kSumsByMma) scaled by the factors the softmax returned.
     const auto rescale_o = [&]<bool kSums>(float2 alpha) {
 #pragma unroll
-      for (int i = 0; i < (kSums ? K_::kSumsAt + 4 : K_::kPvCols / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
+      for (int i = 0; i < (kSums ? K_::kOAcc : K_::kPvCols / 2); ++i) o_acc[i] *= (i % 4) / 2 == 0 ? alpha.x : alpha.y;
     };
     // Whether this warp's rows reach no key of a tile of kind `kind` (Params::kind): every score
     // masked, so the probabilities are 0 and m, l and O stay; the mask and softmax are skipped.
@@ -676,8 +675,8 @@ __global__ void __launch_bounds__(WsKernel<T, D>::kThreads, 1) fused_ws_kernel(c
       release_q();
     }
     if (K_::kSumsByMma && !atoms_mask) {
-      // The row sums: P V's columns after O's (64-71, at d=32 32-39) hold each (the same in all); one thread of the quad's
-      // (finish_rows adds the quad's shares up).
+      // The row sums: P V's columns after O's (64-71, at d=32 32-39) hold each (the same in all);
+      // one thread of the quad's (finish_rows adds the quad's shares up).
       l_row[0] = t == 0 ? o_acc[K_::kSumsAt] : 0.0f;
       l_row[1] = t == 0 ? o_acc[K_::kSumsAt + 2] : 0.0f;
     }
