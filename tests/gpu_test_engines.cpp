@@ -483,10 +483,6 @@ TEST(FusedTma, SameBitsAsCpAsync) {
   ws_switch_keeps_bits("PROTATTN_FUSED_TMA", batch, 3, false);
 }
 
-// The ws kernel with a block per SM slot taking items from a counter (the stage ring, its
-// barriers and Q's tile running on from item to item of different structures, masks, empty rows
-// and lengths) gives the bits of a block per item (PROTATTN_FUSED_PERSISTENT=0), and matches the
-// float64 reference, steep scores too (the lazy max's way back reads Q's tile).
 // A ragged batch of different structures, masks, an empty row and lengths off the tile grid:
 // 17 query tiles a head (x 16 heads: 272 items, more than an H100's or H200's 132 SMs). The
 // globules' seeds are seed, seed + 1 and seed + 2.
@@ -499,6 +495,10 @@ std::vector<BlockLayout> persistent_batch(std::uint64_t seed) {
   return batch;
 }
 
+// The ws kernel with a block per SM slot taking items from a counter (the stage ring, its
+// barriers and Q's tile running on from item to item of different structures, masks, empty rows
+// and lengths) gives the bits of a block per item (PROTATTN_FUSED_PERSISTENT=0), and matches the
+// float64 reference, steep scores too (the lazy max's way back reads Q's tile).
 TEST(FusedPersistent, SameBitsAsBlockPerItem) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   if (!hopper()) GTEST_SKIP() << "the ws kernel needs an sm_90 GPU";
